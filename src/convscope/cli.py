@@ -1,0 +1,148 @@
+"""The ``convscope`` command.
+
+Every subcommand is a small function registered with :func:`command`; user errors
+(:class:`~convscope.errors.ConvscopeError`) print one paragraph and exit 2, other failures one
+line and exit 1; ``--debug`` shows the traceback instead.
+
+Example::
+
+    convscope layers zoo:shapes-vgg
+    convscope demo --out convscope-demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from convscope.errors import ConvscopeError
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
+
+
+def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]) -> Callable[[Handler], Handler]:
+    """Register a subcommand: ``configure`` adds its arguments, the decorated function runs it."""
+
+    def wrap(fn: Handler) -> Handler:
+        _COMMANDS[name] = (help, configure, fn)
+        return fn
+
+    return wrap
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="zoo:NAME, torchvision:NAME[?weights=DEFAULT], a TorchScript file, or package.module:factory")
+    p.add_argument("--weights", help="a state-dict file to load into the model (weights_only=True)")
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202
+    from convscope.models import load_model
+
+    return load_model(args.model, weights=args.weights)
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="convscope-demo", help="output folder (default: convscope-demo)")
+    p.add_argument("--images", type=int, default=6, help="how many Shapes images to explain (default 6)")
+
+
+@command("demo", "train or load zoo:shapes-vgg and write an HTML report of everything convscope can show", _demo_args)
+def _demo(args: argparse.Namespace) -> int:
+    from convscope.demo import run_demo
+
+    path = run_demo(Path(args.out), n_images=args.images)
+    print(path)
+    return 0
+
+
+# --- layers -----------------------------------------------------------------------------------
+
+def _layers_args(p: argparse.ArgumentParser) -> None:
+    _model_args(p)
+    p.add_argument("--input-size", type=int, default=None, help="probe input size (default: the model's crop size)")
+
+
+@command("layers", "print the model's layer tree with output shapes for a probe input", _layers_args)
+def _layers(args: argparse.Namespace) -> int:
+    import torch
+
+    from convscope.layers import layer_table
+
+    loaded = _load(args)
+    size = args.input_size or loaded.preprocess.crop
+    rows = layer_table(loaded.model, torch.zeros(1, 3, size, size))
+    width = max((len("  " * (r.depth - 1) + r.name) for r in rows), default=4)
+    print(f"{loaded.name}  (probe input 1x3x{size}x{size})")
+    print(f"{'layer':<{width}}  {'type':<18} {'output shape':<20} {'params':>9}")
+    for r in rows:
+        shape = "x".join(map(str, r.output_shape)) if r.output_shape else "-"
+        if r.calls > 1:
+            shape += f"  (called {r.calls}x)"
+        print(f"{'  ' * (r.depth - 1) + r.name:<{width}}  {r.kind:<18} {shape:<20} {r.params:>9,}")
+    return 0
+
+
+# --- zoo --------------------------------------------------------------------------------------
+
+def _zoo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "train"], help="list the zoo, or (re)train a model")
+    p.add_argument("name", nargs="?", help="zoo model name for 'train'")
+
+
+@command("zoo", "list the model zoo or train a zoo model", _zoo_args)
+def _zoo(args: argparse.Namespace) -> int:
+    from convscope import zoo
+
+    if args.action == "train":
+        if not args.name:
+            raise ConvscopeError("'convscope zoo train' needs a model name", f"Choose one of: {', '.join(zoo.names())}.")
+        zoo.load(args.name, retrain=True)
+        return 0
+    for name in zoo.names():
+        meta = zoo.info(name)
+        state = f"trained, held-out accuracy {meta['val_accuracy']:.1%}" if meta else "not trained yet"
+        print(f"{name:<16} {zoo.entry(name).description}  [{state}]")
+    return 0
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convscope", description="See inside convolutional networks.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, configure, _fn) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        configure(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command][2](args)
+    except ConvscopeError as exc:
+        if args.debug:
+            raise
+        print(textwrap.fill(f"convscope: error: {exc}", width=100), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convscope: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if args.debug:
+            raise
+        print(f"convscope: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Run the whole test suite: the PyTorch tests, then the TensorFlow tests in their own process.
+
+Importing torchvision (or pytorch-grad-cam) after TensorFlow in one process can segfault, so
+the two halves never share an interpreter. Both halves share one zoo cache, so the small
+models are trained once per run. "No tests ran" (pytest exit 5) counts as a failure.
+
+    python tests/run.py [extra pytest args]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HALVES = [
+    ("torch", ["tests", "--ignore=tests/tf"]),
+    ("tensorflow", ["tests/tf"]),
+]
+
+
+def main(argv: list[str]) -> int:
+    env = dict(os.environ)
+    env.setdefault("CONVSCOPE_CACHE", tempfile.mkdtemp(prefix="convscope-test-cache-"))
+    failed = []
+    for name, paths in HALVES:
+        start = time.perf_counter()
+        print(f"\n=== {name} tests ===", flush=True)
+        rc = subprocess.call([sys.executable, "-m", "pytest", *paths, *argv], cwd=ROOT, env=env)
+        print(f"=== {name} tests: exit {rc} in {time.perf_counter() - start:.0f}s ===", flush=True)
+        if rc != 0:  # 5 = no tests collected: never a silent pass
+            failed.append(f"{name} (exit {rc})")
+    if failed:
+        print("FAILED halves: " + ", ".join(failed), flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
