@@ -1,0 +1,112 @@
+"""Unpooling speed, side by side: convscope's unpool, F.max_unpool2d, the max-pool gradient
+routes, and a bandwidth floor (zero-fill the output, copy the pooled values into it).
+
+Every route is checked against the gradient before it is timed (F.max_unpool2d is exact only
+when windows do not overlap). The "alt" rows price the alternatives we did not take:
+scatter_add_ into a zero tensor, and int32 switches converted back to int64 at each unpool. The
+"gradient: aten" row runs the very kernel convscope's CPU route runs, on a plain allocation: the
+gap between the two is the huge-page advice on the fresh output (src/convscope/ops/allocation.py).
+Routes are timed round-robin over several rounds and each keeps its best median, so a burst of
+load from other processes on a shared machine does not land on one row only.
+
+    python -m benchmarks.bench_unpool_torch [--quick] [--threads N]
+
+Two threads by default (the issue's setting). On a machine shared with other busy processes,
+two-thread timings measure the scheduler more than the op (a parallel region waits for its
+descheduled thread, and every row collapses towards one time slice); ``--threads 1`` then gives
+the steadier ratios.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.harness import Row, Table, measure
+from convscope.ops import Switches, max_pool_with_switches, unpool
+from convscope.ops.pooling import _unpool_by_scatter_add
+
+CASES = [  # (input shape, kernel, stride): the two targets, then AlexNet/ZF-style overlapping windows
+    ((8, 64, 112, 112), 2, 2),
+    ((32, 512, 28, 28), 2, 2),
+    ((8, 96, 55, 55), 3, 2),
+]
+WRONG = "WRONG: differs from the max-pool gradient (overwrites shared switches)"
+
+
+def routes(x: torch.Tensor, values: torch.Tensor, sw: Switches) -> dict[str, Callable[[], object]]:
+    """Every way to unpool ``values``, the bandwidth floor first (it is the reference row)."""
+    (k, _), (s, _) = sw.kernel_size, sw.stride
+    idx, n = sw.indices, values.numel()
+    out = torch.empty_like(x)
+    xg = x.clone().requires_grad_()
+    graph = F.max_pool2d(xg, k, s)
+    idx32 = idx.to(torch.int32)
+
+    def int32_switches() -> torch.Tensor:
+        widened = dataclasses.replace(sw, indices=idx32.long())
+        widened._trust_indices()
+        return unpool(values, widened)
+
+    return {
+        "bandwidth": lambda: (out.zero_(), out.view(-1)[:n].copy_(values.view(-1))),
+        "convscope unpool": lambda: unpool(values, sw),
+        "F.max_unpool2d": lambda: F.max_unpool2d(values, idx, k, s, output_size=x.shape[2:]),
+        "gradient: aten max_pool2d backward": lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+            values, x, [k, k], [s, s], [0, 0], [1, 1], False, idx),
+        "gradient: autograd.grad": lambda: torch.autograd.grad(graph, xg, values, retain_graph=True)[0],
+        "alt: zeros + scatter_add_": lambda: _unpool_by_scatter_add(values, sw),
+        "alt: int32 switches (to int64, then unpool)": int32_switches,
+    }
+
+
+def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool) -> Table:
+    """One table: every route on one input shape, each verified against the gradient first."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen)
+    pooled, sw = max_pool_with_switches(x, kernel, stride)
+    values = torch.randn(pooled.shape, generator=gen)
+    todo = routes(x, values, sw)
+    expected = todo["gradient: autograd.grad"]()  # the oracle every other route must equal
+    notes = {name: "" if torch.equal(fn(), expected) else WRONG for name, fn in todo.items() if name != "bandwidth"}
+    notes["bandwidth"] = "preallocated output: zero_ + copy_ of n values"
+    best = {name: float("inf") for name in todo}
+    for _ in range(1 if quick else 3):  # round-robin: a load burst spreads over all rows
+        for name, fn in todo.items():
+            best[name] = min(best[name], measure(fn, repeat=3, min_time=0.02 if quick else 0.05))
+    overlap = " (overlapping)" if sw.overlapping else ""
+    table = Table(f"unpool {list(shape)} -> {list(pooled.shape)}, {kernel}x{kernel} stride {stride}{overlap}",
+                  reference="bandwidth")
+    out_bytes, v_bytes = values.element_size() * x.numel(), values.nbytes
+    for name, seconds in best.items():
+        moved = out_bytes + 2 * v_bytes if name == "bandwidth" else out_bytes + v_bytes + sw.indices.nbytes
+        table.rows.append(Row(name, seconds, moved, notes[name]))
+    table.notes += [
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end; GB/s counts "
+        "output + values + int64 switches (bandwidth row: output + 2x values).",
+        "int32 switches would halve switch memory (4 instead of 8 bytes per pooled element) but pay the "
+        "conversion back to int64 in their row.",
+    ]
+    return table
+
+
+def run(quick: bool, threads: int = 2) -> list[Table]:
+    """All tables; ``quick`` shortens the timing loops (for smoke runs, not for numbers)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return [unpool_table(shape, k, s, quick) for shape, k, s in CASES]
+    finally:
+        torch.set_num_threads(saved)
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    n_threads = int(args[args.index("--threads") + 1]) if "--threads" in args else 2
+    for t in run(quick="--quick" in args, threads=n_threads):
+        print(t.markdown())

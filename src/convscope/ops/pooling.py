@@ -1,0 +1,190 @@
+"""Max-pooling that keeps its switches, and unpooling that adds values back at them.
+
+``unpool`` is the exact adjoint of max-pooling: for every pooled position ``o``,
+
+    out[n, c, switch[n, c, o]] += values[n, c, o],   out = 0 elsewhere,
+
+which equals ``torch.autograd.grad(F.max_pool2d(x, ...), x, values)``. With overlapping windows
+(3x3 stride 2, as in AlexNet and ZF-net) one input position can be the maximum of several windows
+and receives the sum of their values; ``F.max_unpool2d`` writes instead, and so keeps only one.
+
+Switch storage: 8 bytes per pooled element (2 per input element for 2x2 pooling) — the int64 flat
+index within the spatial plane that PyTorch's max-pool returns, kept as is. Storing int32 would
+halve that, but every consumer (the max-pool backward kernel, ``scatter_add_``, ``gather``)
+takes int64 only, so each unpool would pay an extra conversion pass (measured in
+benchmarks/bench_unpool_torch.py) to save memory that is small next to the activations.
+
+Unpool route: on CPU the max-pool backward kernel (``aten.max_pool2d_with_indices_backward``,
+3-D likewise, 1-D through 2-D) fed a zero-stride stand-in for the input, whose data it never
+reads, writing into a fresh output advised for huge pages (see ``allocation.py``: page faults
+on a fresh 50 MB output otherwise cost more than the unpooling). On CUDA, and for channels_last
+values (whose result stays channels_last), ``scatter_add_`` into a zeroed output: on CUDA its
+atomic adds make sums at shared switches order-dependent in the last bit. Every route is exact
+for every geometry and, through one autograd function, differentiable in ``values`` with the
+gather at the switches as gradient. The CPU kernel does not bounds-check indices, so
+``Switches.check_indices`` runs first (O(1) for records this module made).
+Timings: benchmarks/bench_unpool_torch.py.
+
+Example::
+
+    pooled, switches = max_pool_with_switches(x, kernel_size=3, stride=2)
+    back = unpool(pooled, switches)  # x's shape; each max back in place, overlaps added
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from convscope.errors import ConvscopeError
+from convscope.ops.allocation import empty_output
+from convscope.ops.switches import IntOrTuple, Switches, as_tuple, check_pool_geometry
+
+_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_LAYOUT = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
+
+
+def _spatial_dims(*params: IntOrTuple | None) -> int:
+    """1, 2 or 3: the length of the first parameter given as a sequence, else 2."""
+    for value in params:
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            if len(value) not in (1, 2, 3):
+                raise ConvscopeError(f"pooling parameter {tuple(value)} has {len(value)} entries",
+                                     "Give 1, 2 or 3 entries, one per spatial axis.")
+            return len(value)
+    return 2
+
+
+def max_pool_with_switches(x: torch.Tensor, kernel_size: IntOrTuple, stride: IntOrTuple | None = None,
+                           padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                           ceil_mode: bool = False) -> tuple[torch.Tensor, Switches]:
+    """``F.max_pool2d`` (or 1-D/3-D) that also returns the :class:`Switches` ``unpool`` needs.
+
+    The arguments mean what they mean for ``nn.MaxPool2d`` (``stride=None`` is ``kernel_size``).
+    Pooling is 2-D over ``(N, C, H, W)`` unless a parameter is a 1- or 3-tuple, which selects
+    1-D ``(N, C, L)`` or 3-D ``(N, C, D, H, W)``. ``pooled`` stays differentiable in ``x``.
+    Configurations that would make a window of padding only are rejected before PyTorch runs.
+
+    Example::
+
+        pooled, sw = max_pool_with_switches(torch.randn(2, 3, 7, 7), 3, stride=2, padding=1)
+        pooled.shape, sw.indices.shape  # (2, 3, 4, 4) twice
+    """
+    dims = _spatial_dims(kernel_size, stride, padding, dilation)
+    if not isinstance(x, torch.Tensor):
+        raise ConvscopeError(f"max_pool_with_switches needs a torch.Tensor, got {type(x).__name__}",
+                             "Convert the input with torch.as_tensor(x).")
+    if not x.is_floating_point():
+        raise ConvscopeError(f"max_pool_with_switches needs a floating-point input, got {x.dtype}",
+                             "Convert it first, e.g. x.float().")
+    if x.dim() != dims + 2:
+        raise ConvscopeError(f"{dims}-D max-pooling needs a {dims + 2}-D input {_LAYOUT[dims]}, "
+                             f"got shape {tuple(x.shape)}",
+                             "Add a batch dimension with x.unsqueeze(0) for a single sample, or pass "
+                             "kernel_size as a 1- or 3-tuple for 1-D or 3-D pooling.")
+    k = as_tuple(kernel_size, dims, "kernel_size")
+    s = k if stride is None else as_tuple(stride, dims, "stride")
+    p = as_tuple(padding, dims, "padding")
+    d = as_tuple(dilation, dims, "dilation")
+    check_pool_geometry(x.shape[2:], k, s, p, d, bool(ceil_mode))
+    pooled, indices = _POOL[dims](x, k, s, p, d, ceil_mode=bool(ceil_mode), return_indices=True)
+    switches = Switches(indices, x.shape, k, s, p, d, bool(ceil_mode))
+    switches._trust_indices()
+    return pooled, switches
+
+
+def unpool(values: torch.Tensor, switches: Switches) -> torch.Tensor:
+    """Add each of ``values`` at its switch position of a zero tensor of the pooled input's shape.
+
+    ``out[n, c, switch[n, c, o]] += values[n, c, o]``: the gradient of the max-pool that made
+    ``switches`` with ``values`` as the upstream signal. ``values`` must have the pooled shape and
+    a floating dtype; the result has its dtype and device and is differentiable in ``values``
+    (its gradient is ``gather_at_switches``).
+
+    Example::
+
+        pooled, sw = max_pool_with_switches(x, 3, stride=2)
+        back = unpool(pooled, sw)  # == torch.autograd.grad(F.max_pool2d(x, 3, 2), x, pooled)[0]
+    """
+    _check_unpool_args(values, switches)
+    switches.check_indices()
+    return _Unpool.apply(values, switches)
+
+
+def gather_at_switches(grad: torch.Tensor, switches: Switches) -> torch.Tensor:
+    """The adjoint of ``unpool``: ``out[n, c, o] = grad[n, c, switch[n, c, o]]`` (pooled shape)."""
+    index = switches.indices.flatten(2)
+    return grad.flatten(2).gather(2, index).view(switches.pooled_shape)
+
+
+class _Unpool(torch.autograd.Function):
+    """Forward: the fastest exact route for the device and layout; backward: a gather."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, values: torch.Tensor,  # type: ignore[override]
+                switches: Switches) -> torch.Tensor:
+        ctx.switches = switches  # type: ignore[attr-defined]
+        ctx.save_for_backward(switches.indices)  # autograd then refuses indices edited in place
+        if values.device.type == "cpu" and not _is_channels_last(values):
+            return _unpool_by_pool_backward(values, switches)
+        return _unpool_by_scatter_add(values, switches)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
+                 grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        ctx.saved_tensors  # noqa: B018 - raises if the indices changed since the forward
+        return gather_at_switches(grad, ctx.switches), None  # type: ignore[attr-defined]
+
+
+def _check_unpool_args(values: torch.Tensor, switches: Switches) -> None:
+    if not isinstance(switches, Switches):
+        raise ConvscopeError(f"unpool needs a Switches record, got {type(switches).__name__}",
+                             "Pass the second result of max_pool_with_switches(x, ...).")
+    if not isinstance(values, torch.Tensor):
+        raise ConvscopeError(f"unpool needs a torch.Tensor of values, got {type(values).__name__}",
+                             "Convert them with torch.as_tensor(values).")
+    if not values.is_floating_point():
+        raise ConvscopeError(f"unpool needs floating-point values, got {values.dtype}",
+                             "Convert them first, e.g. values.float().")
+    if values.shape != switches.pooled_shape:
+        raise ConvscopeError(f"values have shape {tuple(values.shape)}, but the switches were recorded for a "
+                             f"pooled output of shape {tuple(switches.pooled_shape)}",
+                             "Unpool a signal shaped like the output of the max-pool these switches came from.")
+    if values.device != switches.indices.device:
+        raise ConvscopeError(f"values are on {values.device} but the switches are on {switches.indices.device}",
+                             f"Move the values with values.to('{switches.indices.device}').")
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
+    return fmt is not None and not t.is_contiguous() and t.is_contiguous(memory_format=fmt)
+
+
+def _unpool_by_pool_backward(values: torch.Tensor, sw: Switches) -> torch.Tensor:
+    """The max-pool backward kernel; the input it asks for is a zero-stride stand-in (shape only)."""
+    k, s, p, d, idx, shape = sw.kernel_size, sw.stride, sw.padding, sw.dilation, sw.indices, sw.input_shape
+    if len(k) == 1:  # 1-D as 2-D with a height of one: flat indices within L stay the same
+        values, idx, shape = values.unsqueeze(2), idx.unsqueeze(2), torch.Size((*shape[:2], 1, shape[2]))
+        k, s, p, d = (1, *k), (1, *s), (0, *p), (1, *d)
+    stand_in = values.new_empty(()).expand(shape)
+    backward = (torch.ops.aten.max_pool3d_with_indices_backward if len(k) == 3
+                else torch.ops.aten.max_pool2d_with_indices_backward)
+    out = empty_output(shape, values.dtype, values.device)  # the kernel zero-fills it first
+    backward.grad_input(values, stand_in, list(k), list(s), list(p), list(d), sw.ceil_mode, idx, grad_input=out)
+    return out if len(sw.kernel_size) > 1 else out.view(sw.input_shape)
+
+
+def _unpool_by_scatter_add(values: torch.Tensor, sw: Switches) -> torch.Tensor:
+    """``scatter_add_`` over the flattened plane, channels last when ``values`` are channels_last."""
+    n, c = sw.input_shape[:2]
+    if _is_channels_last(values):  # [N, P, C] views of channels_last tensors need no copy
+        to_last = (0, *range(2, values.dim()), 1)
+        src = values.permute(to_last).reshape(n, -1, c)
+        index = sw.indices.permute(to_last).reshape(n, -1, c)
+        out = empty_output((n, sw.plane_size, c), values.dtype, values.device).zero_().scatter_add_(1, index, src)
+        return out.view(n, *sw.input_shape[2:], c).permute(0, -1, *range(1, values.dim() - 1))
+    src, index = values.reshape(n * c, -1), sw.indices.reshape(n * c, -1)
+    out = empty_output((n * c, sw.plane_size), values.dtype, values.device).zero_().scatter_add_(1, index, src)
+    return out.view(sw.input_shape)
