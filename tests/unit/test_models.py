@@ -56,7 +56,9 @@ def test_torchvision_weights_use_the_real_weights_api(monkeypatch: pytest.Monkey
         asked.append(url)
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    import torchvision.models._api as tv_api  # where torchvision's WeightsEnum fetches its file
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
     with pytest.raises(ConvscopeError, match="--weights"):
         load_model("torchvision:resnet18?weights=DEFAULT")
     assert asked and asked[0].endswith(".pth")  # torchvision asked for the real weights file

@@ -1,0 +1,115 @@
+"""The command line: output of the simple commands, and one clear paragraph (no traceback,
+exit code != 0) for each kind of bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convscope.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_layers_prints_the_tree_with_shapes(shapes_vgg: torch.nn.Module, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "layers", "zoo:shapes-vgg")
+    assert code == 0
+    line = next(row for row in out.splitlines() if row.strip().startswith("features.2 "))
+    assert "MaxPool2d" in line and "1x16x32x32" in line
+
+
+def test_zoo_list(shapes_vgg: torch.nn.Module, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "zoo", "list")
+    assert code == 0 and "shapes-vgg" in out and "held-out accuracy" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["layers", "zoo:shapes-vggg"], "Did you mean 'shapes-vgg'"),
+        (["layers", "nonsense"], "cannot tell what kind of model"),
+        (["layers", "torchvision:resnet18", "--weights", "missing.pt"], "no such weights file"),
+    ],
+)
+def test_bad_input_gives_one_paragraph_and_nonzero_exit(
+    args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2
+    assert needle in " ".join(err.split()) and "Traceback" not in err
+    assert err.startswith("convscope: error:")
+
+
+def test_wrong_architecture_weights_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "w.pt"
+    torch.save(torch.nn.Linear(3, 3).state_dict(), path)
+    code, _, err = run_cli(capsys, "layers", "torchvision:resnet18", "--weights", str(path))
+    assert code == 2 and "do not fit this architecture" in " ".join(err.split()) and "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    from convscope.errors import ConvscopeError
+
+    with pytest.raises(ConvscopeError):
+        main(["--debug", "layers", "nonsense"])
+
+
+def test_console_script_runs_in_a_fresh_process(shapes_vgg: torch.nn.Module) -> None:
+    proc = subprocess.run([sys.executable, "-m", "convscope.cli", "layers", "zoo:shapes-vgg"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "classifier.4" in proc.stdout
+
+
+def test_import_convscope_imports_no_tensorflow_or_matplotlib() -> None:
+    code = ("import sys, convscope, convscope.render, convscope.zoo, convscope.ops; "
+            "bad = [m for m in ('tensorflow', 'matplotlib', 'keras', 'torchvision') if m in sys.modules]; "
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _png(path: Path) -> Path:
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
+    return path
+
+
+def test_project_writes_pngs(shapes_vgg: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from convscope.data import Shapes
+
+    img = tmp_path / "shape.png"
+    Image.fromarray(Shapes(1, seed=5).sample(0).image).save(img)
+    code, out, err = run_cli(capsys, "project", "zoo:shapes-vgg", str(img), "--layer", "features.4", "--channel", "3",
+                             "--top", "2", "--out", str(tmp_path / "p"))
+    assert code == 0, err
+    written = Path(out.strip().splitlines()[-1])
+    assert written.is_file() and Image.open(written).size[0] > 3 * 192
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "layer"])
+def test_project_bad_input(problem: str, shapes_vgg: torch.nn.Module, tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    img = _png(tmp_path / "ok.png")
+    layer = "features.4"
+    if problem == "missing":
+        img = tmp_path / "nope.png"
+    elif problem == "corrupt":
+        img = tmp_path / "bad.png"
+        img.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    else:
+        layer = "feature.4"
+    code, _, err = run_cli(capsys, "project", "zoo:shapes-vgg", str(img), "--layer", layer, "--channel", "0",
+                           "--out", str(tmp_path / "p"))
+    text = " ".join(err.split())
+    assert code == 2 and "Traceback" not in err
+    assert {"missing": "no such image file", "corrupt": "cannot read", "layer": "Did you mean 'features.4'"}[problem] in text
