@@ -8,6 +8,7 @@ Example::
 
     import convscope
     model = convscope.zoo.load("shapes-vgg")
+    saliency = convscope.GuidedBackprop(model).attribute(x, target=convscope.Channel("features.7", 3))
     pooled, switches = convscope.ops.max_pool_with_switches(x, 2)
 """
 
@@ -29,9 +30,28 @@ _LAZY: dict[str, str | None] = {
     "images": None,
     "errors": None,
     "tf": None,
+    "targets": None,
+    "rules": None,
+    "methods": None,
+    "deconv": None,
+    "project": None,
     "ConvscopeError": "convscope.errors",
     "load_model": "convscope.models",
     "load_images": "convscope.images",
+    "Class": "convscope.targets",
+    "Channel": "convscope.targets",
+    "Neuron": "convscope.targets",
+    "MaxNeuron": "convscope.targets",
+    "Direction": "convscope.targets",
+    "Target": "convscope.targets",
+    "RuleMap": "convscope.rules",
+    "GuidedReLU": "convscope.rules",
+    "DeconvReLU": "convscope.rules",
+    "Saliency": "convscope.methods",
+    "InputXGradient": "convscope.methods",
+    "DeconvNet": "convscope.methods",
+    "GuidedBackprop": "convscope.methods",
+    "get_method": "convscope.methods",
 }
 
 

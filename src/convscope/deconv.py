@@ -1,0 +1,369 @@
+"""The explicit Zeiler-Fergus deconvnet: a top-down mirror of a model, built layer by layer.
+
+One forward pass records the model as a chain of steps (leaf modules, plus functional ReLUs and
+reshapes in ``forward``), the max-pool switches and the target's layer outputs. The target plants
+its seed ``d score / d activation`` (for ``MaxNeuron``: the strongest activation, all others zero)
+and the signal walks back down the chain, each step mirrored by hand:
+
+==========================  ===============================================================
+forward step                mirror (signal ``s`` -> signal below)
+==========================  ===============================================================
+``MaxPool2d``               ``ops.unpool(s, switches)``: add at the recorded switches
+ReLU (module or function)   ``relu(s)``: rectify
+``Conv2d``                  ``conv_transpose2d(s, W)``: the layer's own weights, no bias
+``Linear``                  ``s @ W``: the transpose, no bias
+``BatchNorm`` (eval)        ``s * gamma / sqrt(running_var + eps)``: its linear part, no shift
+``AvgPool2d``, adaptive     the transpose of the averaging (spread evenly over each window)
+flatten/reshape, dropout,   reshape back to the step's input shape
+identity
+==========================  ===============================================================
+
+Batch-norm follows the same documented rule as conv and linear layers (transpose of the linear
+map, bias dropped), so the mirror equals :class:`~convscope.methods.DeconvNet` wherever both
+apply. Anything else on the path - a residual add or other branch, a non-ReLU activation, an
+unknown module - raises a :class:`~convscope.errors.ConvscopeError` naming the layer and pointing
+to ``DeconvNet(model)``, which applies the same rule during backprop through any graph.
+
+Example::
+
+    img = reconstruct(model, x, MaxNeuron("features.12", 7))   # shaped like x
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from convscope import ops
+from convscope.backends.torch.rule_mode import relu_call
+from convscope.backends.torch.session import call_model, eval_mode
+from convscope.errors import ConvscopeError
+from convscope.layers import layer_name, resolve_layer
+from convscope.methods.base import check_input
+from convscope.targets import LayerKey, Record, Target, TargetLike, as_target
+
+Mirror = Callable[[Tensor], Tensor]
+_HINT = ("DeconvNet(model).attribute(x, target) applies the same deconvnet rule during backprop through "
+         "any graph; or target a layer below this one.")
+
+
+class _CannotMirror(Exception):
+    """Raised while building a step's mirror; turned into a ConvscopeError only if the signal gets there."""
+
+
+@dataclass
+class Step:
+    """One forward step on the chain: what ran (``name``, ``kind``), what it consumed and produced,
+    and its mirror (None when it has none; ``why`` says why)."""
+
+    name: str
+    kind: str
+    inputs: tuple[Tensor, ...]
+    output: Tensor
+    in_shape: torch.Size
+    mirror: Mirror | None
+    why: str = ""
+
+
+def _reshape_back(shape: torch.Size) -> Mirror:
+    return lambda s: s.reshape(shape)
+
+
+def _conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    if conv.padding == "valid":
+        return 0, 0
+    if conv.padding == "same":
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        if any(t % 2 for t in total):
+            raise _CannotMirror("its padding='same' is asymmetric for this kernel")
+        return total[0] // 2, total[1] // 2
+    return conv.padding  # type: ignore[return-value]
+
+
+def _mirror_conv(conv: nn.Conv2d, inp: Tensor, out: Tensor) -> Mirror:
+    if conv.padding_mode != "zeros":
+        raise _CannotMirror(f"padding_mode={conv.padding_mode!r} has no transpose here")
+    pad = _conv_padding(conv)
+    extra = tuple(inp.shape[2 + i] - ((out.shape[2 + i] - 1) * conv.stride[i] - 2 * pad[i]
+                                      + conv.dilation[i] * (conv.kernel_size[i] - 1) + 1) for i in range(2))
+    return lambda s: F.conv_transpose2d(s, conv.weight, None, conv.stride, pad, extra, conv.groups, conv.dilation)
+
+
+def _mirror_pool(pool: nn.MaxPool2d, inp: Tensor, out: Tensor) -> Mirror:
+    if pool.return_indices:
+        raise _CannotMirror("it returns indices as well as values")
+    pooled, switches = ops.max_pool_with_switches(inp, pool.kernel_size, pool.stride, pool.padding,
+                                                  pool.dilation, pool.ceil_mode)
+    if not torch.equal(pooled, out):
+        raise _CannotMirror("its output is not the max-pool of its input")
+    return lambda s: ops.unpool(s, switches)
+
+
+def _mirror_batchnorm(bn: nn.modules.batchnorm._BatchNorm, inp: Tensor, out: Tensor) -> Mirror:
+    if bn.running_var is None:
+        raise _CannotMirror("it normalises with batch statistics (track_running_stats=False)")
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    scale = scale.reshape(1, -1, *([1] * (inp.dim() - 2)))
+    return lambda s: s * scale
+
+
+def _mirror_adaptive_avg(pool: nn.AdaptiveAvgPool2d, inp: Tensor, out: Tensor) -> Mirror:
+    (h, w), (oh, ow) = inp.shape[2:], out.shape[2:]
+
+    def back(s: Tensor) -> Tensor:
+        below = s.new_zeros(*s.shape[:2], h, w)
+        for i in range(oh):  # output cell (i, j) averages rows [h0, h1) x columns [w0, w1)
+            h0, h1 = (i * h) // oh, math.ceil((i + 1) * h / oh)
+            for j in range(ow):
+                w0, w1 = (j * w) // ow, math.ceil((j + 1) * w / ow)
+                below[:, :, h0:h1, w0:w1] += s[:, :, i:i + 1, j:j + 1] / ((h1 - h0) * (w1 - w0))
+        return below
+
+    return back
+
+
+def _mirror_avg(pool: nn.AvgPool2d, inp: Tensor, out: Tensor) -> Mirror:
+    k, stride, pad = (nn.modules.utils._pair(v) for v in (pool.kernel_size, pool.stride, pool.padding))
+    if pool.ceil_mode or pool.divisor_override or (any(pad) and not pool.count_include_pad):
+        raise _CannotMirror("its divisor varies from window to window (ceil_mode, divisor_override or "
+                            "count_include_pad=False)")
+    channels = inp.shape[1]
+    kernel = inp.new_full((channels, 1, *k), 1.0 / (k[0] * k[1]))
+    extra = tuple(inp.shape[2 + i] - ((out.shape[2 + i] - 1) * stride[i] - 2 * pad[i] + k[i]) for i in range(2))
+    return lambda s: F.conv_transpose2d(s, kernel, None, stride, pad, extra, channels)
+
+
+_MODULE_MIRRORS: list[tuple[type | tuple[type, ...], Callable[[Any, Tensor, Tensor], Mirror]]] = [
+    (nn.Conv2d, _mirror_conv),
+    (nn.Linear, lambda m, i, o: lambda s: s @ m.weight),
+    (nn.ReLU, lambda m, i, o: torch.relu),
+    (nn.MaxPool2d, _mirror_pool),
+    (nn.modules.batchnorm._BatchNorm, _mirror_batchnorm),
+    (nn.AdaptiveAvgPool2d, _mirror_adaptive_avg),
+    (nn.AvgPool2d, _mirror_avg),
+    ((nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d),
+     lambda m, i, o: _reshape_back(i.shape)),
+]
+
+_RESHAPES = {torch.flatten, torch.Tensor.flatten, torch.Tensor.view, torch.Tensor.reshape, torch.reshape,
+             torch.Tensor.contiguous, torch.squeeze, torch.Tensor.squeeze, torch.unsqueeze, torch.Tensor.unsqueeze}
+
+
+def _module_mirror(module: nn.Module, inp: Tensor, out: Tensor) -> Mirror:
+    for kind, build in _MODULE_MIRRORS:
+        if isinstance(module, kind):
+            return build(module, inp, out)
+    raise _CannotMirror(f"{type(module).__name__} has no deconvnet mirror (supported: conv, linear, ReLU, "
+                        "max/avg-pool, batch-norm, flatten, dropout, identity)")
+
+
+def _op_mirror(func: Callable[..., Any], args: tuple, kwargs: Mapping[str, Any], inp: Tensor) -> Mirror:
+    if relu_call(func, args, kwargs) is not None:
+        return torch.relu
+    if func in _RESHAPES:
+        return _reshape_back(inp.shape)
+    raise _CannotMirror("only ReLUs and reshapes are mirrored outside modules")
+
+
+def _op_name(func: Callable[..., Any]) -> str:
+    """``Tensor.view``, ``torch.sigmoid``, ``torch.nn.functional.gelu``."""
+    name = getattr(func, "__name__", repr(func))
+    if getattr(func, "__qualname__", "").startswith(("TensorBase.", "Tensor.")):
+        return f"Tensor.{name}"
+    return f"{getattr(func, '__module__', None) or 'torch'}.{name}"
+
+
+def _tensors(value: object) -> Iterator[Tensor]:
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+
+
+class _Recorder(TorchFunctionMode):
+    """Records the chain of steps of one forward pass (leaf modules via hooks, other ops via the mode)."""
+
+    def __init__(self, model: nn.Module, x: Tensor, watch: Mapping[nn.Module, list[LayerKey]]) -> None:
+        super().__init__()
+        self.model, self.watch = model, watch
+        self.steps: list[Step] = []
+        self.chain: dict[int, Tensor] = {id(x): x}
+        self.where: list[str] = []
+        self.leaf_depth = 0
+        self.paused = 0
+        self.seen: dict[LayerKey, tuple[Tensor, int]] = {}
+        self.calls: dict[LayerKey, int] = {}
+
+    def _on_chain(self, *values: object) -> tuple[Tensor, ...]:
+        return tuple(t for t in _tensors(values) if self.chain.get(id(t)) is t)
+
+    def _add(self, name: str, kind: str, inputs: tuple[Tensor, ...], output: Tensor,
+             build: Callable[[], Mirror]) -> None:
+        mirror, why = None, ""
+        try:
+            mirror = build()
+        except _CannotMirror as reason:
+            why = str(reason)
+        self.steps.append(Step(name, kind, inputs, output, inputs[0].shape, mirror, why))
+        self.chain[id(output)] = output
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple = (),  # noqa: ANN401
+                           kwargs: Mapping[str, Any] | None = None) -> Any:  # noqa: ANN401
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if self.paused or self.leaf_depth or not isinstance(result, Tensor):
+            return result
+        inputs = self._on_chain(args, kwargs)
+        if inputs:
+            where = f"in {self.where[-1]!r}" if self.where and self.where[-1] else "in the model's forward"
+            self._add(f"{_op_name(func)} {where}", _op_name(func), inputs, result,
+                      lambda: _op_mirror(func, args, kwargs, inputs[0]))
+        return result
+
+    def hooks(self) -> Iterator[Callable[[], None]]:
+        """Register the module hooks; yields each handle's remover."""
+        for name, module in self.model.named_modules():
+            leaf = next(module.children(), None) is None
+            yield module.register_forward_pre_hook(self._pre(name, leaf)).remove
+            yield module.register_forward_hook(self._post(name, module, leaf), always_call=True).remove
+
+    def _pre(self, name: str, leaf: bool) -> Callable[..., None]:
+        def pre(_module: nn.Module, _args: object) -> None:
+            self.where.append(name)
+            self.leaf_depth += leaf
+
+        return pre
+
+    def _post(self, name: str, module: nn.Module, leaf: bool) -> Callable[..., None]:
+        def post(_module: nn.Module, args: tuple, output: object) -> None:
+            self.where.pop()
+            self.leaf_depth -= leaf
+            if self.paused or self.leaf_depth or not isinstance(output, Tensor):
+                return
+            self.paused += 1  # the hook's own tensor ops are not steps of the model
+            try:
+                inputs = self._on_chain(args)
+                if leaf and inputs:
+                    self._add(name, type(module).__name__, inputs, output,
+                              lambda: _module_mirror(module, inputs[0], output))
+                for key in self.watch.get(module, ()):
+                    self.calls[key] = self.calls.get(key, 0) + 1
+                    if self.steps and self.steps[-1].output is output:
+                        self.seen[key] = (output.detach().clone(), len(self.steps) - 1)
+            finally:
+                self.paused -= 1
+
+        return post
+
+
+def _trace(model: nn.Module, x: Tensor, keys: list[LayerKey]) -> tuple[_Recorder, Tensor]:
+    watch: dict[nn.Module, list[LayerKey]] = {}
+    for key in keys:
+        watch.setdefault(resolve_layer(model, key), []).append(key)
+    recorder = _Recorder(model, x, watch)
+    with ExitStack() as scope:
+        scope.enter_context(eval_mode(model))
+        for remove in recorder.hooks():
+            scope.callback(remove)
+        scope.enter_context(torch.no_grad())
+        scope.enter_context(recorder)
+        output = call_model(model, x)
+    return recorder, output
+
+
+def _layer_label(model: nn.Module, key: LayerKey) -> str:
+    return key if isinstance(key, str) else layer_name(model, key)
+
+
+def _seeds(model: nn.Module, recorder: _Recorder, output: Tensor, target: Target,
+           keys: list[LayerKey]) -> dict[int, Tensor]:
+    """Step index -> ``d score / d (that step's output)``, planted by the target."""
+    acts = {}
+    for key in keys:
+        calls = recorder.calls.get(key, 0)
+        if calls != 1:
+            raise ConvscopeError(f"layer {_layer_label(model, key)!r} ran {calls} times in one forward pass",
+                                 "Target a layer that runs exactly once.")
+        if key not in recorder.seen:
+            raise ConvscopeError(f"the deconvnet mirror cannot find layer {_layer_label(model, key)!r} on the "
+                                 "model's chain of layers", _HINT)
+        acts[key] = recorder.seen[key][0].requires_grad_()
+    out = output.detach().clone().requires_grad_()
+    with torch.enable_grad():
+        score = target.score(Record(output=out, acts=acts, rows=slice(0, output.shape[0])))
+        wanted = [out, *acts.values()]
+        grads = (torch.autograd.grad(score.sum(), wanted, allow_unused=True) if score.requires_grad
+                 else [None] * len(wanted))
+    seeds: dict[int, Tensor] = {}
+    for key, grad in zip([None, *acts], grads):
+        if grad is None:
+            continue
+        if key is None:
+            index = max((i for i, s in enumerate(recorder.steps) if s.output is output), default=None)
+            if index is None:
+                raise ConvscopeError("the deconvnet mirror cannot find the step that produced the model's output",
+                                     _HINT)
+        else:
+            index = recorder.seen[key][1]
+        seeds[index] = seeds[index] + grad if index in seeds else grad
+    return seeds
+
+
+def _check_link(step: Step, below: Tensor) -> None:
+    if len(step.inputs) == 1 and step.inputs[0] is below:
+        return
+    what = "joins several tensors (a residual add or concatenation)" if len(step.inputs) > 1 else \
+        "reads an earlier tensor, not the previous step's output (a branch, as in a residual block)"
+    raise ConvscopeError(f"the deconvnet mirror cannot pass {step.name}: it {what}", _HINT)
+
+
+def reconstruct(model: nn.Module, x: Tensor, target: TargetLike) -> Tensor:
+    """The pixel-space projection of ``target``'s seed through the explicit top-down mirror of ``model``.
+
+    Equals ``DeconvNet(model).attribute(x, target)`` on conv/ReLU/max-pool/linear chains.
+
+    Example::
+
+        reconstruct(model, x, MaxNeuron("features.12", 7))  # shaped like x
+    """
+    x = check_input(x)
+    target = as_target(target)
+    target.check_batch(x.shape[0])
+    keys = list(dict.fromkeys(target.layers()))
+    with torch.inference_mode(False):
+        fed = x.detach().clone()
+        recorder, output = _trace(model, fed, keys)
+        seeds = _seeds(model, recorder, output, target, keys)
+        return _walk_down(recorder.steps, seeds, fed)
+
+
+def _walk_down(steps: list[Step], seeds: dict[int, Tensor], fed: Tensor) -> Tensor:
+    """Plant each seed at its step and mirror every step from the highest seed down to the input."""
+    if not seeds:
+        return torch.zeros_like(fed)
+    top = max(seeds)
+    signal = torch.zeros_like(steps[top].output)
+    for i in range(top, -1, -1):
+        step = steps[i]
+        if i in seeds:
+            signal = signal + seeds[i]
+        _check_link(step, steps[i - 1].output if i else fed)
+        if step.mirror is None:
+            kind = "" if step.kind in step.name else f" ({step.kind})"
+            raise ConvscopeError(f"the deconvnet mirror cannot pass {step.name}{kind}: {step.why}", _HINT)
+        signal = step.mirror(signal)
+    return signal

@@ -1,0 +1,15 @@
+"""Attribution methods over one template (:class:`Method`), found by name in a registry.
+
+Example::
+
+    from convscope.methods import GuidedBackprop, get_method
+    maps = GuidedBackprop(model).attribute(x, 3)             # shaped like x
+    maps = get_method("deconvnet")(model).attribute(x, targets=[3, 5])
+"""
+
+from convscope.methods.base import Method
+from convscope.methods.gradient import DeconvNet, GradientMethod, GuidedBackprop, InputXGradient, Saliency
+from convscope.methods.registry import MethodInfo, get_method, methods, register_method
+
+__all__ = ["DeconvNet", "GradientMethod", "GuidedBackprop", "InputXGradient", "Method", "MethodInfo", "Saliency",
+           "get_method", "methods", "register_method"]

@@ -1,0 +1,98 @@
+"""Gradient methods: one backward pass per target, differing only in the ReLU rule and a final product.
+
+With ``s`` the target's score and ``a`` the input (or the output of layer ``wrt``):
+
+- :class:`Saliency`:       ``ds/da``                                  (Simonyan et al. 2013)
+- :class:`InputXGradient`: ``a * ds/da``                              (Shrikumar et al. 2016)
+- :class:`DeconvNet`:      ``ds/da`` with :class:`~convscope.rules.DeconvReLU` at every ReLU
+- :class:`GuidedBackprop`: ``ds/da`` with :class:`~convscope.rules.GuidedReLU` at every ReLU
+
+The seed's "gradient of a layer's output w.r.t. the input" is ``Saliency`` with a Channel or
+Neuron target. Neuron variants are targets, not classes:
+``GuidedBackprop(model).attribute(x, Neuron("features.28", 5, 3, 4))``.
+
+Example::
+
+    maps = DeconvNet(model, max_batch=16).attribute(x, targets=[3, MaxNeuron("features.12", 7)])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from convscope.backends.torch.probes import LayerKey
+from convscope.backends.torch.session import Session
+from convscope.methods.base import Method
+from convscope.methods.registry import register_method
+from convscope.rules import BackwardRule, DeconvReLU, Gradient, GuidedReLU, RuleMap, as_rule_map
+from convscope.targets import Target
+
+
+class GradientMethod(Method):
+    """``combine(a, ds/da)`` with the ReLU rules of ``rules`` (default: the class's preset)."""
+
+    default_rule: BackwardRule = Gradient()
+
+    def __init__(self, model: nn.Module, *, max_batch: int | None = None,
+                 rules: RuleMap | BackwardRule | None = None) -> None:
+        super().__init__(model, max_batch=max_batch)
+        self.rules = as_rule_map(rules, self.default_rule)
+
+    def _rules(self) -> RuleMap | None:
+        return self.rules
+
+    def combine(self, value: Tensor, grad: Tensor) -> Tensor:
+        """The map from the attributed tensor's value and the signal reaching it."""
+        return grad
+
+    def _compute(self, session: Session, x: Tensor, rows: slice, targets: list[Target],
+                 wrt: LayerKey | None) -> list[Tensor]:
+        run = session.forward(x, rows)
+        base = run.input if wrt is None else run.record.acts[wrt]
+        maps = []
+        for i, target in enumerate(targets):
+            score = target.score(run.record)
+            grad = None
+            if score.requires_grad:
+                (grad,) = torch.autograd.grad(score.sum(), base, retain_graph=i < len(targets) - 1,
+                                              allow_unused=True)
+            maps.append(self.combine(base.detach(), torch.zeros_like(base) if grad is None else grad))
+        return maps
+
+
+@register_method("saliency", "gradient of the target w.r.t. the input (or a layer)")
+class Saliency(GradientMethod):
+    """``ds/da``: the plain gradient (signed; take ``.abs()`` yourself for Simonyan's maps).
+
+    Example: ``Saliency(model).attribute(x, Channel("features.3", 5))``.
+    """
+
+
+@register_method("input_x_gradient", "input times the gradient of the target")
+class InputXGradient(GradientMethod):
+    """``a * ds/da``. Example: ``InputXGradient(model).attribute(x, 3)``."""
+
+    def combine(self, value: Tensor, grad: Tensor) -> Tensor:
+        return value * grad
+
+
+@register_method("deconvnet", "Zeiler-Fergus deconvnet: backprop passing relu(signal) at each ReLU")
+class DeconvNet(GradientMethod):
+    """``ds/da`` with the deconvnet rule ``relu(g)`` at every ReLU (Zeiler & Fergus 2014).
+
+    Equals the explicit top-down network of :func:`convscope.deconv.reconstruct` on chains.
+    Example: ``DeconvNet(model).attribute(x, MaxNeuron("features.12", 7))``.
+    """
+
+    default_rule = DeconvReLU()
+
+
+@register_method("guided_backprop", "guided backprop: relu(signal) * [input > 0] at each ReLU")
+class GuidedBackprop(GradientMethod):
+    """``ds/da`` with the guided rule ``relu(g) * [z > 0]`` at every ReLU (Springenberg et al. 2015).
+
+    Example: ``GuidedBackprop(model).attribute(x, Neuron("features.28", 5, 3, 4))``.
+    """
+
+    default_rule = GuidedReLU()

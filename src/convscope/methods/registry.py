@@ -1,0 +1,78 @@
+"""The method registry: snake_case names -> attribution methods, for the CLI and parametrized tests.
+
+Example::
+
+    @register_method("saliency", "gradient of the target w.r.t. the input")
+    class Saliency(GradientMethod): ...
+
+    get_method("guided-backprop")   # -> GuidedBackprop ('-' and '_' are interchangeable)
+    for info in methods().values():
+        print(info.name, info.description)
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from convscope.errors import ConvscopeError, did_you_mean
+
+if TYPE_CHECKING:
+    from convscope.methods.base import Method
+
+M = TypeVar("M", bound="type[Method]")
+
+# modules whose import registers the built-in methods (later method families add theirs here)
+_BUILTIN = ("convscope.methods.gradient",)
+_SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered method: its ``name``, a one-line ``description`` and its class."""
+
+    name: str
+    description: str
+    cls: type[Method]
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+
+
+def register_method(name: str, description: str) -> Callable[[M], M]:
+    """Class decorator adding a :class:`~convscope.methods.base.Method` under a snake_case ``name``."""
+    if not _SNAKE.fullmatch(name):
+        raise ValueError(f"method name {name!r} is not snake_case")
+
+    def add(cls: M) -> M:
+        known = _REGISTRY.get(name)
+        if known is not None and known.cls.__qualname__ != cls.__qualname__:
+            raise ValueError(f"method name {name!r} is taken by {known.cls.__qualname__}")
+        _REGISTRY[name] = MethodInfo(name, description, cls)
+        cls.name = name
+        return cls
+
+    return add
+
+
+def _load_builtin() -> None:
+    for module in _BUILTIN:
+        importlib.import_module(module)
+
+
+def methods() -> dict[str, MethodInfo]:
+    """Every registered method by name, in registration order."""
+    _load_builtin()
+    return dict(_REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered as ``name`` (hyphens allowed: 'guided-backprop')."""
+    found = methods().get(name.replace("-", "_"))
+    if found is None:
+        raise ConvscopeError(f"there is no attribution method named {name!r}",
+                             did_you_mean(name.replace("-", "_"), list(_REGISTRY), "method"))
+    return found.cls
