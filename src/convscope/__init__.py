@@ -35,6 +35,7 @@ _LAZY: dict[str, str | None] = {
     "methods": None,
     "deconv": None,
     "project": None,
+    "atlas": None,
     "ConvscopeError": "convscope.errors",
     "load_model": "convscope.models",
     "load_images": "convscope.images",

@@ -146,6 +146,22 @@ def _project(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- atlas ----------------------------------------------------------------------------------
+
+def _atlas_args(p: argparse.ArgumentParser) -> None:
+    from convscope.atlas import cli as atlas_cli
+
+    atlas_cli.configure(p)
+
+
+@command("atlas", "mine a dataset for each channel's top-k activations and write a Zeiler-Fergus HTML atlas",
+         _atlas_args)
+def _atlas(args: argparse.Namespace) -> int:
+    from convscope.atlas import cli as atlas_cli
+
+    return atlas_cli.run(args)
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:

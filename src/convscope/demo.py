@@ -180,6 +180,30 @@ def section_projections(ctx: DemoContext) -> tuple[str, list[Item]] | None:
     return "Deconvnet projections", items
 
 
+def section_atlas(ctx: DemoContext) -> tuple[str, list[Item]] | None:
+    try:
+        from convscope.atlas import build_atlas, write_pages
+        from convscope.atlas.pages import card_image
+    except ImportError:
+        return None
+    layer, n_images = "features.7", 1000
+    atlas = build_atlas(ctx.model, f"shapes:{n_images}", [layer], out=ctx.out / "atlas", k=9,
+                        preprocess=ctx.preprocess, progress=True, model_name="zoo:shapes-vgg")
+    index = write_pages(atlas)
+    acc = atlas.topk(layer)
+    strongest = np.argsort(-acc.values[:, 0], kind="stable")[:6]
+    items: list[Item] = [
+        f"For each channel of {layer}, the 9 of {n_images} Shapes images that excite it most (top row: the image "
+        "patch under the unit's receptive field) and the deconvnet projection of that single activation (bottom "
+        f"row). The six channels with the strongest activations are shown; all channels: "
+        f"{index.relative_to(ctx.out)} (open it beside this report)."]
+    projections, patches = atlas.projections(layer), atlas.patches(layer)
+    for c in strongest.tolist():
+        card = card_image(patches[c], projections[c])
+        items.append(ctx.save(f"atlas-{layer}-c{c}", card, f"{layer} channel {c}: top activation {acc.values[c, 0]:.3g}"))
+    return f"Dataset atlas ({layer}, {n_images} images)", items
+
+
 def _support_box(proj: np.ndarray, margin: int = 2) -> tuple[slice, slice]:
     """Rows/columns where a CHW projection is non-zero (plus ``margin``), as HWC slices."""
     energy = np.abs(proj).sum(axis=0)
@@ -210,7 +234,7 @@ def _capture(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
 
 
 SECTIONS: list[Section] = [section_predictions, section_activations, section_unpooling, section_methods,
-                           section_projections]
+                           section_projections, section_atlas]
 
 
 def run_demo(out: Path, n_images: int = 6, model_name: str = "shapes-vgg") -> Path:

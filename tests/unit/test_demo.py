@@ -18,10 +18,18 @@ def test_demo_writes_a_self_contained_report(shapes_vgg: torch.nn.Module, tmp_pa
     assert page == out / "index.html" and page.is_file()
     html = page.read_text()
     for heading in ("Predictions", "Layer activations", "Max-pool switches and unpooling",
-                    "Attribution methods", "Deconvnet projections"):
+                    "Attribution methods", "Deconvnet projections", "Dataset atlas (features.7, 1000 images)"):
         assert f">{heading}<" in html, heading
     # self-contained: every image is embedded, nothing is fetched from elsewhere
     sources = re.findall(r'src="([^"]*)"', html)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "http://" not in html and "https://" not in html
     assert (out / "predictions.png").is_file() and (out / "methods.png").is_file()
+
+
+def test_atlas_command_is_registered(capsys) -> None:
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["atlas", "--help"])
+    assert exit_info.value.code == 0 and "--resume" in capsys.readouterr().out

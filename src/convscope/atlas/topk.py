@@ -1,0 +1,198 @@
+"""A streaming, mergeable top-k accumulator: the k strongest activations of every channel.
+
+Each entry is ``(value, image, position)``; ``position`` is the flat spatial index
+``y * W + x`` of the unit in its feature map. The order is total and fixed:
+
+    value descending, then image index ascending, then position ascending
+
+so the k entries kept never depend on batch sizes, shard boundaries or merge order:
+``merge(a, merge(b, c)) == merge(merge(a, b), c)`` and ``merge(a, b) == merge(b, a)``.
+Within a batch only units at or above a threshold are candidates (see :meth:`TopK.update`);
+when ties make too many, the order is made exact with one int64 key per activation,
+``key = sortable(value) << 32 | (2**32 - 1 - flat_index)``, and ``torch.topk`` of the keys
+(no ties are possible, so the unstable top-k is exact).
+
+Example::
+
+    acc = TopK(channels=16, k=9, spatial=(32, 32))
+    acc.update(acts, images=0)               # acts: [N, 16, 32, 32]
+    acc = acc.merge(other_shard)
+    acc.values[c], acc.images[c], acc.positions[c]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from convscope.errors import ConvscopeError
+
+EMPTY = np.iinfo(np.int64).max  # the image/position of an unused slot: sorts after every real one
+_LOW = (1 << 32) - 1
+_FAST_LIMIT = 1 << 16  # most candidate units per batch for the threshold fast path
+
+
+def sortable_int(values: Tensor) -> Tensor:
+    """float32 -> int64 with the same order (``-0.0`` counts as ``+0.0``).
+
+    Flip the 31 magnitude bits of negative numbers so bigger floats give bigger ints.
+    """
+    bits = (values.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
+    return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(torch.int64)
+
+
+def _peaks(acts: Tensor) -> Tensor:
+    """``max`` over the spatial positions of each (image, channel): ``[N, C]``.
+
+    Adaptive max-pooling is fast for any memory layout (conv outputs are often channels-last,
+    where a plain ``amax`` is a slow strided reduction); it propagates NaN, as ``amax`` does.
+    """
+    if acts.dim() == 4:
+        return F.adaptive_max_pool2d(acts, 1).flatten(1)
+    if acts.dim() == 3:
+        return F.adaptive_max_pool1d(acts, 1).flatten(1)
+    return acts.reshape(acts.shape[0], acts.shape[1], -1).amax(2)
+
+
+@dataclass
+class TopK:
+    """The k best ``(value, image, position)`` per channel: arrays ``[channels, k]``, best first.
+
+    Unused slots hold ``value=-inf, image=position=EMPTY``; :meth:`count` says how many are used.
+    """
+
+    channels: int
+    k: int
+    spatial: tuple[int, ...]
+    values: np.ndarray = None  # type: ignore[assignment]
+    images: np.ndarray = None  # type: ignore[assignment]
+    positions: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ConvscopeError(f"k={self.k!r} must be a positive int", "k is how many top activations to keep, e.g. k=9.")
+        self.spatial = tuple(int(s) for s in self.spatial)
+        shape = (self.channels, self.k)
+        if self.values is None:
+            self.values = np.full(shape, -np.inf, dtype=np.float32)
+            self.images = np.full(shape, EMPTY, dtype=np.int64)
+            self.positions = np.full(shape, EMPTY, dtype=np.int64)
+
+    def count(self) -> int:
+        """How many slots per channel are filled (the same for every channel)."""
+        return int((self.images[0] != EMPTY).sum()) if self.channels else 0
+
+    def coords(self) -> np.ndarray:
+        """Positions as spatial coordinates ``[C, k, len(spatial)]`` (``-1`` for unused slots)."""
+        flat = np.where(self.images == EMPTY, 0, self.positions)
+        out = np.stack(np.unravel_index(flat, self.spatial), axis=-1) if self.spatial else flat[..., None] * 0
+        out[self.images == EMPTY] = -1
+        return out
+
+    def update(self, acts: Tensor, images: int | np.ndarray) -> None:
+        """Fold in a batch ``acts`` [N, C, *spatial]; sample ``i`` is image ``images[i]`` (an int
+        ``images`` means ``images + i``; an array must be increasing).
+
+        Fast path: with ``T_c`` the larger of the current k-th best and the k-th largest of the
+        images' peaks (k distinct units reach it), only units ``>= T_c`` can enter the top-k, and
+        only in images whose peak reaches ``T_c``; they are few unless very many units tie at
+        ``T_c`` (a channel of zeros), and then the exact key path ranks every unit.
+        """
+        if acts.dim() < 2 or acts.shape[1] != self.channels or tuple(acts.shape[2:]) != self.spatial:
+            raise ConvscopeError(f"activations of shape {list(acts.shape)} do not fit a top-k of "
+                                 f"{self.channels} channels x {list(self.spatial)}",
+                                 "Feed every batch from the same layer and input size.")
+        n, per_image = acts.shape[0], int(np.prod(self.spatial)) if self.spatial else 1
+        ids = np.arange(images, images + n) if isinstance(images, (int, np.integer)) else np.asarray(images)
+        if len(ids) != n or np.any(np.diff(ids) <= 0):
+            raise ConvscopeError(f"got {len(ids)} image ids for a batch of {n}, or ids not increasing",
+                                 "Give one increasing image index per sample.")
+        acts = acts.detach()
+        peak = _peaks(acts)  # [n, C]; NaN propagates
+        if bool(torch.isnan(peak).any()):
+            raise ConvscopeError("the layer produced NaN activations", "Check the model and the input data.")
+        threshold = torch.from_numpy(self.values[:, -1]).to(peak.device, peak.dtype)  # current k-th best
+        if n >= self.k:  # k images' peaks are k distinct units: the k-th best is at least their k-th
+            threshold = torch.maximum(threshold, torch.topk(peak, self.k, dim=0).values[-1])
+        rows, chans = torch.nonzero(peak >= threshold).unbind(1)  # only these slices can contribute
+        slices = acts[rows, chans].reshape(len(rows), per_image)
+        mask = slices >= threshold[chans, None]
+        if slices.numel() <= _FAST_LIMIT or int(torch.count_nonzero(mask)) <= _FAST_LIMIT:
+            s, p = torch.nonzero(mask).unbind(1)
+            self._absorb(chans[s].cpu().numpy(), slices[s, p].float().cpu().numpy(),
+                         ids[rows[s].cpu().numpy()], p.cpu().numpy())
+            return
+        self._absorb_all(acts.reshape(n, self.channels, per_image), ids)  # very many ties at the threshold (e.g. a channel of zeros)
+
+    def _absorb_all(self, acts3: Tensor, ids: np.ndarray) -> None:
+        """The exact key path: rank every unit of the batch by one int64 key per activation."""
+        n, per_image = acts3.shape[0], acts3.shape[2]
+        fmap = acts3.transpose(0, 1).reshape(self.channels, -1)
+        if fmap.shape[1] >= 1 << 32:
+            raise ConvscopeError("one batch holds more than 2**32 activations per channel",
+                                 "Use a smaller batch size.")
+        flat = torch.arange(fmap.shape[1], device=fmap.device, dtype=torch.int64)
+        keys = (sortable_int(fmap) << 32) | (_LOW - flat)
+        best = torch.topk(keys, min(self.k, fmap.shape[1]), dim=1, sorted=True).indices
+        values = fmap.gather(1, best).float().cpu().numpy()
+        best = best.cpu().numpy()
+        chans = np.repeat(np.arange(self.channels), best.shape[1])
+        self._absorb(chans, values.reshape(-1), ids[best // per_image].reshape(-1), (best % per_image).reshape(-1))
+
+    def _absorb(self, chans: np.ndarray, values: np.ndarray, images: np.ndarray, positions: np.ndarray) -> None:
+        """Keep the best k per channel of the current entries and the given ones (flat arrays)."""
+        c = np.concatenate([np.repeat(np.arange(self.channels), self.k), chans])
+        v = np.concatenate([self.values.reshape(-1), values.astype(np.float32)])
+        i = np.concatenate([self.images.reshape(-1), images.astype(np.int64)])
+        p = np.concatenate([self.positions.reshape(-1), positions.astype(np.int64)])
+        idx = np.lexsort((p, i, -(v + np.float32(0.0)), c))
+        c, v, i, p = c[idx], v[idx], i[idx], p[idx]
+        rank = np.arange(len(c)) - np.searchsorted(c, c)  # place within its channel
+        keep = rank < self.k  # every channel has >= k entries: its current (possibly empty) slots
+        self.values[c[keep], rank[keep]] = v[keep]
+        self.images[c[keep], rank[keep]] = i[keep]
+        self.positions[c[keep], rank[keep]] = p[keep]
+
+    def merge(self, other: TopK) -> TopK:
+        """A new accumulator holding the best k of both (shards must hold disjoint images)."""
+        if (other.channels, other.k, other.spatial) != (self.channels, self.k, self.spatial):
+            raise ConvscopeError(f"cannot merge top-k of {other.channels} channels, k={other.k}, spatial "
+                                 f"{list(other.spatial)} into {self.channels} channels, k={self.k}, "
+                                 f"spatial {list(self.spatial)}", "Merge results of the same layer, k and input size.")
+        out = self.copy()
+        out._absorb(np.repeat(np.arange(other.channels), other.k), other.values.reshape(-1),
+                    other.images.reshape(-1), other.positions.reshape(-1))
+        return out
+
+    def copy(self) -> TopK:
+        """An independent copy."""
+        return TopK(self.channels, self.k, self.spatial, self.values.copy(), self.images.copy(), self.positions.copy())
+
+    def equals(self, other: TopK) -> bool:
+        """Exactly the same entries (values compared bit for bit)."""
+        return (self.channels, self.k, self.spatial) == (other.channels, other.k, other.spatial) and \
+            np.array_equal(self.values, other.values) and np.array_equal(self.images, other.images) and \
+            np.array_equal(self.positions, other.positions)
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """The state as named arrays (for ``np.savez``); :meth:`from_arrays` reads them back."""
+        return {f"{prefix}values": self.values, f"{prefix}images": self.images,
+                f"{prefix}positions": self.positions, f"{prefix}spatial": np.asarray(self.spatial, dtype=np.int64)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray] | np.lib.npyio.NpzFile, prefix: str) -> TopK:
+        values = np.asarray(arrays[f"{prefix}values"])
+        return cls(values.shape[0], values.shape[1], tuple(int(s) for s in arrays[f"{prefix}spatial"]),
+                   values, np.asarray(arrays[f"{prefix}images"]), np.asarray(arrays[f"{prefix}positions"]))
+
+
+def merge_all(parts: dict[str, TopK], others: dict[str, TopK]) -> dict[str, TopK]:
+    """Layer-wise :meth:`TopK.merge` of two ``{layer: TopK}`` maps with the same layers."""
+    if set(parts) != set(others):
+        raise ConvscopeError(f"cannot merge results for layers {sorted(parts)} and {sorted(others)}",
+                             "Merge shards of the same mining run.")
+    return {name: acc.merge(others[name]) for name, acc in parts.items()}

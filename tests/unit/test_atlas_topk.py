@@ -1,0 +1,113 @@
+"""The streaming top-k accumulator against a brute-force argsort of all activations."""
+
+from __future__ import annotations
+
+from unittest.mock import patch
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nets import TinyVGG
+
+from convscope.atlas import TopK, mine
+from convscope.atlas import topk as topk_module
+from convscope.atlas.topk import EMPTY
+from convscope.errors import ConvscopeError
+
+
+def brute_force(acts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per channel, sort every (value, image, position) by value desc, image asc, position asc."""
+    n, c = acts.shape[:2]
+    flat = acts.reshape(n, c, -1)
+    out = [], [], []
+    for ch in range(c):
+        entries = [(-float(flat[i, ch, p]), i, p) for i in range(n) for p in range(flat.shape[2])]
+        entries.sort()
+        best = entries[:k]
+        out[0].append([-v for v, _, _ in best])
+        out[1].append([i for _, i, _ in best])
+        out[2].append([p for _, _, p in best])
+    return tuple(np.asarray(a) for a in out)  # type: ignore[return-value]
+
+
+def feed(acts: torch.Tensor, k: int, cuts: list[int]) -> TopK:
+    acc = TopK(acts.shape[1], k, tuple(acts.shape[2:]))
+    edges = [0, *sorted(set(cuts)), acts.shape[0]]
+    for lo, hi in zip(edges, edges[1:]):
+        if hi > lo:
+            acc.update(acts[lo:hi], lo)
+    return acc
+
+
+def test_mining_equals_brute_force_argsort() -> None:
+    torch.manual_seed(0)
+    model = TinyVGG().eval()
+    x = torch.randn(13, 3, 16, 16)
+    mined = mine(model, torch.utils.data.TensorDataset(x), ["features.0", "features.4"], k=5, batch_size=4)
+    with torch.no_grad():
+        full = {"features.0": model.features[0](x), "features.4": model.features[:5](x)}
+    for name, acts in full.items():
+        values, images, positions = brute_force(acts.numpy(), 5)
+        acc = mined.results[name]
+        np.testing.assert_allclose(acc.values, values, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(acc.images, images)
+        np.testing.assert_array_equal(acc.positions, positions)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 6), st.lists(st.integers(0, 11), max_size=4), st.integers(0, 2**16), st.booleans())
+def test_ties_and_batching_are_deterministic(k: int, cuts: list[int], seed: int, key_path: bool) -> None:
+    # small integer values: many exact ties, broken by image then position; both the threshold
+    # fast path and the exact key path (forced by a negative candidate limit) are checked
+    g = torch.Generator().manual_seed(seed)
+    acts = torch.randint(-2, 3, (11, 3, 2, 3), generator=g).float()
+    with patch.object(topk_module, "_FAST_LIMIT", -(10**9) if key_path else topk_module._FAST_LIMIT):
+        acc = feed(acts, k, cuts)
+    values, images, positions = brute_force(acts.numpy(), k)
+    np.testing.assert_array_equal(acc.values, values)
+    np.testing.assert_array_equal(acc.images, images)
+    np.testing.assert_array_equal(acc.positions, positions)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 5), st.integers(0, 2**16), st.permutations([0, 1, 2]))
+def test_merge_is_associative_and_commutative(k: int, seed: int, perm: list[int]) -> None:
+    g = torch.Generator().manual_seed(seed)
+    acts = torch.randint(-3, 4, (12, 2, 2, 2), generator=g).float()
+    shards = []
+    for lo, hi in [(0, 3), (3, 7), (7, 12)]:
+        acc = TopK(2, k, (2, 2))
+        acc.update(acts[lo:hi], lo)
+        shards.append(acc)
+    a, b, c = (shards[i] for i in perm)
+    left = a.merge(b).merge(c)
+    right = a.merge(b.merge(c))
+    swapped = c.merge(a).merge(b)
+    whole = feed(acts, k, [])
+    assert left.equals(right) and left.equals(swapped) and left.equals(whole)
+
+
+def test_negative_zero_counts_as_zero_and_unused_slots() -> None:
+    acc = TopK(1, 4, (2,))
+    acc.update(torch.tensor([[[-0.0, 0.0]]]), 0)  # one image, two positions, equal values
+    assert acc.positions[0, :2].tolist() == [0, 1]
+    assert acc.count() == 2 and acc.images[0, 2] == EMPTY
+    assert acc.coords()[0, 3].tolist() == [-1]
+
+
+def test_merge_refuses_mismatched_shapes() -> None:
+    with pytest.raises(ConvscopeError, match="cannot merge"):
+        TopK(2, 3, (4, 4)).merge(TopK(2, 4, (4, 4)))
+
+
+def test_nan_activations_are_refused() -> None:
+    with pytest.raises(ConvscopeError, match="NaN"):
+        TopK(1, 2, (2,)).update(torch.tensor([[[float("nan"), 1.0]]]), 0)
+
+
+@pytest.mark.parametrize("k", [0, -1, True, 2.5])
+def test_bad_k_is_a_clear_error(k: object) -> None:
+    with pytest.raises(ConvscopeError, match="k="):
+        TopK(1, k, (2,))  # type: ignore[arg-type]
