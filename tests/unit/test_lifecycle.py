@@ -16,6 +16,7 @@ from nets import Exploding, make, sample
 from torch import nn
 
 from convscope.errors import ConvscopeError
+from convscope.methods.cam import CAMMethod
 from convscope.methods import GuidedBackprop, methods
 from convscope.targets import Channel
 
@@ -31,6 +32,10 @@ def get_model(name: str, request: pytest.FixtureRequest) -> tuple[nn.Module, tor
         return request.getfixturevalue(name.replace("-", "_")), torch.rand(
             3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     return make(name), sample(name)
+
+
+# RISE's default 512 masks cost 512 model calls per max_batch=2 chunk: the lifecycle needs only a few
+LIGHT: dict[str, dict[str, int]] = {"rise": {"masks": 16}}
 
 
 def no_hooks_or_modes(model: nn.Module) -> bool:
@@ -72,26 +77,35 @@ def guarded(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
 def test_lifecycle(method_name: str, model_name: str, request: pytest.FixtureRequest) -> None:
     model, x = get_model(model_name, request)
     layer = {**MODELS, **ZOO}[model_name]
-    method = methods()[method_name].cls(model)
+    light = LIGHT.get(method_name, {})
+    method = methods()[method_name].cls(model, **light)
     classes = [i % 4 for i in range(len(x))]
     with guarded(model, x):
         maps = method.attribute(x, targets=[classes, Channel(layer, 1)])
         by_layer = method.attribute(x, 1, wrt=layer)
-    assert maps[0].shape == x.shape and maps[1].shape == x.shape
-    assert by_layer.shape == _output_shape(model, layer, x)
+    if issubclass(methods()[method_name].cls, CAMMethod):  # one map per sample: [N, 1, H, W] / [N, 1, h, w]
+        assert maps[0].shape == maps[1].shape == (x.shape[0], 1, *x.shape[2:])
+        assert by_layer.shape == (x.shape[0], 1, *_output_shape(model, layer, x)[2:])
+    else:
+        assert maps[0].shape == x.shape and maps[1].shape == x.shape
+        assert by_layer.shape == _output_shape(model, layer, x)
 
     with guarded(model, x):  # the same answers chunk by chunk, and sample by sample
-        chunked = methods()[method_name].cls(model, max_batch=2).attribute(x, classes)
+        chunked = methods()[method_name].cls(model, max_batch=2, **light).attribute(x, classes)
         single = [method.attribute(x[i:i + 1], classes[i]) for i in range(len(x))]
-    torch.testing.assert_close(chunked, maps[0], rtol=1e-5, atol=1e-6 * float(maps[0].abs().max()))
-    torch.testing.assert_close(torch.cat(single), maps[0], rtol=1e-5, atol=1e-6 * float(maps[0].abs().max()))
+    # ablation-CAM's (S - S_k) / S and occlusion's S - S_window subtract nearly equal float32 scores, so
+    # the last-bit differences of convolutions at different batch sizes are amplified; others agree to 1e-5.
+    rtol, atol = (1e-3, 1e-4) if method_name in ("ablation_cam", "occlusion") else (1e-5, 1e-6)
+    scale = float(maps[0].abs().max())
+    torch.testing.assert_close(chunked, maps[0], rtol=rtol, atol=atol * scale)
+    torch.testing.assert_close(torch.cat(single), maps[0], rtol=rtol, atol=atol * scale)
 
     with guarded(model, x), pytest.raises(ConvscopeError, match="out of range"):
         method.attribute(x, 99)  # the target fails after the forward pass
     exploding = Exploding(model)
     exploding.armed = True
     with guarded(exploding, x), pytest.raises(ConvscopeError, match="boom"):
-        methods()[method_name].cls(exploding).attribute(x, targets=[1, Channel(f"inner.{layer}", 0)])
+        methods()[method_name].cls(exploding, **light).attribute(x, targets=[1, Channel(f"inner.{layer}", 0)])
 
 
 def _output_shape(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Size:

@@ -13,3 +13,17 @@ from convscope.methods.registry import MethodInfo, get_method, methods, register
 
 __all__ = ["DeconvNet", "GradientMethod", "GuidedBackprop", "InputXGradient", "Method", "MethodInfo", "Saliency",
            "get_method", "methods", "register_method"]
+
+from convscope.methods.path import GradientSHAP, IntegratedGradients  # noqa: E402
+from convscope.methods.perturb import RISE, Occlusion  # noqa: E402
+from convscope.methods.smooth import NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad  # noqa: E402
+
+__all__ += ["GradientSHAP", "IntegratedGradients", "NoiseTunnel", "Occlusion", "RISE", "SmoothGrad",
+            "SmoothGradSquared", "VarGrad"]
+
+from convscope.methods.cam import (  # noqa: E402
+    CAM, AblationCAM, CAMMethod, EigenCAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, HiResCAM, LayerCAM, ScoreCAM,
+    XGradCAM)
+
+__all__ += ["CAM", "AblationCAM", "CAMMethod", "EigenCAM", "GradCAM", "GradCAMPlusPlus", "GuidedGradCAM", "HiResCAM",
+            "LayerCAM", "ScoreCAM", "XGradCAM"]

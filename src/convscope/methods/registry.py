@@ -26,7 +26,13 @@ if TYPE_CHECKING:
 M = TypeVar("M", bound="type[Method]")
 
 # modules whose import registers the built-in methods (later method families add theirs here)
-_BUILTIN = ("convscope.methods.gradient",)
+_BUILTIN = (
+    "convscope.methods.gradient",
+    "convscope.methods.path",
+    "convscope.methods.smooth",
+    "convscope.methods.perturb",
+    "convscope.methods.cam",
+)
 _SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 
 

@@ -1,0 +1,176 @@
+"""CAM methods side by side with pytorch-grad-cam: Score-CAM and Grad-CAM.
+
+Score-CAM on torchvision ResNet-18 (``weights=None``, eval mode, layer ``layer4``, 224x224) and on
+the zoo's shapes-resnet (layer ``layer3``, 64x64 Shapes images); Grad-CAM on the same. Both
+libraries get the same model, input, targets and batch size (pytorch-grad-cam's
+``ScoreCAM.batch_size`` = our ``max_batch``), and their maps are checked to agree (pytorch-grad-cam's
+normalised, cv2-resized output vs ours normalised the same way). On CPU each row is this
+process's CPU time, calls interleaved (a busy machine skews less); ratios are ours / theirs.
+
+``python -m benchmarks.bench_cam --pointing-game`` prints instead the pointing game and the
+mass inside the mask of every registered method on shapes-vgg (500 held-out Shapes images).
+
+    python -m benchmarks.bench_cam [--quick] [--pointing-game]
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.bench_gradient import _interleaved
+from benchmarks.harness import Table
+
+
+def _pgc_normalise(maps: torch.Tensor) -> torch.Tensor:
+    flat = maps.flatten(1)
+    flat = flat - flat.amin(1, keepdim=True)
+    return (flat / (1e-7 + flat.amax(1, keepdim=True))).view_as(maps)
+
+
+def _as_pgc(raw: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Our raw ReLU'd map as pytorch-grad-cam shows it: normalised, resized, normalised again."""
+    up = F.interpolate(_pgc_normalise(raw), size=size, mode="bilinear", align_corners=False)
+    return _pgc_normalise(up)[:, 0].numpy()
+
+
+def _pair(kind: str, model: torch.nn.Module, layer: str, x: torch.Tensor, classes: list[int],
+          max_batch: int) -> tuple[Callable[[], np.ndarray], Callable[[], np.ndarray]]:
+    """(pytorch-grad-cam call, convscope call) for one method, each returning pgc-style maps."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from convscope.methods import GradCAM, ScoreCAM
+
+    theirs_model = copy.deepcopy(model)  # pytorch-grad-cam runs .backward() into the parameters
+    targets = [ClassifierOutputTarget(c) for c in classes]
+    if kind == "score_cam":
+        cam = pgc.ScoreCAM(model=theirs_model, target_layers=[theirs_model.get_submodule(layer)])
+        cam.batch_size = max_batch
+        ours = ScoreCAM(model, layer, upsample=False, align_corners=True, max_batch=max_batch)
+    else:
+        cam = pgc.GradCAM(model=theirs_model, target_layers=[theirs_model.get_submodule(layer)])
+        ours = GradCAM(model, layer, upsample=False, max_batch=max_batch)
+    size = (x.shape[-2], x.shape[-1])
+    return (lambda: cam(input_tensor=x, targets=targets)), (lambda: _as_pgc(ours.attribute(x, classes), size))
+
+
+def _quiet_tqdm() -> None:
+    """pytorch-grad-cam's Score-CAM draws a tqdm bar per batch; keep the output readable."""
+    import functools
+
+    import tqdm
+
+    tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)  # type: ignore[method-assign]
+
+
+def _flat_channels(model: torch.nn.Module, layer: str, x: torch.Tensor) -> tuple[int, int]:
+    """(channels whose activation map is constant, all channels), over the batch."""
+    seen: list[torch.Tensor] = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    flat = seen[0].flatten(2)
+    return int((flat.amax(2) == flat.amin(2)).sum()), flat.shape[0] * flat.shape[1]
+
+
+def _forward_share(model: torch.nn.Module, x: torch.Tensor, evaluations: int, max_batch: int,
+                   clock: Callable[[], float]) -> float:
+    """Seconds of ``evaluations`` bare model evaluations in batches of ``max_batch``."""
+    batch = x[:1].expand(max_batch, *x.shape[1:]).contiguous()
+    start = clock()
+    with torch.no_grad():
+        for lo in range(0, evaluations, max_batch):
+            model(batch[:min(max_batch, evaluations - lo)])
+    return clock() - start
+
+
+def _cases(quick: bool) -> list[tuple[str, torch.nn.Module, str, torch.Tensor, list[int], int]]:
+    import torchvision
+
+    from convscope import zoo
+    from convscope.data import Shapes
+
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None).eval()
+    n = 1 if quick else 2
+    images, _, labels = Shapes(8 if quick else 16, seed=2).arrays()
+    shapes_x = zoo.preset("shapes-resnet").to_tensor(images)
+    return [("resnet18", resnet, "layer4", torch.rand(n, 3, 224, 224, generator=torch.Generator().manual_seed(0)),
+             [3, 7][:n], 16),
+            ("shapes-resnet", zoo.load("shapes-resnet", progress=False), "layer3", shapes_x, labels.tolist(), 64)]
+
+
+def run(quick: bool) -> list[Table]:
+    warnings.filterwarnings("ignore")
+    _quiet_tqdm()
+    clock = time.process_time
+    tables = []
+    for name, model, layer, x, classes, max_batch in _cases(quick):
+        for kind in ("score_cam", "grad_cam"):
+            theirs, ours = _pair(kind, model, layer, x, classes, max_batch)
+            agree = float(np.abs(theirs() - ours()).max())
+            shape = ", ".join(map(str, x.shape))
+            table = Table(f"{kind}: {name} [{shape}] {layer}, batch {max_batch}", reference="pytorch-grad-cam")
+            heavy = kind == "score_cam" and name == "resnet18"
+            _interleaved(table, {"pytorch-grad-cam": theirs, "convscope": ours}, 1 if quick and heavy else 3, clock)
+            table.notes.append(f"convscope / pytorch-grad-cam = {table.ratio('convscope'):.2f}; max |difference| of "
+                               f"the normalised maps = {agree:.1e}; CPU time of this process")
+            if kind == "score_cam":
+                flat, total = _flat_channels(model, layer, x)
+                evaluations = total - flat
+                bare = _forward_share(model, x, evaluations, max_batch, clock)
+                table.notes.append(
+                    f"where the time goes: {total} masks, {flat} of them flat (one shared evaluation), so "
+                    f"convscope runs {evaluations} masked inputs in batches of {max_batch}, pytorch-grad-cam {total}; "
+                    f"those bare model evaluations alone take {bare:.2f} s "
+                    f"({bare / table.seconds('convscope'):.0%} of convscope's time)")
+            tables.append(table)
+    return tables
+
+
+def pointing_game_table(n: int = 500, max_batch: int = 100) -> str:
+    """Markdown: pointing game and mass inside the mask of every registered method on shapes-vgg
+    (``Shapes(n, seed=2)``, true labels; maps with several channels reduced by ``abs().sum(1)``)."""
+    from convscope import zoo
+    from convscope.data import Shapes
+    from convscope.methods import methods
+    from convscope.metrics import mass_inside, pointing_game
+
+    model = zoo.load("shapes-vgg", progress=False)
+    images, masks, labels = Shapes(n, seed=2).arrays()
+    x, target = zoo.preset("shapes-vgg").to_tensor(images), torch.from_numpy(labels)
+    lines = [f"### pointing game: shapes-vgg, {n} held-out Shapes images (seed 2), true labels", "",
+             "| method | pointing game | mass inside mask | seconds |", "|---|---:|---:|---:|"]
+    for name, info in methods().items():
+        start = time.perf_counter()
+        try:
+            maps = info.cls(model, max_batch=max_batch).attribute(x, target)
+        except Exception as error:  # noqa: BLE001 - report the method, keep going
+            lines.append(f"| {name} | - | - | fails: {type(error).__name__}: {str(error)[:60]} |")
+            continue
+        seconds = time.perf_counter() - start
+        if maps.shape[1] > 1:
+            maps = maps.abs().sum(1, keepdim=True)
+        hits = float(pointing_game(maps, masks).float().mean())
+        mass = float(torch.nanmean(mass_inside(maps, masks)))
+        lines.append(f"| {name} | {hits:.1%} | {mass:.1%} | {seconds:.1f} |")
+    lines += ["", f"- the masks cover {float(masks.mean()):.1%} of the pixels on average (chance level of "
+              "both metrics); maps with several channels are reduced by abs().sum(1)"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if "--pointing-game" in sys.argv:
+        print(pointing_game_table())
+    else:
+        for t in run(quick="--quick" in sys.argv):
+            print(t.markdown())

@@ -1,0 +1,74 @@
+"""Localisation metrics: does an attribution map point at the object?
+
+- :func:`pointing_game`: per sample, a hit when the map's maximum lies inside the object mask
+  (Zhang et al. 2016, without their 15-pixel tolerance). Ties: when several positions share
+  the maximum, *every* one of them must lie inside the mask, so a constant map (all zero, say)
+  only hits when the mask covers the whole image.
+- :func:`mass_inside`: per sample, the fraction of positive attribution mass inside the mask,
+  ``sum(relu(map) * mask) / sum(relu(map))``; NaN for a map with no positive mass (average
+  with ``torch.nanmean`` or count them apart).
+
+``maps`` are ``[N, 1, H, W]`` or ``[N, H, W]`` (tensors or arrays; reduce several channels first,
+e.g. ``maps.abs().sum(1, keepdim=True)``); ``masks`` are ``[N, H, W]`` (or ``[N, 1, H, W]``),
+bool or 0/1, at the maps' resolution.
+
+Example::
+
+    images, masks, labels = Shapes(500, seed=2).arrays()
+    maps = GradCAM(model).attribute(preset.to_tensor(images), torch.from_numpy(labels))
+    accuracy = pointing_game(maps, masks).float().mean()
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from convscope.errors import ConvscopeError
+
+ArrayLike = Tensor | np.ndarray
+
+
+def _flat_pair(maps: ArrayLike, masks: ArrayLike) -> tuple[Tensor, Tensor]:
+    """``maps`` as float ``[N, H*W]`` and ``masks`` as bool ``[N, H*W]``, after checking their shapes."""
+    m = torch.as_tensor(maps).detach()
+    k = torch.as_tensor(masks).detach()
+    if m.dim() == 4:
+        if m.shape[1] != 1:
+            raise ConvscopeError(f"the maps have {m.shape[1]} channels (shape {list(m.shape)}); a localisation "
+                                 "metric needs one value per pixel",
+                                 "Reduce the channels first, e.g. maps.abs().sum(1, keepdim=True).")
+        m = m[:, 0]
+    if k.dim() == 4 and k.shape[1] == 1:
+        k = k[:, 0]
+    if m.dim() != 3 or k.shape != m.shape:
+        raise ConvscopeError(f"maps of shape {list(torch.as_tensor(maps).shape)} do not match masks of shape "
+                             f"{list(torch.as_tensor(masks).shape)}",
+                             "Give maps [N, 1, H, W] or [N, H, W] and masks [N, H, W] of the same N, H and W "
+                             "(upsample the maps to the masks' size).")
+    if not m.is_floating_point():
+        m = m.float()
+    if bool(torch.isnan(m).any()):
+        raise ConvscopeError("the maps contain NaN", "Check the attribution (a NaN has no position to point at).")
+    return m.flatten(1), (k != 0).flatten(1).to(m.device)
+
+
+def pointing_game(maps: ArrayLike, masks: ArrayLike) -> Tensor:
+    """Bool ``[N]``: whether every position of each map's maximum lies inside its mask.
+
+    Example: ``pointing_game(maps, masks).float().mean()`` is the pointing-game accuracy.
+    """
+    m, k = _flat_pair(maps, masks)
+    at_peak = m == m.amax(1, keepdim=True)
+    return ~(at_peak & ~k).any(1)
+
+
+def mass_inside(maps: ArrayLike, masks: ArrayLike) -> Tensor:
+    """Float ``[N]``: ``sum(relu(map) * mask) / sum(relu(map))`` (NaN where a map has no positive mass).
+
+    Example: ``torch.nanmean(mass_inside(maps, masks))``.
+    """
+    m, k = _flat_pair(maps, masks)
+    positive = torch.relu(m)
+    return (positive * k).sum(1) / positive.sum(1)
