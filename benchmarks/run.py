@@ -5,7 +5,7 @@ timed side by side in one process. TensorFlow benchmarks run in their own proces
 torchvision after TensorFlow can crash), so every module runs in a fresh interpreter.
 
     python -m benchmarks.run            # full sizes, writes BENCHMARKS.md
-    python -m benchmarks.run --quick    # small sizes, prints only
+    python -m benchmarks.run --quick    # small sizes (sections are marked as such)
     python -m benchmarks.run --only unpool_torch
 """
 
@@ -76,7 +76,7 @@ def update_sections(text: str, sections: dict[str, str]) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes; print, do not write BENCHMARKS.md")
+    parser.add_argument("--quick", action="store_true", help="small sizes (the sections say so)")
     parser.add_argument("--only", nargs="*", help="module names without the bench_ prefix")
     args = parser.parse_args(argv)
     sections = {}
@@ -84,10 +84,10 @@ def main(argv: list[str]) -> int:
         print(f"running bench_{name} ...", file=sys.stderr, flush=True)
         tables = run_one(name, args.quick)
         print(tables, flush=True)
-        sections[name] = (f"## bench_{name}\n\n- Command: `python -m benchmarks.run --only {name}`\n"
+        quick = " --quick" if args.quick else ""
+        sections[name] = (f"## bench_{name}{' (quick sizes)' if args.quick else ''}\n\n"
+                          f"- Command: `python -m benchmarks.run{quick} --only {name}`\n"
                           f"- Date: {time.strftime('%Y-%m-%d')}\n- Machine: {machine()}\n\n{tables}")
-    if args.quick:
-        return 0
     path = ROOT / "BENCHMARKS.md"
     path.write_text(update_sections(path.read_text() if path.exists() else "", sections))
     print(f"updated {path.name}: {', '.join(sections)}", file=sys.stderr)
