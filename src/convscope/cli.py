@@ -146,6 +146,28 @@ def _project(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- explain --------------------------------------------------------------------------------
+
+def _explain_args(p: argparse.ArgumentParser) -> None:
+    _model_args(p)
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--method", default="grad_cam", help="a registered method name, or 'all' (default grad_cam)")
+    p.add_argument("--target", type=int, default=None, help="class index to explain (default: the predicted class)")
+    p.add_argument("--layer", default=None, help="layer for CAM methods (default: chosen automatically)")
+    p.add_argument("--out", default="convscope-explain", help="output folder (default: convscope-explain)")
+
+
+@command("explain", "attribution maps for images: one overlay PNG per image x method, a JSON of the maps' metadata",
+         _explain_args)
+def _explain(args: argparse.Namespace) -> int:
+    from convscope.explain import explain
+
+    for path in explain(_load(args), args.images, method=args.method, target=args.target, layer=args.layer,
+                        out=Path(args.out)):
+        print(path)
+    return 0
+
+
 # --- atlas ----------------------------------------------------------------------------------
 
 def _atlas_args(p: argparse.ArgumentParser) -> None:

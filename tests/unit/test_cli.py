@@ -113,3 +113,33 @@ def test_project_bad_input(problem: str, shapes_vgg: torch.nn.Module, tmp_path: 
     text = " ".join(err.split())
     assert code == 2 and "Traceback" not in err
     assert {"missing": "no such image file", "corrupt": "cannot read", "layer": "Did you mean 'features.4'"}[problem] in text
+
+
+def test_explain_one_method_and_all(shapes_vgg: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from convscope.data import Shapes
+    from convscope.methods import methods
+
+    for i in range(2):
+        Image.fromarray(Shapes(2, seed=9).sample(i).image).save(tmp_path / f"img{i}.png")
+    code, out, err = run_cli(capsys, "explain", "zoo:shapes-vgg", str(tmp_path / "img0.png"), str(tmp_path / "img1.png"),
+                             "--method", "grad-cam", "--target", "2", "--out", str(tmp_path / "one"))
+    assert code == 0, err
+    meta = json.loads((tmp_path / "one" / "maps.json").read_text())
+    assert sorted(meta) == ["img0.png", "img1.png"]
+    assert meta["img0.png"][0]["method"] == "grad_cam" and meta["img0.png"][0]["target"] == 2
+    assert meta["img0.png"][0]["shape"] == [1, 64, 64]
+    assert (tmp_path / "one" / "img1-grad_cam.png").is_file()
+
+    code, out, err = run_cli(capsys, "explain", "zoo:shapes-vgg", str(tmp_path / "img0.png"), "--method", "all",
+                             "--out", str(tmp_path / "all"))
+    assert code == 0, err
+    meta = json.loads((tmp_path / "all" / "maps.json").read_text())
+    assert [m["method"] for m in meta["img0.png"]] == list(methods())
+    assert (tmp_path / "all" / "img0-all.png").is_file()
+
+
+def test_explain_unknown_method(shapes_vgg: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "explain", "zoo:shapes-vgg", str(_png(tmp_path / "a.png")), "--method", "gradcamm")
+    assert code == 2 and "grad_cam" in err and "Traceback" not in err
