@@ -23,8 +23,7 @@ import warnings
 import torch
 from torch import nn
 
-from benchmarks.bench_gradient import _interleaved
-from benchmarks.harness import Row, Table
+from benchmarks.harness import Row, Table, interleaved
 
 LAYERS = ["features.0", "features.3", "features.6"]
 
@@ -60,7 +59,7 @@ def _mining(quick: bool) -> Table:
 
     table = Table(f"atlas mining, ShapesVGG, {len(x)} Shapes images, k=9, 3 layers", reference="plain forward")
     # this process's CPU time, calls interleaved: a busy shared machine skews both rows alike
-    _interleaved(table, {"plain forward": forward,
+    interleaved(table, {"plain forward": forward,
                          "convscope mine": lambda: mine(model, data, LAYERS, k=9, batch_size=64)},
                  rounds=5, clock=time.process_time)
     ratio = table.ratio("convscope mine")
@@ -95,7 +94,8 @@ def _projections(quick: bool) -> Table:
 
     with torch.no_grad():
         acts = model.features[:7](images)
-    a = acts[torch.arange(len(pairs)), torch.as_tensor(chans), *torch.as_tensor(coords).unbind(1)]
+    ys, xs = torch.as_tensor(coords).unbind(1)
+    a = acts[torch.arange(len(pairs)), torch.as_tensor(chans), ys, xs]
     diff = (ours() - a.view(-1, 1, 1, 1) * captum()).abs().max().item()
     table = Table(f"atlas projections, features.6, {len(pairs)} (image, unit) pairs (k=9 x {channels} channels)",
                   reference="Captum NeuronDeconvolution per pair")

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_gradient import _interleaved, _synced
-from benchmarks.harness import Row, Table
+from benchmarks.harness import Row, Table, interleaved, synced
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +40,7 @@ def _noise_like_captum(x: torch.Tensor, samples: int, noise: float, seed: int) -
 
 def _compare(table: Table, theirs: Callable[[], torch.Tensor], ours: Callable[[], torch.Tensor],
              device: torch.device, rounds: int, clock: Callable[[], float], agree: float) -> Table:
-    _interleaved(table, {"captum": _synced(theirs, device), "convscope": _synced(ours, device)}, rounds, clock)
+    interleaved(table, {"captum": synced(theirs, device), "convscope": synced(ours, device)}, rounds, clock)
     table.notes.append(f"convscope / captum = {table.ratio('convscope'):.2f}; max |difference| = {agree:.2e} "
                        f"(relative to the largest value)")
     return table

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.bench_gradient import _interleaved
-from benchmarks.harness import Table
+from benchmarks.harness import Table, interleaved
 
 
 def _pgc_normalise(maps: torch.Tensor) -> torch.Tensor:
@@ -121,7 +120,7 @@ def run(quick: bool) -> list[Table]:
             shape = ", ".join(map(str, x.shape))
             table = Table(f"{kind}: {name} [{shape}] {layer}, batch {max_batch}", reference="pytorch-grad-cam")
             heavy = kind == "score_cam" and name == "resnet18"
-            _interleaved(table, {"pytorch-grad-cam": theirs, "convscope": ours}, 1 if quick and heavy else 3, clock)
+            interleaved(table, {"pytorch-grad-cam": theirs, "convscope": ours}, 1 if quick and heavy else 3, clock)
             table.notes.append(f"convscope / pytorch-grad-cam = {table.ratio('convscope'):.2f}; max |difference| of "
                                f"the normalised maps = {agree:.1e}; CPU time of this process")
             if kind == "score_cam":

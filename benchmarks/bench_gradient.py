@@ -10,8 +10,6 @@ time); on CPU it times this process's CPU time, calls interleaved, so a busy mac
 
 from __future__ import annotations
 
-import gc
-import statistics
 import sys
 import time
 import warnings
@@ -19,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.harness import Row, Table
+from benchmarks.harness import Table, interleaved, synced
 
 KINDS = ("saliency", "guided_backprop", "deconvnet")
 
@@ -39,29 +37,6 @@ def _pairs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, tuple[Callable[
     return {k: (captum[k], ours[k]) for k in KINDS}
 
 
-def _synced(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
-    if device.type != "cuda":
-        return fn
-    return lambda: (fn(), torch.cuda.synchronize())
-
-
-def _interleaved(table: Table, fns: dict[str, Callable[[], object]], rounds: int,
-                 clock: Callable[[], float]) -> None:
-    """Time the calls in alternation (A B A B ...), one median per row: on a shared machine a
-    change of load then hits every row alike, which sequential timing does not guarantee."""
-    for fn in fns.values():  # warm-up
-        fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            gc.collect()
-            start = clock()
-            fn()
-            samples[name].append(clock() - start)
-    for name, times in samples.items():
-        table.rows.append(Row(name, statistics.median(times), note=f"median of {rounds}, interleaved"))
-
-
 def run(quick: bool) -> list[Table]:
     import torchvision
 
@@ -79,7 +54,7 @@ def run(quick: bool) -> list[Table]:
         for kind, (theirs, ours) in _pairs(model, x).items():
             agree = (theirs() - ours()).abs().max().item()  # type: ignore[operator]
             table = Table(f"{kind}: {arch} [{', '.join(map(str, shape))}] on {device.type}", reference="captum")
-            _interleaved(table, {"captum": _synced(theirs, device), "convscope": _synced(ours, device)}, rounds,
+            interleaved(table, {"captum": synced(theirs, device), "convscope": synced(ours, device)}, rounds,
                          clock)
             table.notes.append(f"convscope / captum = {table.ratio('convscope'):.2f}; max |difference| = {agree:.2e}; "
                                f"{'CPU time of this process' if device.type == 'cpu' else 'wall time'}")

@@ -19,6 +19,10 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def measure(fn: Callable[[], object], *, repeat: int = 7, warmup: int = 2, min_time: float = 0.05) -> float:
@@ -90,3 +94,29 @@ class Table:
             lines.append("| " + " | ".join(cells) + " |")
         lines += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
+
+
+def synced(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """``fn`` followed by a CUDA synchronise when ``device`` is a GPU (so timings see the work)."""
+    if device.type != "cuda":
+        return fn
+    import torch
+
+    return lambda: (fn(), torch.cuda.synchronize())
+
+
+def interleaved(table: Table, fns: dict[str, Callable[[], object]], rounds: int,
+                clock: Callable[[], float]) -> None:
+    """Time the calls in alternation (A B A B ...), one median per row: on a shared machine a
+    change of load then hits every row alike, which sequential timing does not guarantee."""
+    for fn in fns.values():  # warm-up
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            gc.collect()
+            start = clock()
+            fn()
+            samples[name].append(clock() - start)
+    for name, times in samples.items():
+        table.rows.append(Row(name, statistics.median(times), note=f"median of {rounds}, interleaved"))

@@ -130,7 +130,7 @@ class TopK:
 
     def _absorb_all(self, acts3: Tensor, ids: np.ndarray) -> None:
         """The exact key path: rank every unit of the batch by one int64 key per activation."""
-        n, per_image = acts3.shape[0], acts3.shape[2]
+        per_image = acts3.shape[2]
         fmap = acts3.transpose(0, 1).reshape(self.channels, -1)
         if fmap.shape[1] >= 1 << 32:
             raise ConvscopeError("one batch holds more than 2**32 activations per channel",
