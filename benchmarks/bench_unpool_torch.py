@@ -9,12 +9,13 @@ gap between the two is the huge-page advice on the fresh output (src/convscope/o
 Routes are timed round-robin over several rounds and each keeps its best median, so a burst of
 load from other processes on a shared machine does not land on one row only.
 
-    python -m benchmarks.bench_unpool_torch [--quick] [--threads N]
+    python -m benchmarks.bench_unpool_torch [--quick] [--threads N] [--device cuda]
 
 Two threads by default (the issue's setting). On a machine shared with other busy processes,
 two-thread timings measure the scheduler more than the op (a parallel region waits for its
 descheduled thread, and every row collapses towards one time slice); ``--threads 1`` then gives
-the steadier ratios.
+the steadier ratios. ``--device cuda`` times the same routes on a GPU (each call followed by a
+synchronise; ``--threads`` is then irrelevant).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import Row, Table, measure
+from benchmarks.harness import Row, Table, measure, synced
 from convscope.ops import Switches, max_pool_with_switches, unpool
 from convscope.ops.pooling import _unpool_by_scatter_add
 
@@ -65,29 +66,36 @@ def routes(x: torch.Tensor, values: torch.Tensor, sw: Switches) -> dict[str, Cal
     }
 
 
-def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool) -> Table:
+def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool,
+                 device: torch.device = torch.device("cpu")) -> Table:
     """One table: every route on one input shape, each verified against the gradient first."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=gen)
+    x = torch.randn(shape, generator=gen).to(device)
     pooled, sw = max_pool_with_switches(x, kernel, stride)
-    values = torch.randn(pooled.shape, generator=gen)
-    todo = routes(x, values, sw)
-    expected = todo["gradient: autograd.grad"]()  # the oracle every other route must equal
-    notes = {name: "" if torch.equal(fn(), expected) else WRONG for name, fn in todo.items() if name != "bandwidth"}
+    values = torch.randn(pooled.shape, generator=gen).to(device)
+    todo = {name: synced(fn, device) for name, fn in routes(x, values, sw).items()}
+    expected = routes(x, values, sw)["gradient: autograd.grad"]()  # the oracle every other route must equal
+    # CPU routes add in a fixed order (bitwise equal); CUDA atomics add shared switches in any order
+    same = torch.equal if device.type == "cpu" or not sw.overlapping else \
+        (lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=1e-6))
+    notes = {name: "" if same(fn(), expected) else WRONG
+             for name, fn in routes(x, values, sw).items() if name != "bandwidth"}
     notes["bandwidth"] = "preallocated output: zero_ + copy_ of n values"
     best = {name: float("inf") for name in todo}
     for _ in range(1 if quick else 3):  # round-robin: a load burst spreads over all rows
         for name, fn in todo.items():
             best[name] = min(best[name], measure(fn, repeat=3, min_time=0.02 if quick else 0.05))
     overlap = " (overlapping)" if sw.overlapping else ""
-    table = Table(f"unpool {list(shape)} -> {list(pooled.shape)}, {kernel}x{kernel} stride {stride}{overlap}",
+    where = "" if device.type == "cpu" else f" on {torch.cuda.get_device_name(device)}"
+    table = Table(f"unpool {list(shape)} -> {list(pooled.shape)}, {kernel}x{kernel} stride {stride}{overlap}{where}",
                   reference="bandwidth")
     out_bytes, v_bytes = values.element_size() * x.numel(), values.nbytes
     for name, seconds in best.items():
         moved = out_bytes + 2 * v_bytes if name == "bandwidth" else out_bytes + v_bytes + sw.indices.nbytes
         table.rows.append(Row(name, seconds, moved, notes[name]))
     table.notes += [
-        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end; GB/s counts "
+        ("CUDA, each call synchronised; " if device.type == "cuda" else f"{torch.get_num_threads()} threads, ") +
+        f"load average {os.getloadavg()[0]:.1f} at the end; GB/s counts "
         "output + values + int64 switches (bandwidth row: output + 2x values).",
         "int32 switches would halve switch memory (4 instead of 8 bytes per pooled element) but pay the "
         "conversion back to int64 in their row.",
@@ -95,12 +103,12 @@ def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool) 
     return table
 
 
-def run(quick: bool, threads: int = 2) -> list[Table]:
+def run(quick: bool, threads: int = 2, device: str = "cpu") -> list[Table]:
     """All tables; ``quick`` shortens the timing loops (for smoke runs, not for numbers)."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return [unpool_table(shape, k, s, quick) for shape, k, s in CASES]
+        return [unpool_table(shape, k, s, quick, torch.device(device)) for shape, k, s in CASES]
     finally:
         torch.set_num_threads(saved)
 
@@ -108,5 +116,6 @@ def run(quick: bool, threads: int = 2) -> list[Table]:
 if __name__ == "__main__":
     args = sys.argv[1:]
     n_threads = int(args[args.index("--threads") + 1]) if "--threads" in args else 2
-    for t in run(quick="--quick" in args, threads=n_threads):
+    on = args[args.index("--device") + 1] if "--device" in args else "cpu"
+    for t in run(quick="--quick" in args, threads=n_threads, device=on):
         print(t.markdown())

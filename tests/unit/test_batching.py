@@ -90,6 +90,13 @@ def test_out_of_memory_with_one_sample_is_a_clear_error(monkeypatch: pytest.Monk
         IntegratedGradients(Fragile(TINY, 0, RuntimeError, CPU_OOM), steps=4, max_batch="auto").attribute(X, 0)
 
 
+@pytest.mark.parametrize("error, message", [(RuntimeError, CPU_OOM), (torch.OutOfMemoryError, CUDA_OOM)])
+def test_out_of_memory_without_auto_names_the_knob(error, message) -> None:
+    with pytest.raises(ConvscopeError, match="ran out of memory on a batch of 5 samples.*max_batch") as caught:
+        Saliency(Fragile(TINY, 3, error, message)).attribute(X, 0)
+    assert isinstance(caught.value.__cause__, error)  # the allocator's own message stays reachable
+
+
 def test_other_errors_are_not_retried() -> None:
     fragile = Fragile(TINY, 0, ValueError, "a bug, not memory")
     with pytest.raises(ConvscopeError, match="a bug, not memory"):

@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from convscope.backends.torch.memory import is_out_of_memory
 from convscope.errors import ConvscopeError
 
 MaxBatch = int | Literal["auto"] | None
@@ -37,19 +38,6 @@ T = TypeVar("T")
 
 CPU_BUDGET_CAP = 2 << 30  # bytes: beyond a few GiB of activations CPU throughput no longer grows
 BUDGET_FRACTION = 0.5
-_OOM_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory")
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` (or an error it was raised from) says memory ran out."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, (torch.OutOfMemoryError, MemoryError)):
-            return True
-        if isinstance(seen, RuntimeError) and any(p in str(seen).lower() for p in _OOM_PHRASES):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _cpu_available() -> int:

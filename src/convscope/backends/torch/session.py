@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from convscope.backends.torch.memory import is_out_of_memory
 from convscope.backends.torch.probes import LayerKey, Probes
 from convscope.backends.torch.rule_mode import apply_rules
 from convscope.errors import ConvscopeError
@@ -83,7 +84,7 @@ class Session:
         with torch.set_grad_enabled(grad), rules:
             output = call_model(self.model, leaf)
         acts = {key: self.probes.output(key) for key in self.probes.keys}
-        return Forward(Record(output=output, acts=acts, rows=rows), input=leaf)
+        return Forward(Record(output=output, acts=acts, rows=rows, input=leaf), input=leaf)
 
 
 def call_model(model: nn.Module, x: Tensor) -> Tensor:
@@ -93,6 +94,11 @@ def call_model(model: nn.Module, x: Tensor) -> Tensor:
     except ConvscopeError:
         raise
     except Exception as error:  # a model failing on our input: say what we fed it
+        if is_out_of_memory(error):
+            raise ConvscopeError(f"the model ran out of memory on a batch of {x.shape[0]} samples of shape "
+                                 f"{list(x.shape[1:])} ({x.device})",
+                                 "Pass max_batch=N to evaluate at most N samples at once, or max_batch='auto' "
+                                 "to size the batches from free memory.") from error
         raise ConvscopeError(f"the model's forward pass failed on an input of shape {list(x.shape)} "
                              f"({x.dtype}, {x.device}): {type(error).__name__}: {error}",
                              "Check that the input has the batch dimension, size, dtype and device the "

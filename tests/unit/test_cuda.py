@@ -1,0 +1,96 @@
+"""CUDA runs of the attribution suite, the deconvnet and the batch knob, checked against the CPU.
+
+Skipped (with the reason shown) where no CUDA device exists; a lent GPU machine runs them with
+``python -m pytest tests/unit/test_cuda.py tests/unit/test_pooling.py``. The oracle is the same
+computation on the CPU: every method's CUDA maps must equal its CPU maps, and ``max_batch="auto"``
+must survive a real CUDA out-of-memory error by halving its chunks, giving the unchunked answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from nets import make, sample
+from torch import nn
+
+from convscope.deconv import reconstruct
+from convscope.errors import ConvscopeError
+from convscope.methods import IntegratedGradients, methods
+from convscope.methods import batching
+from convscope.targets import Channel, MaxNeuron
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
+
+LIGHT: dict[str, dict[str, int]] = {"rise": {"masks": 16}}
+# ablation-CAM and occlusion subtract nearly equal scores, so kernel-level rounding differences between
+# cuDNN and the CPU convolutions are amplified (as between batch sizes in test_lifecycle.py)
+LOOSE = {"ablation_cam", "occlusion", "score_cam", "rise"}
+
+
+@pytest.fixture(autouse=True)
+def no_tf32() -> Iterator[None]:
+    """Full float32 matmuls and convolutions on CUDA, so the CPU is a 1e-4 oracle."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("model_name, layer", [("tiny_vgg", "features.3"), ("tiny_residual", "layer1")])
+@pytest.mark.parametrize("method_name", list(methods()))
+def test_every_method_gives_the_cpu_maps_on_cuda(method_name: str, model_name: str, layer: str) -> None:
+    cpu_model, x = make(model_name).eval(), sample(model_name)
+    gpu_model = make(model_name).eval().cuda()
+    targets = [[0, 3, 1], Channel(layer, 1)]
+    cls = methods()[method_name].cls
+    on_cpu = cls(cpu_model, **LIGHT.get(method_name, {})).attribute(x, targets=targets)
+    on_gpu = cls(gpu_model, **LIGHT.get(method_name, {})).attribute(x.cuda(), targets=targets)
+    rtol, atol = (1e-3, 1e-4) if method_name in LOOSE else (1e-4, 1e-5)
+    for want, got in zip(on_cpu, on_gpu, strict=True):
+        assert got.device.type == "cuda"
+        torch.testing.assert_close(got.cpu(), want, rtol=rtol, atol=atol * float(want.abs().max()))
+
+
+def test_explicit_deconvnet_on_cuda_equals_cpu() -> None:
+    model, x = make("tiny_vgg").eval(), sample("tiny_vgg")
+    want = reconstruct(model, x, MaxNeuron("features.3", 2))
+    got = reconstruct(model.cuda(), x.cuda(), MaxNeuron("features.3", 2))
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+class Wide(nn.Module):
+    """A net whose activations are ~40 MB per 96x96 sample: a few dozen samples fill a small cap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 256, 3, padding=1)
+        self.head = nn.Linear(256, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_auto_batch_backs_off_after_a_real_cuda_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = Wide().eval()
+    x = torch.randn(1, 3, 96, 96)
+    want = IntegratedGradients(model.cuda(), steps=64, max_batch=8).attribute(x.cuda(), 1)
+    # an estimate far too optimistic: "auto" first tries every step at once, which cannot fit under the cap
+    monkeypatch.setattr(batching, "memory_budget", lambda device: 1 << 40)
+    torch.cuda.empty_cache()
+    cap = 0.6 * 2 ** 30 / torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(cap)
+    try:
+        method = IntegratedGradients(model, steps=64, max_batch="auto")
+        got = method.attribute(x.cuda(), 1)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConvscopeError, match="ran out of memory"):  # the cap is real: all steps at once do not fit
+        torch.cuda.set_per_process_memory_fraction(cap)
+        try:
+            IntegratedGradients(model, steps=64, max_batch=None).attribute(x.cuda(), 1)
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0)
