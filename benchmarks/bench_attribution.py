@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness import Row, Table, interleaved, synced
+from benchmarks.harness import Row, Table, full_float32, interleaved, synced
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,6 +136,7 @@ def run(quick: bool) -> list[Table]:
 
     warnings.filterwarnings("ignore", module="captum")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    full_float32(device)
     size = 64 if quick else 224
     rounds = 3 if quick or device.type == "cpu" else 10
     clock = time.process_time if device.type == "cpu" else time.perf_counter

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.harness import Table, interleaved, synced
+from benchmarks.harness import Table, full_float32, interleaved, synced
 
 KINDS = ("saliency", "guided_backprop", "deconvnet")
 
@@ -42,6 +42,7 @@ def run(quick: bool) -> list[Table]:
 
     warnings.filterwarnings("ignore", module="captum")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    full_float32(device)
     shape = (2, 3, 64, 64) if quick else (8, 3, 224, 224)
     rounds = 5 if quick or device.type == "cpu" else 15
     # CPU: this process's CPU time, which other processes on a shared machine barely disturb

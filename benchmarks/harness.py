@@ -96,6 +96,15 @@ class Table:
         return "\n".join(lines) + "\n"
 
 
+def full_float32(device: torch.device) -> None:
+    """Turn off TF32 on CUDA (cuDNN uses it for float32 convolutions by default), so maps compared
+    across libraries and batch layouts differ by float32 rounding only."""
+    if device.type == "cuda":
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+
 def synced(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
     """``fn`` followed by a CUDA synchronise when ``device`` is a GPU (so timings see the work)."""
     if device.type != "cuda":

@@ -17,7 +17,7 @@ from torch import nn
 
 from convscope.deconv import reconstruct
 from convscope.errors import ConvscopeError
-from convscope.methods import IntegratedGradients, methods
+from convscope.methods import IntegratedGradients, SmoothGrad, methods
 from convscope.methods import batching
 from convscope.targets import Channel, MaxNeuron
 
@@ -27,6 +27,8 @@ LIGHT: dict[str, dict[str, int]] = {"rise": {"masks": 16}}
 # ablation-CAM and occlusion subtract nearly equal scores, so kernel-level rounding differences between
 # cuDNN and the CPU convolutions are amplified (as between batch sizes in test_lifecycle.py)
 LOOSE = {"ablation_cam", "occlusion", "score_cam", "rise"}
+# noise tunnels draw their noise on the input's device, and CUDA's generator is not the CPU's
+ON_DEVICE_DRAWS = {"smooth_grad", "smooth_grad_squared", "var_grad"}
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +43,8 @@ def no_tf32() -> Iterator[None]:
 @pytest.mark.parametrize("model_name, layer", [("tiny_vgg", "features.3"), ("tiny_residual", "layer1")])
 @pytest.mark.parametrize("method_name", list(methods()))
 def test_every_method_gives_the_cpu_maps_on_cuda(method_name: str, model_name: str, layer: str) -> None:
+    if method_name in ON_DEVICE_DRAWS:
+        pytest.skip("draws its noise on the device: checked against a naive CUDA loop below")
     cpu_model, x = make(model_name).eval(), sample(model_name)
     gpu_model = make(model_name).eval().cuda()
     targets = [[0, 3, 1], Channel(layer, 1)]
@@ -53,9 +57,22 @@ def test_every_method_gives_the_cpu_maps_on_cuda(method_name: str, model_name: s
         torch.testing.assert_close(got.cpu(), want, rtol=rtol, atol=atol * float(want.abs().max()))
 
 
+def test_smooth_grad_on_cuda_is_the_mean_over_its_cuda_draws() -> None:
+    model, x = make("tiny_vgg").eval().cuda(), sample("tiny_vgg").cuda()
+    got = SmoothGrad(model, samples=6, noise=0.2, seed=4, max_batch=4).attribute(x, [0, 3, 1])
+    eps = torch.randn(6, *x.shape[1:], generator=torch.Generator("cuda").manual_seed(4), device="cuda")
+    expected = torch.zeros_like(x)
+    for n, cls in enumerate([0, 3, 1]):
+        sigma = 0.2 * (x[n].max() - x[n].min())
+        for k in range(6):
+            point = (x[n:n + 1] + sigma * eps[k]).requires_grad_()
+            expected[n] += torch.autograd.grad(model(point)[0, cls], point)[0][0] / 6
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+
+
 def test_explicit_deconvnet_on_cuda_equals_cpu() -> None:
     model, x = make("tiny_vgg").eval(), sample("tiny_vgg")
-    want = reconstruct(model, x, MaxNeuron("features.3", 2))
+    want = reconstruct(model, x, MaxNeuron("features.3", 2)).detach()
     got = reconstruct(model.cuda(), x.cuda(), MaxNeuron("features.3", 2))
     torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
 

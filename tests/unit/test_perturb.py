@@ -13,7 +13,7 @@ from torch import nn
 
 from convscope.errors import ConvscopeError
 from convscope.methods import RISE, Occlusion
-from convscope.methods.perturb import gaussian_blur, windows
+from convscope.methods.perturb import WindowMasks, axis_windows, gaussian_blur, windows
 from convscope.targets import Channel
 
 TINY, X = make("tiny_vgg").eval(), sample("tiny_vgg")
@@ -92,6 +92,19 @@ def test_windows_cover_everything_like_captum() -> None:
         windows([1, 10, 10], [1, 2, 2], [1, 3, 3])
     with pytest.raises(ConvscopeError, match="larger than the tensor"):
         windows([1, 4, 4], [1, 5, 5], [1, 1, 1])
+
+
+@pytest.mark.parametrize("shape, window, stride", [([3, 10, 7], [1, 4, 3], [1, 3, 3]), ([2, 5, 5], [2, 2, 2], [2, 1, 2])])
+def test_window_masks_are_the_slices_written_one_by_one(shape, window, stride) -> None:
+    plan = windows(shape, window, stride)
+    masks = WindowMasks(axis_windows(shape, window, stride), torch.device("cpu"))
+    got = masks(torch.arange(len(plan)))
+    assert len(masks) == len(plan) and got.dtype == torch.bool
+    expected = torch.zeros(len(plan), *shape, dtype=torch.bool)
+    for k, w in enumerate(plan):
+        expected[(k, *w)] = True
+    assert torch.equal(got, expected)
+    assert torch.equal(masks.coverage(), expected.double().sum(0))
 
 
 def rise_reference(model: nn.Module, x: torch.Tensor, score, masks: int, cells: int, p: float, seed: int):

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convscope.errors import ConvscopeError
-from convscope.ops import Switches, max_pool_with_switches, unpool
+from convscope.ops import Switches, max_pool_with_switches, pooling, unpool
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -99,16 +99,38 @@ def check_case(case: dict, device: str = "cpu") -> None:
         torch.testing.assert_close(unpool(real, sw), autograd_unpool(x, real, *torch_args), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=60, deadline=None)
-@given(pool_case(dims=2))
-def test_unpool_is_the_max_pool_gradient_2d(case: dict) -> None:
-    check_case(case)
+@given(case=pool_case(dims=2))
+def test_unpool_is_the_max_pool_gradient_2d(case: dict, device: str) -> None:
+    check_case(case, device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=30, deadline=None)
-@given(st.sampled_from([1, 3]).flatmap(pool_case))
-def test_unpool_is_the_max_pool_gradient_1d_3d(case: dict) -> None:
-    check_case(case)
+@given(case=st.sampled_from([1, 3]).flatmap(pool_case))
+def test_unpool_is_the_max_pool_gradient_1d_3d(case: dict, device: str) -> None:
+    check_case(case, device)
+
+
+@pytest.mark.parametrize("route", [pooling._unpool_by_pool_backward, pooling._unpool_by_scatter_add,
+                                   pooling._unpool_by_max_unpool])
+@settings(max_examples=40, deadline=None)
+@given(case=st.sampled_from([1, 2, 3]).flatmap(pool_case))
+def test_every_route_is_the_max_pool_gradient_where_it_is_used(case: dict, route) -> None:
+    """Each route on the CPU, whichever device would pick it (CUDA takes max-unpool and scatter-add)."""
+    gen = torch.Generator().manual_seed(case["seed"])
+    args = (case["kernel_size"], case["stride"], case["padding"], case["dilation"], case["ceil_mode"])
+    x = torch.randint(0, 4, case["shape"], generator=gen).double()
+    try:
+        pooled, sw = max_pool_with_switches(x, *args)
+    except ConvscopeError:
+        return
+    if route is pooling._unpool_by_max_unpool and sw.overlapping:
+        return  # max-unpool writes: it is only taken where no two windows share a position
+    values = torch.randn(pooled.shape, generator=gen, dtype=torch.float64)
+    expected = autograd_unpool(x, values, args[0], args[1] or args[0], *args[2:])
+    torch.testing.assert_close(route(values, sw), expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("device", DEVICES)

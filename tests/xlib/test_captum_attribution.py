@@ -85,9 +85,9 @@ def test_noise_tunnel_with_the_same_noise(ours, nt_type, inner, captum_inner, ex
 def test_gradient_shap_with_the_same_draws(monkeypatch: pytest.MonkeyPatch) -> None:
     bank = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(4))
     samples, n = 7, len(X)
-    g = torch.Generator().manual_seed(11)  # GradientSHAP's documented order: picks, alphas, noise
+    g = torch.Generator().manual_seed(11)  # GradientSHAP's documented draws: picks, alphas; noise from seed + 1
     pick, alpha = torch.randint(5, (samples,), generator=g), torch.rand(samples, generator=g, dtype=torch.float64)
-    eps = torch.randn(samples, 3, 16, 16, generator=g)
+    eps = torch.randn(samples, 3, 16, 16, generator=torch.Generator().manual_seed(12))
     span = (X.amax((1, 2, 3)) - X.amin((1, 2, 3))).reshape(-1, 1, 1, 1, 1)
     noise = (0.1 * span * eps.unsqueeze(0)).reshape(-1, 3, 16, 16)
     monkeypatch.setattr(np.random, "choice", lambda k, size: np.tile(pick.numpy(), n))

@@ -36,6 +36,7 @@ from convscope.backends.torch.session import Session
 from convscope.errors import ConvscopeError
 from convscope.methods.base import Attributed, MaxBatch, Method, Rows, Wrt, gradients, row_index
 from convscope.methods.batching import Batches
+from convscope.methods.draws import gaussian_draws
 from convscope.methods.registry import register_method
 from convscope.targets import Target, TargetLike
 
@@ -170,10 +171,11 @@ class GradientSHAP(Method):
 
     ``baselines``: a number or a tensor ``[B, *sample_shape]`` to draw ``b_k`` from (default: one
     all-zero baseline); ``noise``: the standard deviation of ``eps_k`` as a fraction of each
-    sample's value range (default 0). The draws come from ``torch.Generator().manual_seed(seed)``
-    in this order: baseline indices ``randint(B, [K])``, ``alpha = rand(K)``, then (when
-    ``noise > 0``) ``eps = randn(K, *sample_shape)``; every sample sees the same draws, so its map
-    never depends on the rest of the batch. Example:
+    sample's value range (default 0). Baseline indices ``randint(B, [K])`` then ``alpha = rand(K)``
+    come from ``torch.Generator().manual_seed(seed)``; when ``noise > 0``,
+    ``eps = randn(K, *sample_shape)`` comes from a generator on the input's device seeded with
+    ``seed + 1`` (:func:`~convscope.methods.draws.gaussian_draws`). Every sample sees the same
+    draws, so its map never depends on the rest of the batch. Example:
     ``GradientSHAP(model, baselines=backgrounds, samples=64, noise=0.1).attribute(x, 3)``.
     """
 
@@ -201,7 +203,7 @@ class GradientSHAP(Method):
         g = torch.Generator().manual_seed(self.seed)
         pick = torch.randint(bank.shape[0], (self.samples,), generator=g)
         alpha = torch.rand(self.samples, generator=g, dtype=torch.float64)
-        eps = torch.randn(self.samples, *x.shape[1:], generator=g) if self.noise > 0 else None
+        eps = gaussian_draws(self.samples, x.shape[1:], self.seed + 1, like=x) if self.noise > 0 else None
         return bank[pick.to(bank.device)], alpha, eps
 
     def _compute(self, session: Session, x: Tensor, rows: Rows, targets: list[Target],
@@ -215,7 +217,7 @@ class GradientSHAP(Method):
         def evaluate(items: slice) -> tuple[Tensor, list[Tensor]]:
             idx = torch.arange(items.start, items.stop)
             sample, k = idx // draws, idx % draws
-            noisy = x[sample] if eps is None else x[sample] + sigma[sample] * eps[k].to(x)
+            noisy = x[sample] if eps is None else x[sample] + sigma[sample] * eps[k]
             end = space.values(noisy, glob[sample], Batches(None))
             start = space.values(baselines[k], glob[sample], Batches(None))
             grads = path_gradients(space, noisy, glob[sample], start, end, alpha[k], targets)

@@ -91,12 +91,12 @@ def _per_dim(size: Size | None, dims: int, name: str) -> tuple[int, ...] | None:
     return found
 
 
-def windows(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) -> list[tuple[slice, ...]]:
-    """The occlusion windows over a sample of ``shape`` (per dimension: window size, stride), as slices.
+def axis_windows(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) -> list[list[slice]]:
+    """Per dimension, the intervals the occlusion windows cover (window size ``w``, stride ``s``).
 
-    Example: ``windows([1, 4, 4], [1, 2, 2], [1, 2, 2])`` -> four 2x2 windows.
+    Example: ``axis_windows([1, 4, 4], [1, 2, 2], [1, 2, 2])`` -> ``[[0:1], [0:2, 2:4], [0:2, 2:4]]``.
     """
-    starts = []
+    axes = []
     for size, w, s in zip(shape, window, stride):
         if w > size:
             raise ConvscopeError(f"the occlusion window {list(window)} is larger than the tensor {list(shape)}",
@@ -104,11 +104,59 @@ def windows(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) 
         if s > w and w < size:
             raise ConvscopeError(f"stride {list(stride)} is larger than the window {list(window)}: positions would "
                                  "be skipped", "Use a stride no larger than the window.")
-        starts.append([slice(k * s, min(k * s + w, size)) for k in range(math.ceil((size - w) / s) + 1)])
+        axes.append([slice(k * s, min(k * s + w, size)) for k in range(math.ceil((size - w) / s) + 1)])
+    return axes
+
+
+def windows(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) -> list[tuple[slice, ...]]:
+    """The occlusion windows over a sample of ``shape``, as slices, first dimension slowest.
+
+    Example: ``windows([1, 4, 4], [1, 2, 2], [1, 2, 2])`` -> four 2x2 windows.
+    """
     grid: list[tuple[slice, ...]] = [()]
-    for dim in starts:
+    for dim in axis_windows(shape, window, stride):
         grid = [g + (d,) for g in grid for d in dim]
     return grid
+
+
+class WindowMasks:
+    """The occlusion windows as boolean masks, made on the device a batch at a time.
+
+    Window ``k`` (in :func:`windows` order) covers ``A[k0] x B[k1] x C[k2]`` with ``(k0, k1, k2)``
+    its row-major index over the per-dimension intervals, so its mask is the outer product of
+    three interval masks: one broadcast ``&`` per batch instead of one slice write per window.
+
+    Example::
+
+        masks = WindowMasks(axis_windows([3, 8, 8], [3, 4, 4], [3, 2, 2]), x.device)
+        masks(torch.arange(5))  # [5, 3, 8, 8] bool, window k's cells True
+    """
+
+    def __init__(self, axes: list[list[slice]], device: torch.device) -> None:
+        sizes = [max(s.stop for s in dim) for dim in axes]
+        self.counts = [len(dim) for dim in axes]
+        self.axes = []
+        for dim, size in zip(axes, sizes, strict=True):
+            mask = torch.zeros(len(dim), size, dtype=torch.bool)
+            for i, interval in enumerate(dim):
+                mask[i, interval] = True
+            self.axes.append(mask.to(device))
+
+    def __len__(self) -> int:
+        return math.prod(self.counts)
+
+    def __call__(self, k: Tensor) -> Tensor:
+        """``[len(k), C, H, W]``: the masks of windows ``k``."""
+        c_count, h_count, w_count = self.counts
+        k = k.to(self.axes[0].device)
+        a, b, c = self.axes
+        return (a[k // (h_count * w_count)][:, :, None, None] & b[(k // w_count) % h_count][:, None, :, None]
+                & c[k % w_count][:, None, None, :])
+
+    def coverage(self) -> Tensor:
+        """``[C, H, W]``: how many windows cover each position."""
+        a, b, c = (m.to(torch.float64).sum(0) for m in self.axes)  # per axis: windows covering each index
+        return a[:, None, None] * b[None, :, None] * c[None, None, :]
 
 
 @register_method("occlusion", "occlusion: score drop when a sliding window is filled")
@@ -132,14 +180,14 @@ class Occlusion(Method):
             raise ConvscopeError(f"fill={fill!r} is not supported", "Use a number, a tensor or 'blur'.")
         self.fill, self.sigma = fill, sigma
 
-    def plan(self, shape: Sequence[int]) -> list[tuple[slice, ...]]:
-        """The windows over one sample of ``shape`` (C, H, W)."""
+    def plan(self, shape: Sequence[int]) -> list[list[slice]]:
+        """Per dimension of one sample of ``shape`` (C, H, W), the intervals the windows cover."""
         c, h, w = shape
         window = self.window or (max(1, round(h / 8)), max(1, round(w / 8)))
         window = window if len(window) == 3 else (c, *window)
         stride = self.stride or tuple(max(1, v // 2) for v in window[1:])
         stride = stride if len(stride) == 3 else (window[0], *stride)
-        return windows(shape, window, stride)
+        return axis_windows(shape, window, stride)
 
     def _compute(self, session: Session, x: Tensor, rows: Rows, targets: list[Target],
                  wrt: LayerKey | None) -> list[Tensor]:
@@ -147,30 +195,26 @@ class Occlusion(Method):
         value = space.values(x, glob, batches)
         check_image(value, "Occlusion")
         plan = self.plan(value.shape[1:])
-        sigma = self.sigma or max(max(s.stop - s.start for s in plan[0][1:]) / 4, 0.5)
+        sigma = self.sigma or max(max(s.stop - s.start for s in (plan[1][0], plan[2][0])) / 4, 0.5)
         fill = fill_values(self.fill, value, sigma).expand_as(value)
         clean = space.scores(x, glob, value, targets, batches)
-        count = torch.zeros(value.shape[1:], dtype=value.dtype, device=value.device)
-        for w in plan:
-            count[w] += 1
+        masks = WindowMasks(plan, value.device)
         sums = [torch.zeros_like(value) for _ in targets]
-        n_windows = len(plan)
+        n_windows = len(masks)
 
-        def evaluate(items: slice) -> tuple[Tensor, list[Tensor]]:
+        def evaluate(items: slice) -> tuple[Tensor, Tensor, list[Tensor]]:
             idx = torch.arange(items.start, items.stop)
-            sample, k = idx // n_windows, idx % n_windows
-            occluded = value[sample]
-            for i, (n, w) in enumerate(zip(sample.tolist(), k.tolist())):
-                occluded[(i, *plan[w])] = fill[(n, *plan[w])]
+            sample, covered = idx // n_windows, masks(idx % n_windows)
+            on = sample.to(value.device)
+            occluded = torch.where(covered, fill[on], value[on])
             record = space.forward(x[sample], glob[sample], occluded, grad=False).record
-            return idx, [t.score(record).detach() for t in targets]
+            return on, covered, [t.score(record).detach() for t in targets]
 
-        for _, (idx, scores) in batches.map(len(x) * n_windows, evaluate):
+        for _, (on, covered, scores) in batches.map(len(x) * n_windows, evaluate):
             for total, base, score in zip(sums, clean, scores):
-                drop = (base[idx // n_windows] - score).tolist()
-                for n, w, d in zip((idx // n_windows).tolist(), (idx % n_windows).tolist(), drop):
-                    total[(n, *plan[w])] += d
-        return [total / count for total in sums]
+                drop = (base.to(value.device)[on] - score.to(value.device)).to(value.dtype)
+                total.index_add_(0, on, drop.reshape(-1, 1, 1, 1) * covered)
+        return [total / masks.coverage().to(value) for total in sums]
 
 
 def rise_masks(grid: Tensor, shifts: Tensor, size: tuple[int, int]) -> Tensor:

@@ -8,9 +8,10 @@ value range, as in Smilkov et al. 2017)::
     SmoothGradSquared  = mean_k m(x + sigma eps_k) ** 2
     VarGrad            = mean_k m(...) ** 2 - (mean_k m(...)) ** 2     (population variance)
 
-The draws are ``torch.randn(K, *sample_shape, generator=torch.Generator().manual_seed(seed))``:
-the same for every sample, so a sample's map never depends on the rest of the batch or on
-``max_batch``, and the global random state is untouched.
+The draws are ``torch.randn(K, *sample_shape)`` from ``torch.Generator(x.device).manual_seed(seed)``
+(:func:`~convscope.methods.draws.gaussian_draws`): the same for every sample, so a sample's map
+never depends on the rest of the batch or on ``max_batch``, and the global random state is
+untouched. They are made on the input's device (CPU and CUDA draws differ).
 
 Example::
 
@@ -31,6 +32,7 @@ from convscope.backends.torch.session import Session
 from convscope.errors import ConvscopeError
 from convscope.methods.base import MaxBatch, Method, Rows, row_index
 from convscope.methods.batching import Batches
+from convscope.methods.draws import gaussian_draws
 from convscope.methods.gradient import Saliency
 from convscope.methods.path import input_range
 from convscope.methods.registry import register_method
@@ -76,7 +78,7 @@ class NoiseTunnel(Method):
     def _compute(self, session: Session, x: Tensor, rows: Rows, targets: list[Target],
                  wrt: LayerKey | None) -> list[Tensor]:
         glob, draws = row_index(rows, len(x)), self.samples
-        eps = torch.randn(draws, *x.shape[1:], generator=torch.Generator().manual_seed(self.seed)).to(x)
+        eps = gaussian_draws(draws, x.shape[1:], self.seed, like=x)
         sigma = self.noise * input_range(x)
         batches = Batches(draws if self.method.expands else self.max_batch, x.device)
         sums: list[Tensor] = []

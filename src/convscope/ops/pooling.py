@@ -17,9 +17,11 @@ benchmarks/bench_unpool_torch.py) to save memory that is small next to the activ
 Unpool route: on CPU the max-pool backward kernel (``aten.max_pool2d_with_indices_backward``,
 3-D likewise, 1-D through 2-D) fed a zero-stride stand-in for the input, whose data it never
 reads, writing into a fresh output advised for huge pages (see ``allocation.py``: page faults
-on a fresh 50 MB output otherwise cost more than the unpooling). On CUDA, and for channels_last
-values (whose result stays channels_last), ``scatter_add_`` into a zeroed output: on CUDA its
-atomic adds make sums at shared switches order-dependent in the last bit. Every route is exact
+on a fresh 50 MB output otherwise cost more than the unpooling). On CUDA with windows that
+cannot overlap, every switch is unique, so writing equals adding: the max-unpool kernel
+(``aten.max_unpool2d``/``3d``, deterministic). Otherwise (overlapping windows on CUDA, and
+channels_last values, whose result stays channels_last) ``scatter_add_`` into a zeroed output:
+on CUDA its atomic adds make sums at shared switches order-dependent in the last bit. Every route is exact
 for every geometry and, through one autograd function, differentiable in ``values`` with the
 gather at the switches as gradient. The CPU kernel does not bounds-check indices, so
 ``Switches.check_indices`` runs first (O(1) for records this module made).
@@ -127,8 +129,12 @@ class _Unpool(torch.autograd.Function):
                 switches: Switches) -> torch.Tensor:
         ctx.switches = switches  # type: ignore[attr-defined]
         ctx.save_for_backward(switches.indices)  # autograd then refuses indices edited in place
-        if values.device.type == "cpu" and not _is_channels_last(values):
+        if _is_channels_last(values):
+            return _unpool_by_scatter_add(values, switches)
+        if values.device.type == "cpu":
             return _unpool_by_pool_backward(values, switches)
+        if not switches.overlapping:
+            return _unpool_by_max_unpool(values, switches)
         return _unpool_by_scatter_add(values, switches)
 
     @staticmethod
@@ -174,6 +180,17 @@ def _unpool_by_pool_backward(values: torch.Tensor, sw: Switches) -> torch.Tensor
     out = empty_output(shape, values.dtype, values.device)  # the kernel zero-fills it first
     backward.grad_input(values, stand_in, list(k), list(s), list(p), list(d), sw.ceil_mode, idx, grad_input=out)
     return out if len(sw.kernel_size) > 1 else out.view(sw.input_shape)
+
+
+def _unpool_by_max_unpool(values: torch.Tensor, sw: Switches) -> torch.Tensor:
+    """The max-unpool kernel, which writes each value at its switch: exact only when no two windows
+    share an input position (``not sw.overlapping``), where it is also deterministic on CUDA."""
+    idx, spatial = sw.indices, list(sw.input_shape[2:])
+    if len(spatial) == 3:
+        return torch.ops.aten.max_unpool3d(values, idx, spatial, list(sw.stride), list(sw.padding))
+    if len(spatial) == 1:  # 1-D as 2-D with a height of one: flat indices within L stay the same
+        return torch.ops.aten.max_unpool2d(values.unsqueeze(2), idx.unsqueeze(2), [1, *spatial]).squeeze(2)
+    return torch.ops.aten.max_unpool2d(values, idx, spatial)
 
 
 def _unpool_by_scatter_add(values: torch.Tensor, sw: Switches) -> torch.Tensor:
