@@ -110,6 +110,8 @@ def test_registry() -> None:
     names = list(methods())
     assert names[:4] == ["saliency", "input_x_gradient", "deconvnet", "guided_backprop"]
     assert get_method("guided-backprop") is GuidedBackprop and get_method("deconvnet") is DeconvNet
+    assert get_method("GuidedBackprop") is GuidedBackprop and get_method("guidedbackprop") is GuidedBackprop
+    assert get_method("gradcam").name == "grad_cam" and get_method("Grad-CAM").name == "grad_cam"
     assert all(info.description and info.cls.name == name for name, info in methods().items())
     with pytest.raises(ConvscopeError, match="Did you mean 'saliency'"):
         get_method("salency")

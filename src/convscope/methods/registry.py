@@ -6,6 +6,7 @@ Example::
     class Saliency(GradientMethod): ...
 
     get_method("guided-backprop")   # -> GuidedBackprop ('-' and '_' are interchangeable)
+    get_method("gradcam")           # -> GradCAM (separators may be left out, case is ignored)
     for info in methods().values():
         print(info.name, info.description)
 """
@@ -75,9 +76,16 @@ def methods() -> dict[str, MethodInfo]:
     return dict(_REGISTRY)
 
 
+def _squashed(name: str) -> str:
+    return re.sub(r"[-_\s]", "", name.lower())
+
+
 def get_method(name: str) -> type[Method]:
-    """The method class registered as ``name`` (hyphens allowed: 'guided-backprop')."""
+    """The method class registered as ``name``: 'guided_backprop', 'guided-backprop', 'GuidedBackprop'
+    and 'guidedbackprop' all name the same method."""
     found = methods().get(name.replace("-", "_"))
+    if found is None:
+        found = next((info for key, info in _REGISTRY.items() if _squashed(key) == _squashed(name)), None)
     if found is None:
         raise ConvscopeError(f"there is no attribution method named {name!r}",
                              did_you_mean(name.replace("-", "_"), list(_REGISTRY), "method"))
