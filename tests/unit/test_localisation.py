@@ -34,6 +34,21 @@ def test_pointing_game_by_hand() -> None:
     assert pointing_game(maps[4:5], full).tolist() == [True]  # a constant map hits only a full mask
 
 
+def test_pointing_game_tolerance_is_a_euclidean_distance_to_the_mask() -> None:
+    mask = torch.zeros(1, 9, 9, dtype=torch.bool)
+    mask[0, 4, 4] = True
+    gen = torch.Generator().manual_seed(0)
+    for radius in (0, 1, 1.5, 2, 3.2):
+        for y in range(9):
+            for x in range(9):
+                peak = torch.rand(1, 9, 9, generator=gen) * 0.5
+                peak[0, y, x] = 1.0
+                naive = (y - 4) ** 2 + (x - 4) ** 2 <= radius ** 2  # distance from the one True pixel
+                assert pointing_game(peak, mask, tolerance=radius).item() == naive, (radius, y, x)
+    with pytest.raises(ConvscopeError, match="tolerance"):
+        pointing_game(peak, mask, tolerance=-1)
+
+
 def test_mass_inside_by_hand() -> None:
     maps = torch.tensor([
         [[1.0, 0.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.0, 0.0]],    # 3 of 4 inside

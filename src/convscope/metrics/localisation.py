@@ -1,8 +1,9 @@
 """Localisation metrics: does an attribution map point at the object?
 
 - :func:`pointing_game`: per sample, a hit when the map's maximum lies inside the object mask
-  (Zhang et al. 2016, without their 15-pixel tolerance). Ties: when several positions share
-  the maximum, *every* one of them must lie inside the mask, so a constant map (all zero, say)
+  (Zhang et al. 2016; strict by default, ``tolerance=r`` accepts a maximum within ``r`` pixels
+  (Euclidean) of the mask, as their 15 pixels on ~224 px images). Ties: when several positions
+  share the maximum, *every* one of them must be accepted, so a constant map (all zero, say)
   only hits when the mask covers the whole image.
 - :func:`mass_inside`: per sample, the fraction of positive attribution mass inside the mask,
   ``sum(relu(map) * mask) / sum(relu(map))``; NaN for a map with no positive mass (average
@@ -54,12 +55,29 @@ def _flat_pair(maps: ArrayLike, masks: ArrayLike) -> tuple[Tensor, Tensor]:
     return m.flatten(1), (k != 0).flatten(1).to(m.device)
 
 
-def pointing_game(maps: ArrayLike, masks: ArrayLike) -> Tensor:
-    """Bool ``[N]``: whether every position of each map's maximum lies inside its mask.
+def dilate(masks: Tensor, radius: float) -> Tensor:
+    """Bool ``[N, H, W]``: the positions within Euclidean distance ``radius`` of a True of ``masks``."""
+    r = int(radius)
+    if r < 1:
+        return masks
+    offsets = torch.arange(-r, r + 1, dtype=torch.float32)
+    disk = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius ** 2).float()[None, None]
+    hits = torch.nn.functional.conv2d(masks[:, None].float(), disk.to(masks.device), padding=r)
+    return hits[:, 0] > 0.5
+
+
+def pointing_game(maps: ArrayLike, masks: ArrayLike, tolerance: float = 0.0) -> Tensor:
+    """Bool ``[N]``: whether every position of each map's maximum lies inside its mask (or within
+    ``tolerance`` pixels of it).
 
     Example: ``pointing_game(maps, masks).float().mean()`` is the pointing-game accuracy.
     """
+    if not tolerance >= 0:
+        raise ConvscopeError(f"tolerance={tolerance!r} must be >= 0", "Give a distance in pixels, e.g. tolerance=4.")
     m, k = _flat_pair(maps, masks)
+    if tolerance >= 1:
+        height, width = torch.as_tensor(masks).shape[-2:]
+        k = dilate(k.view(-1, height, width), tolerance).flatten(1)
     at_peak = m == m.amax(1, keepdim=True)
     return ~(at_peak & ~k).any(1)
 
