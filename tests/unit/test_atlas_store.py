@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from nets import TinyVGG
+from torch import nn
 
 import convscope
 from convscope.atlas import build_atlas, mine
@@ -153,3 +154,13 @@ def test_unreadable_image_is_skipped_and_listed(tmp_path: Path) -> None:
     images = atlas.topk("features.3").images
     assert 2 not in images and set(np.unique(images)) <= {0, 1, 3, 4}
     assert atlas.manifest["names"]["3"] == "img3.png"
+
+
+def test_model_hash_reads_zero_dim_buffers_like_batch_norm_counters() -> None:
+    from convscope.atlas.store import model_hash
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))  # num_batches_tracked is a 0-dim int64 buffer
+    before = model_hash(net)
+    assert before == model_hash(net)
+    net[1].num_batches_tracked += 1
+    assert model_hash(net) != before  # every byte of the state dict counts, 0-dim tensors included

@@ -111,3 +111,40 @@ def test_nan_activations_are_refused() -> None:
 def test_bad_k_is_a_clear_error(k: object) -> None:
     with pytest.raises(ConvscopeError, match="k="):
         TopK(1, k, (2,))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("shape", "layout"), [((5, 16, 6, 6), "channels_last"), ((4, 3, 5, 7), "channels_last"),
+                                               ((3, 40, 2, 3), "channels_last"), ((4, 16, 9), "channels_last"),
+                                               ((4, 6, 5, 7), "contiguous"), ((4, 6, 5, 7), "transposed")])
+def test_line_peaks_and_top_k_in_every_memory_layout(shape: tuple[int, ...], layout: str) -> None:
+    g = torch.Generator().manual_seed(len(shape) + shape[1])
+    dense = torch.randint(-4, 5, shape, generator=g).float()  # ties on purpose
+    if layout == "channels_last":
+        acts = dense.movedim(1, -1).contiguous().movedim(-1, 1)
+    elif layout == "transposed":
+        acts = dense.transpose(2, 3).contiguous().transpose(2, 3)
+    else:
+        acts = dense
+    assert torch.equal(acts, dense) and acts.is_contiguous() == (layout == "contiguous")
+    np.testing.assert_array_equal(topk_module._line_peaks(acts), dense.reshape(*shape[:2], -1, shape[-1]).amax(3).numpy())
+    acc = feed(acts, 4, [2])
+    values, images, positions = brute_force(dense.numpy(), 4)
+    np.testing.assert_array_equal(acc.values, values)
+    np.testing.assert_array_equal(acc.images, images)
+    np.testing.assert_array_equal(acc.positions, positions)
+    acts = acts.clone()  # keeps the layout
+    acts[(1, 2, *([0] * (acts.dim() - 2)))] = float("nan")
+    peaks = topk_module._line_peaks(acts)
+    assert np.isnan(peaks[1, 2, 0]) and not np.isnan(peaks[1, 2, 1:]).any() and not np.isnan(peaks[0]).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_other_float_types(dtype: torch.dtype) -> None:
+    # bfloat16 has no NumPy type: its candidate lines are gathered by torch instead
+    g = torch.Generator().manual_seed(1)
+    dense = torch.randint(-4, 5, (7, 3, 4, 5), generator=g).float()
+    acc = feed(dense.to(dtype), 3, [3])
+    values, images, positions = brute_force(dense.numpy(), 3)
+    np.testing.assert_array_equal(acc.values, values)
+    np.testing.assert_array_equal(acc.images, images)
+    np.testing.assert_array_equal(acc.positions, positions)

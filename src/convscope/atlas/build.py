@@ -62,7 +62,7 @@ def layer_views(model: nn.Module, layer: str, acc: TopK, source: Source, input_s
         images = batch.tensor[torch.as_tensor(rows, dtype=torch.long)].to(device)
         for method in methods:
             maps = project_units(model, layer, images, part[:, 0], part_coords, method=method,
-                                 max_batch=max_batch).cpu().numpy()
+                                 max_batch=max_batch, field=field).cpu().numpy()
             for (c, j), m in zip(part, maps):
                 views[method][c, j] = np.moveaxis(crop(np.moveaxis(m, 0, -1), tuple(boxes[c, j]), size), -1, 0)
     return views

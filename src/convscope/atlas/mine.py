@@ -3,7 +3,9 @@
 Batch ``b`` holds images ``b*batch_size .. (b+1)*batch_size - 1``; a run sharded over
 ``world`` processes gives batch ``b`` to rank ``b % world``. Forward hooks fold each probed
 layer's output into its :class:`~convscope.atlas.topk.TopK` the moment the layer returns (before
-an in-place ReLU can change it), under ``torch.inference_mode``.
+an in-place ReLU can change it), under ``torch.inference_mode``. The first batch runs the whole
+forward pass (proving that no mined layer runs twice); later ones stop as soon as every mined
+layer has run, since nothing after them changes what is kept.
 
 **Checkpoints.** With ``out`` set, the accumulators, the next batch and the skipped images are
 saved to ``out/checkpoint-r<rank>.npz`` (a checked entry: payload + manifest with its SHA-256,
@@ -110,12 +112,17 @@ def check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
     return names
 
 
+class _Done(BaseException):
+    """Raised by the last mined layer's hook to end the forward pass there."""
+
+
 class _Recorder:
     """Forward hooks folding each layer's output into its TopK (hooks removed by :meth:`close`)."""
 
     def __init__(self, model: nn.Module, layers: list[str], k: int, results: dict[str, TopK]) -> None:
         self.k, self.results, self.ids, self.names = k, results, np.zeros(0, np.int64), layers
         self.seen: set[str] = set()
+        self.stop_early = False  # after one whole forward pass has shown no layer runs twice
         self.handles = [resolve_layer(model, name).register_forward_hook(self._hook(name)) for name in layers]
 
     def _hook(self, name: str) -> Callable[[nn.Module, object, object], None]:
@@ -132,16 +139,22 @@ class _Recorder:
             if name not in self.results:
                 self.results[name] = TopK(output.shape[1], self.k, tuple(output.shape[2:]))
             self.results[name].update(output, self.ids)
+            if self.stop_early and len(self.seen) == len(self.names):
+                raise _Done
 
         return hook
 
     def run(self, model: nn.Module, x: Tensor, ids: np.ndarray) -> None:
         self.ids, self.seen = ids, set()
-        model(x)
+        try:
+            model(x)
+        except _Done:
+            pass
         missing = [name for name in self.names if name not in self.seen]
         if missing:
             raise ConvscopeError(f"layer {missing[0]!r} did not run in the forward pass",
                                  "Pick layers the model's forward actually calls.")
+        self.stop_early = True
 
     def close(self) -> None:
         while self.handles:

@@ -22,11 +22,11 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from convscope.errors import ConvscopeError
@@ -34,6 +34,7 @@ from convscope.errors import ConvscopeError
 EMPTY = np.iinfo(np.int64).max  # the image/position of an unused slot: sorts after every real one
 _LOW = (1 << 32) - 1
 _FAST_LIMIT = 1 << 16  # most candidate units per batch for the threshold fast path
+_INNER = 32  # narrowest inner axis for the channels-last peak reduction (see _line_peaks)
 
 
 def sortable_int(values: Tensor) -> Tensor:
@@ -45,17 +46,40 @@ def sortable_int(values: Tensor) -> Tensor:
     return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(torch.int64)
 
 
-def _peaks(acts: Tensor) -> Tensor:
-    """``max`` over the spatial positions of each (image, channel): ``[N, C]``.
+def _line_peaks(acts: Tensor) -> np.ndarray:
+    """``max`` along the last spatial axis, as a float32 host array ``[N, C, R]`` for ``acts``
+    ``[N, C, *spatial]``: one value per line (``R`` = product of the other spatial sizes; 1
+    without spatial axes); NaN propagates.
 
-    Adaptive max-pooling is fast for any memory layout (conv outputs are often channels-last,
-    where a plain ``amax`` is a slow strided reduction); it propagates NaN, as ``amax`` does.
+    One read of the activations on their device for the usual layouts: contiguous, a max over
+    the inner axis; channels-last (``[N, R, L, C]`` in memory), a max over the ``L`` axis with
+    ``g`` positions folded into the inner one (``[N, R, L/g, g*C]``; the max over the ``g``
+    groups is taken on the host) so that it is at least :data:`_INNER` floats wide - the
+    reduction kernel is slow on narrow inner axes (C=16). Anything else is made contiguous first.
     """
-    if acts.dim() == 4:
-        return F.adaptive_max_pool2d(acts, 1).flatten(1)
-    if acts.dim() == 3:
-        return F.adaptive_max_pool1d(acts, 1).flatten(1)
-    return acts.reshape(acts.shape[0], acts.shape[1], -1).amax(2)
+    n, c = acts.shape[:2]
+    length = acts.shape[-1] if acts.dim() > 2 else 1
+    lines = math.prod(acts.shape[2:-1]) if acts.dim() > 2 else 1
+    last = acts.movedim(1, -1)
+    if not acts.is_contiguous() and acts.dim() > 2 and last.is_contiguous():  # channels-last
+        g = math.gcd(length, -(-_INNER // c))
+        if g * c >= _INNER:
+            folded = last.reshape(n, lines, length // g, g * c).amax(2)  # [N, R, g*C]
+            grouped = folded.float().cpu().numpy().reshape(n, lines, g, c).max(2)  # [N, R, C]
+            return np.ascontiguousarray(grouped.transpose(0, 2, 1))
+    return acts.contiguous().view(n, c, lines, length).amax(3).float().cpu().numpy()
+
+
+def _take_lines(acts: Tensor, rows: np.ndarray, chans: np.ndarray, line: np.ndarray) -> np.ndarray:
+    """``acts[rows, chans, line]`` of ``acts`` ``[N, C, R, L]`` as a float32 host array ``[m, L]``.
+
+    On the CPU through a NumPy view: a small gather, with none of the thread-pool round trip
+    a torch kernel makes (milliseconds on a busy machine).
+    """
+    if acts.device.type == "cpu" and acts.dtype in (torch.float32, torch.float64, torch.float16):
+        return acts.numpy()[rows, chans, line].astype(np.float32, copy=False)
+    index = torch.from_numpy(np.stack([rows, chans, line])).to(acts.device)
+    return acts[tuple(index)].float().cpu().numpy()
 
 
 @dataclass
@@ -99,8 +123,9 @@ class TopK:
 
         Fast path: with ``T_c`` the larger of the current k-th best and the k-th largest of the
         images' peaks (k distinct units reach it), only units ``>= T_c`` can enter the top-k, and
-        only in images whose peak reaches ``T_c``; they are few unless very many units tie at
-        ``T_c`` (a channel of zeros), and then the exact key path ranks every unit.
+        only in images whose peak reaches ``T_c``, and there only on lines (rows of the map)
+        whose maximum reaches it; they are few unless very many units tie at ``T_c`` (a channel
+        of zeros), and then the exact key path ranks every unit.
         """
         if acts.dim() < 2 or acts.shape[1] != self.channels or tuple(acts.shape[2:]) != self.spatial:
             raise ConvscopeError(f"activations of shape {list(acts.shape)} do not fit a top-k of "
@@ -112,21 +137,24 @@ class TopK:
             raise ConvscopeError(f"got {len(ids)} image ids for a batch of {n}, or ids not increasing",
                                  "Give one increasing image index per sample.")
         acts = acts.detach()
-        peak = _peaks(acts)  # [n, C]; NaN propagates
-        if bool(torch.isnan(peak).any()):
+        # one pass over the activations on their device; the rest works on small host arrays
+        line_peak = _line_peaks(acts)  # [n, C, R]; NaN propagates
+        peak = line_peak.max(2)  # [n, C]
+        if np.isnan(peak).any():
             raise ConvscopeError("the layer produced NaN activations", "Check the model and the input data.")
-        threshold = torch.from_numpy(self.values[:, -1]).to(peak.device, peak.dtype)  # current k-th best
+        threshold = self.values[:, -1]  # the current k-th best
         if n >= self.k:  # k images' peaks are k distinct units: the k-th best is at least their k-th
-            threshold = torch.maximum(threshold, torch.topk(peak, self.k, dim=0).values[-1])
-        rows, chans = torch.nonzero(peak >= threshold).unbind(1)  # only these slices can contribute
-        slices = acts[rows, chans].reshape(len(rows), per_image)
-        mask = slices >= threshold[chans, None]
-        if slices.numel() <= _FAST_LIMIT or int(torch.count_nonzero(mask)) <= _FAST_LIMIT:
-            s, p = torch.nonzero(mask).unbind(1)
-            self._absorb(chans[s].cpu().numpy(), slices[s, p].float().cpu().numpy(),
-                         ids[rows[s].cpu().numpy()], p.cpu().numpy())
+            threshold = np.maximum(threshold, -np.partition(-peak, self.k - 1, axis=0)[self.k - 1])
+        rows, chans, line = np.nonzero(line_peak >= threshold[None, :, None])  # only these lines can contribute
+        length = per_image // line_peak.shape[2]
+        on_lines = _take_lines(acts.reshape(n, self.channels, line_peak.shape[2], length), rows, chans, line)
+        mask = on_lines >= threshold[chans, None]  # [m, L]
+        if on_lines.size > _FAST_LIMIT and np.count_nonzero(mask) > _FAST_LIMIT:
+            # very many ties at the threshold (e.g. a channel of zeros)
+            self._absorb_all(acts.reshape(n, self.channels, per_image), ids)
             return
-        self._absorb_all(acts.reshape(n, self.channels, per_image), ids)  # very many ties at the threshold (e.g. a channel of zeros)
+        s, p = np.nonzero(mask)
+        self._absorb(chans[s], on_lines[s, p], ids[rows[s]], line[s] * length + p)
 
     def _absorb_all(self, acts3: Tensor, ids: np.ndarray) -> None:
         """The exact key path: rank every unit of the batch by one int64 key per activation."""
