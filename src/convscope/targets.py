@@ -41,11 +41,13 @@ LayerKey = str | nn.Module
 @dataclass(frozen=True)
 class Record:
     """One forward pass as targets see it: the model ``output``, the recorded layer outputs
-    ``acts`` (keyed as the targets name them) and the ``rows`` of the full batch it covers."""
+    ``acts`` (keyed as the targets name them), the ``rows`` of the full batch it covers and,
+    where known, the ``input`` the model saw (regularizers such as total variation read it)."""
 
     output: Tensor
     acts: Mapping[LayerKey, Tensor]
-    rows: slice
+    rows: slice | Tensor
+    input: Tensor | None = None
 
 
 def _layer_label(layer: LayerKey) -> str:

@@ -1,0 +1,96 @@
+"""``convscope visualize`` and ``convscope dream``.
+
+``convscope visualize MODEL --layer L --channels 0-15 --out DIR`` renders one image per channel
+in one batch and writes ``DIR/L-grid.png`` (labelled) and ``DIR/L-cN.png`` per channel.
+``convscope dream MODEL IMAGE --layer L --out FILE`` writes the DeepDream of IMAGE (cropped by
+the model's preprocessing) amplifying layer L.
+
+Example::
+
+    convscope visualize zoo:shapes-vgg --layer features.3 --channels 0-15 --out vis
+    convscope dream zoo:shapes-vgg photo.png --layer features.4 --out dream.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from convscope.errors import ConvscopeError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", help="a state-dict file to load into the model (weights_only=True)")
+    p.add_argument("--layer", required=True, help="qualified layer name (see `convscope layers MODEL`)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed gives the same image")
+    p.add_argument("--max-batch", type=int, default=None, help="most images per forward pass (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def configure_visualize(p: argparse.ArgumentParser) -> None:
+    """Add the ``visualize`` arguments to ``p``."""
+    p.add_argument("model", help="zoo:NAME, torchvision:NAME[?weights=DEFAULT], a TorchScript file, "
+                                 "or package.module:factory")
+    _common(p)
+    p.add_argument("--channels", default="0-15", help="channels to render, e.g. 0-15 or 0,3,5 (default 0-15)")
+    p.add_argument("--out", required=True, help="output folder for the grid and the per-channel PNGs")
+    p.add_argument("--steps", type=int, default=256, help="optimization steps (default 256)")
+    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
+    p.add_argument("--size", type=int, default=None, help="image size (default: the model's crop size)")
+    p.add_argument("--no-transforms", action="store_true", help="optimize without the robustness transforms")
+
+
+def visualize_command(args: argparse.Namespace) -> int:
+    """Render the channels ``args`` names; print the paths written (grid first)."""
+    from convscope import render as draw
+    from convscope.featurevis.objectives import channels, parse_channels
+    from convscope.featurevis.render import render
+    from convscope.models import load_model
+
+    index = parse_channels(args.channels)
+    loaded = load_model(args.model, weights=args.weights)
+    result = render(loaded.model, channels(args.layer, index), steps=args.steps, size=args.size, lr=args.lr,
+                    seed=args.seed, max_batch=args.max_batch, preprocess=loaded.preprocess,
+                    transforms=None if args.no_transforms else "standard", progress=not args.quiet)
+    out = Path(args.out)
+    print(result.save(out / f"{args.layer}-grid.png", labels=[f"{args.layer} c{c}" for c in index]))
+    for c, pixels in zip(index, result.pixels()):
+        print(draw.save_png(out / f"{args.layer}-c{c}.png", pixels))
+    return 0
+
+
+def configure_dream(p: argparse.ArgumentParser) -> None:
+    """Add the ``dream`` arguments to ``p``."""
+    p.add_argument("model", help="zoo:NAME, torchvision:NAME[?weights=DEFAULT], a TorchScript file, "
+                                 "or package.module:factory")
+    p.add_argument("image", help="the image file to dream on")
+    _common(p)
+    p.add_argument("--out", required=True, help="the PNG file to write")
+    p.add_argument("--octaves", type=int, default=3, help="number of scales, coarse to fine (default 3)")
+    p.add_argument("--octave-scale", type=float, default=1.4, help="size ratio between octaves (default 1.4)")
+    p.add_argument("--steps", type=int, default=20, help="optimization steps per octave (default 20)")
+    p.add_argument("--lr", type=float, default=0.004, help="Adam learning rate (default 0.004)")
+
+
+def dream_command(args: argparse.Namespace) -> int:
+    """Dream on ``args.image``; print the path written."""
+    import torch
+
+    from convscope import render as draw
+    from convscope.featurevis.dream import dream
+    from convscope.images import load_images
+    from convscope.models import load_model
+
+    if not str(args.out).lower().endswith(".png"):
+        raise ConvscopeError(f"--out {args.out!r} is not a .png file", "Write e.g. --out dream.png.")
+    loaded = load_model(args.model, weights=args.weights)
+    batch = load_images([args.image], loaded.preprocess)
+    x = torch.from_numpy(batch.pixels).permute(0, 3, 1, 2).float().div(255)
+    dreamt = dream(loaded.model, x, args.layer, octaves=args.octaves, octave_scale=args.octave_scale,
+                   steps=args.steps, lr=args.lr, seed=args.seed, input_size=loaded.preprocess.crop,
+                   preprocess=loaded.preprocess, max_batch=args.max_batch, progress=not args.quiet)
+    print(draw.save_png(args.out, dreamt[0].mul(255).round().byte().permute(1, 2, 0).cpu().numpy()))
+    return 0
+
+
+__all__ = ["configure_dream", "configure_visualize", "dream_command", "visualize_command"]
