@@ -29,11 +29,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import ClassVar, TypeVar, overload
+from typing import Any, ClassVar, TypeVar, overload
 
 import torch
 from torch import Tensor, nn
 
+from convscope.backends.tf import wants_keras
 from convscope.backends.torch.probes import LayerKey
 from convscope.backends.torch.session import Forward, Session
 from convscope.errors import ConvscopeError
@@ -165,6 +166,16 @@ class Method(ABC):
 
     name: ClassVar[str] = ""
     expands: ClassVar[bool] = False  # True: _compute gets all rows and chunks its own evaluations
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Method:  # noqa: PYI034 - a Keras model gets another class
+        """A Keras model (or a Keras method, for wrappers) gets the Keras implementation of ``cls``
+        from :mod:`convscope.backends.tf`, built with the same arguments (TensorFlow loads only then)."""
+        first = args[0] if args else kwargs.get("model", kwargs.get("method"))
+        if wants_keras(first):
+            from convscope.backends.tf import implementation
+
+            return implementation(cls)(*args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, model: nn.Module, *, max_batch: MaxBatch = None) -> None:
         if not isinstance(model, nn.Module):

@@ -1,0 +1,242 @@
+"""A Keras model as convscope sees it: layers by name, and forward passes that record layer outputs.
+
+Layers are named by their Keras names; a layer inside a nested model (functional, Sequential or
+subclassed) is ``"outer/inner"``, and a name used once anywhere may be given bare. An unknown name
+raises a :class:`~convscope.errors.ConvscopeError` listing the closest names.
+
+:meth:`KerasNet.run` calls the model (``training=False``) with the ``call`` of each probed layer
+wrapped for that one call (see :mod:`convscope.backends.tf.scoped`): the wrapper records the
+layer's output, or *replaces* it by a given tensor (path and perturbation methods on layers).
+Inside a ``tf.function`` the wrappers exist only while it is traced; the traced graph keeps the
+recorded tensors, so later calls touch no Python object of the model at all.
+
+Example::
+
+    net = keras_net(model)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        record = net.run(x, ["block5_conv3"])
+    grads = tape.gradient(record.output[:, 3], record.acts["block5_conv3"])
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from convscope.backends.tf.rules import apply_rules
+from convscope.backends.tf.scoped import patched
+from convscope.errors import ConvscopeError, did_you_mean
+from convscope.rules import RuleMap
+
+LayerKey = str | keras.Layer
+
+
+@dataclass(frozen=True)
+class Record:
+    """One forward pass as targets see it: the model ``output`` and the recorded layer outputs ``acts``."""
+
+    output: tf.Tensor
+    acts: Mapping[str, tf.Tensor]
+
+
+def sublayers(layer: keras.Layer) -> list[keras.Layer]:
+    """The layers directly inside ``layer`` (a model's ``layers``; a custom layer's tracked sublayers)."""
+    flatten = getattr(layer, "_flatten_layers", None)  # what keras.Model.layers itself reads
+    return [] if flatten is None else list(flatten(include_self=False, recursive=False))
+
+
+def layer_paths(model: keras.Layer, prefix: str = "") -> dict[str, keras.Layer]:
+    """Every layer below ``model`` by path (``"outer/inner"``), in definition order."""
+    paths: dict[str, keras.Layer] = {}
+    for layer in sublayers(model):
+        path = f"{prefix}{layer.name}"
+        paths.setdefault(path, layer)
+        paths.update({k: v for k, v in layer_paths(layer, f"{path}/").items() if k not in paths})
+    return paths
+
+
+class KerasNet:
+    """Name resolution, recorded forward passes and compiled functions for one Keras model.
+
+    Holds the model weakly: the compiled functions cached here (:meth:`function`) never keep it alive.
+    """
+
+    def __init__(self, model: keras.Model) -> None:
+        self._model = weakref.ref(model)
+        self._functions: dict[Hashable, Callable[..., Any]] = {}
+        self.output_shape: tuple[int | None, ...] | None = None  # seen while tracing (classes: [-1])
+
+    @property
+    def model(self) -> keras.Model:
+        model = self._model()
+        if model is None:
+            raise ConvscopeError("the Keras model of this method no longer exists", "Keep a reference to the model.")
+        return model
+
+    def paths(self) -> dict[str, keras.Layer]:
+        """Every layer by path."""
+        return layer_paths(self.model)
+
+    def path(self, key: LayerKey) -> str:
+        """The full path of a layer given by path, by a name used once, or as a layer object."""
+        paths = self.paths()
+        if isinstance(key, keras.Layer):
+            found = [p for p, layer in paths.items() if layer is key]
+            if not found:
+                raise ConvscopeError(f"layer {key.name!r} is not part of this model",
+                                     "Pass one of the model's own layers or its name.")
+            return found[0]
+        if not isinstance(key, str):
+            raise ConvscopeError(f"layer {key!r} is not a layer name", "Name the layer, e.g. 'block5_conv3'.")
+        if key in paths:
+            return key
+        bare = [p for p in paths if p.rsplit("/", 1)[-1] == key]
+        if len(bare) == 1:
+            return bare[0]
+        if bare:
+            raise ConvscopeError(f"layer name {key!r} is used in several nested models",
+                                 "Give the full path, one of: " + ", ".join(repr(p) for p in bare))
+        raise ConvscopeError(f"the model has no layer named {key!r}",
+                             did_you_mean(key, list(paths), "layer") + " `convscope layers MODEL` lists every name.")
+
+    def layer(self, key: LayerKey) -> keras.Layer:
+        """The layer object for ``key`` (see :meth:`path`)."""
+        return self.paths()[self.path(key)]
+
+    def channels_last(self, key: LayerKey) -> str:
+        """The path of ``key``, if its output is channels-last (the layout every target and map here
+        assumes), else a clear error."""
+        path = self.path(key)
+        if getattr(self.paths()[path], "data_format", "channels_last") == "channels_first":
+            raise ConvscopeError(f"layer {path!r} is channels_first, but convscope's Keras backend reads "
+                                 "feature maps channels-last [N, h, w, C]",
+                                 "Build the model with data_format='channels_last' (Keras' default).")
+        return path
+
+    def function(self, key: Hashable, build: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
+        """The ``tf.function`` of ``build()``, cached per ``key`` and traced once for every batch
+        size: each argument's first dimension is left open (chunks of different sizes share a graph)."""
+        fn = self._functions.get(key)
+        if fn is None:
+            fn = self._functions[key] = tf.function(build(), autograph=False)
+        return lambda *args: _call_open_batch(fn, args)
+
+    def traces(self) -> int:
+        """How many graphs the compiled functions have traced so far (each costs a Python pass)."""
+        return sum(fn.experimental_get_tracing_count() for fn in self._functions.values())
+
+    def run(self, x: tf.Tensor, layers: Sequence[str] = (), *, rules: RuleMap | None = None,
+            replace: Mapping[str, tf.Tensor] | None = None) -> Record:
+        """Call the model on ``x`` recording ``layers`` (paths), with ``rules`` at every ReLU and
+        the outputs of the layers in ``replace`` set to the given tensors."""
+        seen: dict[str, list[tf.Tensor]] = {name: [] for name in dict.fromkeys([*layers, *(replace or {})])}
+        with ExitStack() as scope:
+            if rules is not None and not rules.is_gradient:
+                scope.enter_context(apply_rules(self, rules))
+            for name, outs in seen.items():
+                scope.enter_context(self._probe(name, outs, (replace or {}).get(name)))
+            output = self.call(x)
+        for name, outs in seen.items():
+            if len(outs) != 1:
+                raise ConvscopeError(f"layer {name!r} ran {len(outs)} times in one forward pass, so its output "
+                                     f"is {'missing' if not outs else 'ambiguous'}",
+                                     "Pick a layer that the model's forward pass calls exactly once.")
+        self.output_shape = tuple(output.shape[1:])
+        return Record(output, {name: outs[0] for name, outs in seen.items()})
+
+    @contextmanager
+    def _probe(self, name: str, outs: list[tf.Tensor], replacement: tf.Tensor | None) -> Iterator[None]:
+        layer = self.layer(name)
+        inner = layer.call
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            out = inner(*args, **kwargs)
+            if not tf.is_tensor(out):
+                raise ConvscopeError(f"layer {name!r} returns a {type(out).__name__}, not one tensor",
+                                     "Pick a layer whose output is a single tensor.")
+            if replacement is not None:
+                if not out.shape.is_compatible_with(replacement.shape):
+                    raise ConvscopeError(f"layer {name!r} returned {out.shape.as_list()} where "
+                                         f"{replacement.shape.as_list()} was expected",
+                                         "Attribute to a layer whose output is one tensor of a fixed shape.")
+                out = replacement
+            outs.append(out)
+            return out
+
+        with patched(layer, "call", call):
+            yield
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        """``model(x, training=False)``, with a clear error if it fails or returns no batch of outputs."""
+        try:
+            output = self.model(x, training=False)
+        except ConvscopeError:
+            raise
+        except Exception as error:  # a model failing on our input: say what we fed it
+            shape = ["N" if d is None else d for d in x.shape.as_list()]
+            raise ConvscopeError(f"the Keras model's forward pass failed on an input of shape {shape} "
+                                 f"({x.dtype.name}): {type(error).__name__}: {error}",
+                                 "Check that the input is NHWC with the size and channels the model "
+                                 "expects.") from error
+        if isinstance(output, (list, tuple)) and len(output) == 1:
+            output = output[0]
+        if not tf.is_tensor(output) or output.shape.rank in (None, 0):
+            raise ConvscopeError(f"the Keras model returned {type(output).__name__}, not one batch of outputs",
+                                 "Wrap the model so that it returns one tensor [N, ...].")
+        return output
+
+    def default_layer(self, x: tf.Tensor) -> str:
+        """The path of the last layer (in the order calls *finish*, so a nested model wins over its
+        layers) that runs once and outputs a feature map ``[N, h, w, C]`` with ``h * w > 1``.
+
+        One eager pass of ``x[:1]``; every wrapper is removed after.
+        """
+        finished: list[str] = []
+        shapes: dict[str, tuple[int | None, ...]] = {}
+
+        def logger(path: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                out = inner(*args, **kwargs)
+                finished.append(path)
+                shapes[path] = tuple(out.shape) if tf.is_tensor(out) else ()
+                return out
+
+            return call
+
+        with ExitStack() as scope:
+            for path, layer in self.paths().items():
+                if not isinstance(layer, keras.layers.InputLayer):
+                    scope.enter_context(patched(layer, "call", logger(path, layer.call)))
+            self.call(x[:1])
+        for path in reversed(finished):
+            shape = shapes[path]
+            if finished.count(path) == 1 and len(shape) == 4 and (shape[1] or 0) * (shape[2] or 0) > 1:
+                return path
+        raise ConvscopeError(f"no layer of this Keras model outputs a feature map [N, h, w, C] with more than one "
+                             f"position (for an input of shape {x.shape.as_list()}), so there is no layer to choose",
+                             "Pass layer='...' naming a convolutional layer (`convscope layers MODEL` lists them).")
+
+
+def _call_open_batch(fn: Any, args: tuple[Any, ...]) -> Any:
+    tensors = tf.nest.map_structure(tf.convert_to_tensor, args)
+    specs = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]] if t.shape.rank else [], t.dtype),
+                                  tensors)
+    return fn.get_concrete_function(*specs)(*tensors)
+
+
+_NETS: weakref.WeakKeyDictionary[keras.Model, KerasNet] = weakref.WeakKeyDictionary()
+
+
+def keras_net(model: keras.Model) -> KerasNet:
+    """The one :class:`KerasNet` of ``model`` (so compiled functions are shared by every method object)."""
+    net = _NETS.get(model)
+    if net is None:
+        net = _NETS[model] = KerasNet(model)
+    return net
