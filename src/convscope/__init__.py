@@ -36,6 +36,8 @@ _LAZY: dict[str, str | None] = {
     "deconv": None,
     "project": None,
     "atlas": None,
+    "featurevis": None,
+    "metrics": None,
     "ConvscopeError": "convscope.errors",
     "load_model": "convscope.models",
     "load_images": "convscope.images",

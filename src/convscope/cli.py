@@ -35,8 +35,10 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="zoo:NAME, torchvision:NAME[?weights=DEFAULT], a TorchScript file, or package.module:factory")
-    p.add_argument("--weights", help="a state-dict file to load into the model (weights_only=True)")
+    p.add_argument("model", help="zoo:NAME, torchvision:NAME[?weights=DEFAULT], a TorchScript file, a Keras "
+                                 ".keras/.h5 file, or package.module:factory")
+    p.add_argument("--weights", help="a state-dict file to load into the model (weights_only=True); for a Keras "
+                                     "model a .weights.h5 file")
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202
@@ -76,15 +78,24 @@ def _layers(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     size = args.input_size or loaded.preprocess.crop
-    rows = layer_table(loaded.model, torch.zeros(1, 3, size, size))
+    if isinstance(loaded.model, torch.nn.Module):
+        probe = torch.zeros(1, 3, size, size)
+        rows = layer_table(loaded.model, probe)
+    else:  # a Keras model (its loader has imported TensorFlow): NHWC probe
+        from convscope.tf.layers import layer_table as keras_layer_table
+        from convscope.tf.layers import probe_for
+
+        probe = probe_for(loaded.model, size)
+        rows = keras_layer_table(loaded.model, probe)
     width = max((len("  " * (r.depth - 1) + r.name) for r in rows), default=4)
-    print(f"{loaded.name}  (probe input 1x3x{size}x{size})")
-    print(f"{'layer':<{width}}  {'type':<18} {'output shape':<20} {'params':>9}")
+    kind = max([18, *(len(r.kind) for r in rows)])  # Keras type names run long (GlobalAveragePooling2D)
+    print(f"{loaded.name}  (probe input {'x'.join(map(str, probe.shape))})")
+    print(f"{'layer':<{width}}  {'type':<{kind}} {'output shape':<20} {'params':>9}")
     for r in rows:
         shape = "x".join(map(str, r.output_shape)) if r.output_shape else "-"
         if r.calls > 1:
             shape += f"  (called {r.calls}x)"
-        print(f"{'  ' * (r.depth - 1) + r.name:<{width}}  {r.kind:<18} {shape:<20} {r.params:>9,}")
+        print(f"{'  ' * (r.depth - 1) + r.name:<{width}}  {r.kind:<{kind}} {shape:<20} {r.params:>9,}")
     return 0
 
 
@@ -182,6 +193,35 @@ def _atlas(args: argparse.Namespace) -> int:
     from convscope.atlas import cli as atlas_cli
 
     return atlas_cli.run(args)
+
+
+# --- feature visualization ------------------------------------------------------------------
+
+def _visualize_args(p: argparse.ArgumentParser) -> None:
+    from convscope.featurevis import cli as featurevis_cli
+
+    featurevis_cli.configure_visualize(p)
+
+
+@command("visualize", "render what the channels of a layer respond to (feature visualization): a labelled grid PNG "
+         "and one PNG per channel", _visualize_args)
+def _visualize(args: argparse.Namespace) -> int:
+    from convscope.featurevis import cli as featurevis_cli
+
+    return featurevis_cli.visualize_command(args)
+
+
+def _dream_args(p: argparse.ArgumentParser) -> None:
+    from convscope.featurevis import cli as featurevis_cli
+
+    featurevis_cli.configure_dream(p)
+
+
+@command("dream", "DeepDream an image: amplify what a layer sees in it, coarse to fine (octaves)", _dream_args)
+def _dream(args: argparse.Namespace) -> int:
+    from convscope.featurevis import cli as featurevis_cli
+
+    return featurevis_cli.dream_command(args)
 
 
 # --- entry point ------------------------------------------------------------------------------

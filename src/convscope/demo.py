@@ -233,8 +233,22 @@ def _capture(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     return out[0]
 
 
+def section_class_visualizations(ctx: DemoContext) -> tuple[str, list[Item]] | None:
+    from convscope.featurevis import class_visualizations
+
+    images, probs = class_visualizations(ctx.model, ctx.preprocess, steps=128, progress=False)
+    tiles = list(images.mul(255).round().byte().permute(0, 2, 3, 1).numpy())
+    labels = [f"{name}: p = {float(probs[k, k]):.3f}" for k, name in enumerate(ctx.class_names)]
+    sheet = render.grid(tiles, labels=labels, ncols=len(tiles), tile_size=(128, 128), interpolation="nearest")
+    text = ("One image per class, optimized from noise (Fourier basis, decorrelated colour, random shifts, scales "
+            "and rotations) to maximize log p(class) under a small total-variation prior; each caption is the "
+            "probability the model gives that class for the image.")
+    return "Class visualizations", [text, ctx.save("class-visualizations", sheet,
+                                                   "What shapes-vgg thinks each class looks like")]
+
+
 SECTIONS: list[Section] = [section_predictions, section_activations, section_unpooling, section_methods,
-                           section_projections, section_atlas]
+                           section_projections, section_class_visualizations, section_atlas]
 
 
 def run_demo(out: Path, n_images: int = 6, model_name: str = "shapes-vgg") -> Path:

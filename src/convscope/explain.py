@@ -4,6 +4,9 @@ For every image x method an overlay PNG (the map, reduced over colour by ``|.|``
 the 99.5th percentile, over the image), with ``method="all"`` also one side-by-side grid per image
 (rows = images, columns = methods), and ``maps.json`` with each raw map's shape, range and target.
 
+A Keras model (``load_model("model.keras")``) takes the same path: its NHWC maps are transposed to
+[N, C, H, W] for rendering.
+
 Example::
 
     paths = explain(load_model("zoo:shapes-vgg"), ["a.png"], method="all", out=Path("out"))
@@ -33,13 +36,27 @@ def heat_map(attribution: torch.Tensor) -> np.ndarray:
     return render.normalize(np.abs(a).sum(axis=0), mode="positive", percentile=99.5)
 
 
+def _predicted(loaded: LoadedModel, x: object) -> list[int]:
+    """The predicted class of each sample (a Keras model takes the NHWC batch its preprocess made)."""
+    if isinstance(loaded.model, torch.nn.Module):
+        with torch.no_grad():
+            return loaded.model(x).argmax(1).tolist()
+    return np.asarray(loaded.model(x, training=False)).argmax(1).tolist()
+
+
+def _channels_first(maps: object) -> torch.Tensor:
+    """Maps as [N, C, H, W] torch tensors: a Keras model's NHWC maps are transposed."""
+    if isinstance(maps, torch.Tensor):
+        return maps
+    return torch.tensor(np.moveaxis(np.asarray(maps), -1, 1))  # a copy: TF's arrays are read-only
+
+
 def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = "grad_cam", target: int | None = None,
             layer: str | None = None, out: Path = Path("convscope-explain")) -> list[Path]:
     """Write the overlays (and grids, and maps.json) into ``out``; return the written paths."""
     names = list(registered()) if method == "all" else [get_method(method).name]
     batch = load_images(images, loaded.preprocess)
-    with torch.no_grad():
-        predicted = loaded.model(batch.tensor).argmax(1).tolist()
+    predicted = _predicted(loaded, batch.tensor)
     targets = [target] * len(batch.names) if target is not None else predicted
     written: list[Path] = []
     meta: dict[str, list[dict[str, object]]] = {}
@@ -47,7 +64,7 @@ def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = 
     for name in tqdm(names, desc="explain", disable=len(names) == 1, leave=False):
         cls = get_method(name)
         kwargs = {"layer": layer} if layer is not None and "layer" in inspect.signature(cls.__init__).parameters else {}
-        maps = cls(loaded.model, **kwargs).attribute(batch.tensor, target=targets)
+        maps = _channels_first(cls(loaded.model, **kwargs).attribute(batch.tensor, target=targets))
         overlays[name] = []
         for i, image_name in enumerate(batch.names):
             picture = render.overlay(batch.pixels[i], heat_map(maps[i]), alpha=0.6)

@@ -6,6 +6,8 @@ Specs:
 - ``torchvision:resnet18`` or ``torchvision:resnet18?weights=DEFAULT`` - torchvision's builder,
   through its real weights API (``weights=None`` unless asked);
 - ``path/to/model.pt`` - a TorchScript file;
+- ``path/to/model.keras`` (or ``.h5``) - a Keras model, via :mod:`convscope.tf.models`
+  (TensorFlow is imported only for such a file);
 - ``package.module:factory`` - a callable returning an ``nn.Module``; with ``weights=`` a
   state-dict file loaded with ``torch.load(weights_only=True)`` and ``strict=True``.
 
@@ -43,7 +45,8 @@ class LoadedModel:
 
 
 SPEC_HELP = ("Give a model as zoo:shapes-vgg, torchvision:resnet18[?weights=DEFAULT], a TorchScript "
-             "file, or package.module:factory with a --weights state-dict file.")
+             "file, a Keras .keras/.h5 file, or package.module:factory with a --weights state-dict file.")
+KERAS_SUFFIXES = {".keras", ".h5", ".hdf5"}
 
 
 def load_model(spec: str, weights: str | Path | None = None) -> LoadedModel:
@@ -54,6 +57,9 @@ def load_model(spec: str, weights: str | Path | None = None) -> LoadedModel:
         loaded = _zoo(base[4:])
     elif base.startswith("torchvision:"):
         loaded = _torchvision(base[len("torchvision:"):], options.pop("weights", None))
+    elif Path(base).suffix.lower() in KERAS_SUFFIXES:
+        loaded = _keras(Path(base), weights)
+        weights = None  # a Keras weights file is loaded by the Keras loader
     elif Path(base).suffix in {".pt", ".pth", ".ts", ".jit"} or Path(base).is_file():
         loaded = _torchscript(Path(base))
     elif ":" in base:
@@ -69,8 +75,19 @@ def load_model(spec: str, weights: str | Path | None = None) -> LoadedModel:
     if options:
         raise ConvscopeError(f"unknown model options {sorted(options)} in {spec!r}",
                              "Known options: weights (torchvision only), size, crop.")
-    loaded.model.eval()
+    if isinstance(loaded.model, nn.Module):
+        loaded.model.eval()
     return loaded
+
+
+def _keras(path: Path, weights: str | Path | None) -> LoadedModel:
+    """A Keras model file; TensorFlow is imported here, and only here."""
+    try:
+        from convscope.tf.models import load_keras_model
+    except ImportError as exc:
+        raise ConvscopeError(f"{path.name!r} is a Keras model file, but TensorFlow/Keras cannot be imported ({exc})",
+                             "Install it with: pip install 'convscope[tf]'") from None
+    return load_keras_model(path, weights)
 
 
 def _zoo(name: str) -> LoadedModel:

@@ -143,3 +143,17 @@ def test_explain_one_method_and_all(shapes_vgg: torch.nn.Module, tmp_path: Path,
 def test_explain_unknown_method(shapes_vgg: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "explain", "zoo:shapes-vgg", str(_png(tmp_path / "a.png")), "--method", "gradcamm")
     assert code == 2 and "grad_cam" in err and "Traceback" not in err
+
+
+def test_visualize_and_dream_are_commands(shapes_vgg: torch.nn.Module, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["visualize", "zoo:shapes-vgg", "--layer", "features.3", "--channels", "1", "--steps", "2",
+                 "--quiet", "--out", str(tmp_path / "vis")])
+    assert code == 0 and (tmp_path / "vis" / "features.3-c1.png").exists()
+    code = main(["dream", "zoo:shapes-vgg", str(tmp_path / "vis" / "features.3-c1.png"), "--layer", "features.7",
+                 "--steps", "2", "--quiet", "--out", str(tmp_path / "dream.png")])
+    assert code == 0 and (tmp_path / "dream.png").exists()
+    capsys.readouterr()
+    assert main(["visualize", "zoo:shapes-vgg", "--layer", "features.3", "--channels", "99", "--steps", "2",
+                 "--quiet", "--out", str(tmp_path / "bad")]) == 2
+    assert "channel" in capsys.readouterr().err
