@@ -33,7 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _noise_like_captum(x: torch.Tensor, samples: int, noise: float, seed: int) -> torch.Tensor:
-    eps = torch.randn(samples, *x.shape[1:], generator=torch.Generator().manual_seed(seed)).to(x.device)
+    """SmoothGrad's documented noise (drawn on x's device), laid out sample-major like Captum's batch."""
+    from convscope.methods.draws import gaussian_draws
+
+    eps = gaussian_draws(samples, x.shape[1:], seed, like=x)
     span = (x.amax((1, 2, 3)) - x.amin((1, 2, 3))).reshape(-1, 1, 1, 1, 1)
     return (noise * span * eps.unsqueeze(0)).reshape(-1, *x.shape[1:])
 

@@ -2,10 +2,10 @@
 routes, and a bandwidth floor (zero-fill the output, copy the pooled values into it).
 
 Every route is checked against the gradient before it is timed (F.max_unpool2d is exact only
-when windows do not overlap). The "alt" rows price the alternatives we did not take:
-scatter_add_ into a zero tensor, and int32 switches converted back to int64 at each unpool. The
-"gradient: aten" row runs the very kernel convscope's CPU route runs, on a plain allocation: the
-gap between the two is the huge-page advice on the fresh output (src/convscope/ops/allocation.py).
+when windows do not overlap). The "gradient: aten" row is the max-pool backward kernel on a
+plain allocation (convscope's CPU route before it moved to scatter_add_, which measured as fast
+or faster on both CPUs tried); the "alt" row prices int32 switches converted back to int64 at
+each unpool.
 Routes are timed round-robin over several rounds and each keeps its best median, so a burst of
 load from other processes on a shared machine does not land on one row only.
 
@@ -30,7 +30,6 @@ import torch.nn.functional as F
 
 from benchmarks.harness import Row, Table, measure, synced
 from convscope.ops import Switches, max_pool_with_switches, unpool
-from convscope.ops.pooling import _unpool_by_scatter_add
 
 CASES = [  # (input shape, kernel, stride): the two targets, then AlexNet/ZF-style overlapping windows
     ((8, 64, 112, 112), 2, 2),
@@ -61,7 +60,6 @@ def routes(x: torch.Tensor, values: torch.Tensor, sw: Switches) -> dict[str, Cal
         "gradient: aten max_pool2d backward": lambda: torch.ops.aten.max_pool2d_with_indices_backward(
             values, x, [k, k], [s, s], [0, 0], [1, 1], False, idx),
         "gradient: autograd.grad": lambda: torch.autograd.grad(graph, xg, values, retain_graph=True)[0],
-        "alt: zeros + scatter_add_": lambda: _unpool_by_scatter_add(values, sw),
         "alt: int32 switches (to int64, then unpool)": int32_switches,
     }
 

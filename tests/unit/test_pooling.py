@@ -113,8 +113,7 @@ def test_unpool_is_the_max_pool_gradient_1d_3d(case: dict, device: str) -> None:
     check_case(case, device)
 
 
-@pytest.mark.parametrize("route", [pooling._unpool_by_pool_backward, pooling._unpool_by_scatter_add,
-                                   pooling._unpool_by_max_unpool])
+@pytest.mark.parametrize("route", [pooling._unpool_by_scatter_add, pooling._unpool_by_max_unpool])
 @settings(max_examples=40, deadline=None)
 @given(case=st.sampled_from([1, 2, 3]).flatmap(pool_case))
 def test_every_route_is_the_max_pool_gradient_where_it_is_used(case: dict, route) -> None:

@@ -14,18 +14,18 @@ halve that, but every consumer (the max-pool backward kernel, ``scatter_add_``, 
 takes int64 only, so each unpool would pay an extra conversion pass (measured in
 benchmarks/bench_unpool_torch.py) to save memory that is small next to the activations.
 
-Unpool route: on CPU the max-pool backward kernel (``aten.max_pool2d_with_indices_backward``,
-3-D likewise, 1-D through 2-D) fed a zero-stride stand-in for the input, whose data it never
-reads, writing into a fresh output advised for huge pages (see ``allocation.py``: page faults
-on a fresh 50 MB output otherwise cost more than the unpooling). On CUDA with windows that
-cannot overlap, every switch is unique, so writing equals adding: the max-unpool kernel
-(``aten.max_unpool2d``/``3d``, deterministic). Otherwise (overlapping windows on CUDA, and
-channels_last values, whose result stays channels_last) ``scatter_add_`` into a zeroed output:
-on CUDA its atomic adds make sums at shared switches order-dependent in the last bit. Every route is exact
-for every geometry and, through one autograd function, differentiable in ``values`` with the
-gather at the switches as gradient. The CPU kernel does not bounds-check indices, so
-``Switches.check_indices`` runs first (O(1) for records this module made).
-Timings: benchmarks/bench_unpool_torch.py.
+Unpool route: ``scatter_add_`` over each flattened plane into a zeroed output that is advised
+for huge pages on CPU (see ``allocation.py``: page faults on a fresh 50 MB output otherwise cost
+more than the unpooling); channels_last values scatter over ``[N, plane, C]`` views and their
+result stays channels_last. On CUDA with windows that cannot overlap every switch is unique, so
+writing equals adding: the max-unpool kernel (``aten.max_unpool2d``/``3d``), which is faster
+there and deterministic; with overlapping windows CUDA's atomic adds make sums at shared
+switches order-dependent in the last bit. On CPU the scatter matched or beat the max-pool
+backward kernel on both CPUs measured, and ``F.max_unpool2d`` on all but one shape of one CPU
+(BENCHMARKS.md). Every route is exact for
+every geometry and, through one autograd function, differentiable in ``values`` with the
+gather at the switches as gradient. ``Switches.check_indices`` runs first (O(1) for records
+this module made). Timings: benchmarks/bench_unpool_torch.py.
 
 Example::
 
@@ -35,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -129,11 +130,7 @@ class _Unpool(torch.autograd.Function):
                 switches: Switches) -> torch.Tensor:
         ctx.switches = switches  # type: ignore[attr-defined]
         ctx.save_for_backward(switches.indices)  # autograd then refuses indices edited in place
-        if _is_channels_last(values):
-            return _unpool_by_scatter_add(values, switches)
-        if values.device.type == "cpu":
-            return _unpool_by_pool_backward(values, switches)
-        if not switches.overlapping:
+        if values.device.type == "cuda" and not switches.overlapping and not _is_channels_last(values):
             return _unpool_by_max_unpool(values, switches)
         return _unpool_by_scatter_add(values, switches)
 
@@ -168,20 +165,6 @@ def _is_channels_last(t: torch.Tensor) -> bool:
     return fmt is not None and not t.is_contiguous() and t.is_contiguous(memory_format=fmt)
 
 
-def _unpool_by_pool_backward(values: torch.Tensor, sw: Switches) -> torch.Tensor:
-    """The max-pool backward kernel; the input it asks for is a zero-stride stand-in (shape only)."""
-    k, s, p, d, idx, shape = sw.kernel_size, sw.stride, sw.padding, sw.dilation, sw.indices, sw.input_shape
-    if len(k) == 1:  # 1-D as 2-D with a height of one: flat indices within L stay the same
-        values, idx, shape = values.unsqueeze(2), idx.unsqueeze(2), torch.Size((*shape[:2], 1, shape[2]))
-        k, s, p, d = (1, *k), (1, *s), (0, *p), (1, *d)
-    stand_in = values.new_empty(()).expand(shape)
-    backward = (torch.ops.aten.max_pool3d_with_indices_backward if len(k) == 3
-                else torch.ops.aten.max_pool2d_with_indices_backward)
-    out = empty_output(shape, values.dtype, values.device)  # the kernel zero-fills it first
-    backward.grad_input(values, stand_in, list(k), list(s), list(p), list(d), sw.ceil_mode, idx, grad_input=out)
-    return out if len(sw.kernel_size) > 1 else out.view(sw.input_shape)
-
-
 def _unpool_by_max_unpool(values: torch.Tensor, sw: Switches) -> torch.Tensor:
     """The max-unpool kernel, which writes each value at its switch: exact only when no two windows
     share an input position (``not sw.overlapping``), where it is also deterministic on CUDA."""
@@ -196,12 +179,13 @@ def _unpool_by_max_unpool(values: torch.Tensor, sw: Switches) -> torch.Tensor:
 def _unpool_by_scatter_add(values: torch.Tensor, sw: Switches) -> torch.Tensor:
     """``scatter_add_`` over the flattened plane, channels last when ``values`` are channels_last."""
     n, c = sw.input_shape[:2]
+    pooled = math.prod(sw.pooled_shape[2:])  # explicit sizes: an empty batch cannot infer a -1
     if _is_channels_last(values):  # [N, P, C] views of channels_last tensors need no copy
         to_last = (0, *range(2, values.dim()), 1)
-        src = values.permute(to_last).reshape(n, -1, c)
-        index = sw.indices.permute(to_last).reshape(n, -1, c)
+        src = values.permute(to_last).reshape(n, pooled, c)
+        index = sw.indices.permute(to_last).reshape(n, pooled, c)
         out = empty_output((n, sw.plane_size, c), values.dtype, values.device).zero_().scatter_add_(1, index, src)
         return out.view(n, *sw.input_shape[2:], c).permute(0, -1, *range(1, values.dim() - 1))
-    src, index = values.reshape(n * c, -1), sw.indices.reshape(n * c, -1)
+    src, index = values.reshape(n * c, pooled), sw.indices.reshape(n * c, pooled)
     out = empty_output((n * c, sw.plane_size), values.dtype, values.device).zero_().scatter_add_(1, index, src)
     return out.view(sw.input_shape)
