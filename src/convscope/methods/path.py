@@ -37,6 +37,7 @@ from convscope.errors import ConvscopeError
 from convscope.methods.base import Attributed, MaxBatch, Method, Rows, Wrt, gradients, row_index
 from convscope.methods.batching import Batches
 from convscope.methods.draws import gaussian_draws
+from convscope.methods.options import check_noise, check_samples
 from convscope.methods.registry import register_method
 from convscope.targets import Target, TargetLike
 
@@ -184,10 +185,7 @@ class GradientSHAP(Method):
     def __init__(self, model: nn.Module, *, baselines: float | Tensor = 0.0, samples: int = 32,
                  noise: float = 0.0, seed: int = 0, max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ConvscopeError(f"samples={samples!r} must be a positive int", "Use e.g. samples=32.")
-        if not noise >= 0:
-            raise ConvscopeError(f"noise={noise!r} must be >= 0", "noise is a fraction of the input range, e.g. 0.1.")
+        check_samples(samples), check_noise(noise, example=0.1)
         self.baselines, self.samples, self.noise, self.seed = baselines, samples, noise, seed
 
     def draws(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:

@@ -34,6 +34,7 @@ from convscope.methods.base import MaxBatch, Method, Rows, row_index
 from convscope.methods.batching import Batches
 from convscope.methods.draws import gaussian_draws
 from convscope.methods.gradient import Saliency
+from convscope.methods.options import check_noise, check_samples
 from convscope.methods.path import input_range
 from convscope.methods.registry import register_method
 from convscope.rules import RuleMap
@@ -60,10 +61,7 @@ class NoiseTunnel(Method):
                                      "Pass a class such as GuidedBackprop, or a method instance as the first argument.")
             method = use(method)
         super().__init__(method.model, max_batch=max_batch if max_batch is not None else method.max_batch)
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ConvscopeError(f"samples={samples!r} must be a positive int", "Use e.g. samples=32.")
-        if not noise >= 0:
-            raise ConvscopeError(f"noise={noise!r} must be >= 0", "noise is a fraction of the input range, e.g. 0.15.")
+        check_samples(samples), check_noise(noise, example=0.15)
         self.method = copy.copy(method)  # our max_batch on a copy: the caller's object stays as it was
         self.method.max_batch = self.max_batch
         self.samples, self.noise, self.seed = samples, noise, seed

@@ -28,6 +28,7 @@ from convscope.backends.tf.targets import Scorer, score_all
 from convscope.errors import ConvscopeError
 from convscope.methods.batching import MaxBatch
 from convscope.methods.cam import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from convscope.methods.options import check_flag
 from convscope.targets import TargetLike
 
 SPACE = (1, 2)
@@ -126,9 +127,7 @@ class KerasCAMMethod(KerasMethod):
     def __init__(self, model: keras.Model, layer: LayerSpec = None, *, upsample: bool = True,
                  relu: bool | None = None, max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
-        for flag, value in (("upsample", upsample), ("relu", relu)):
-            if value is not None and not isinstance(value, bool):
-                raise ConvscopeError(f"{flag}={value!r} must be True or False", f"Write {flag}=True or {flag}=False.")
+        check_flag("upsample", upsample), check_flag("relu", relu)
         self.layers = _check_layers(layer)
         self.upsample = upsample
         self.relu = self.default_relu if relu is None else relu

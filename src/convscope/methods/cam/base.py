@@ -45,6 +45,7 @@ from convscope.errors import ConvscopeError
 from convscope.methods.base import Method, Wrt, check_input
 from convscope.methods.batching import Batches, MaxBatch
 from convscope.methods.cam.layer import default_layer
+from convscope.methods.options import check_flag
 from convscope.targets import Record, Target, TargetLike, as_targets
 
 LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
@@ -132,9 +133,7 @@ class CAMMethod(Method):
     def __init__(self, model: nn.Module, layer: LayerSpec = None, *, upsample: bool = True,
                  relu: bool | None = None, max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
-        for flag, value in (("upsample", upsample), ("relu", relu)):
-            if value is not None and not isinstance(value, bool):
-                raise ConvscopeError(f"{flag}={value!r} must be True or False", f"Write {flag}=True or {flag}=False.")
+        check_flag("upsample", upsample), check_flag("relu", relu)
         self.layers = _check_layers(layer)
         self.upsample = upsample
         self.relu = self.default_relu if relu is None else relu
