@@ -113,6 +113,8 @@ def unpool(values: torch.Tensor, switches: Switches) -> torch.Tensor:
     """
     _check_unpool_args(values, switches)
     switches.check_indices()
+    if not (values.requires_grad and torch.is_grad_enabled()):  # no graph to record: skip autograd's wrapper
+        return _route(values, switches)
     return _Unpool.apply(values, switches)
 
 
@@ -120,6 +122,13 @@ def gather_at_switches(grad: torch.Tensor, switches: Switches) -> torch.Tensor:
     """The adjoint of ``unpool``: ``out[n, c, o] = grad[n, c, switch[n, c, o]]`` (pooled shape)."""
     index = switches.indices.flatten(2)
     return grad.flatten(2).gather(2, index).view(switches.pooled_shape)
+
+
+def _route(values: torch.Tensor, switches: Switches) -> torch.Tensor:
+    """The fastest exact unpooling for the device and layout (see the module docstring)."""
+    if values.device.type == "cuda" and not switches.overlapping and not _is_channels_last(values):
+        return _unpool_by_max_unpool(values, switches)
+    return _unpool_by_scatter_add(values, switches)
 
 
 class _Unpool(torch.autograd.Function):
@@ -130,9 +139,7 @@ class _Unpool(torch.autograd.Function):
                 switches: Switches) -> torch.Tensor:
         ctx.switches = switches  # type: ignore[attr-defined]
         ctx.save_for_backward(switches.indices)  # autograd then refuses indices edited in place
-        if values.device.type == "cuda" and not switches.overlapping and not _is_channels_last(values):
-            return _unpool_by_max_unpool(values, switches)
-        return _unpool_by_scatter_add(values, switches)
+        return _route(values, switches)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx,  # type: ignore[override]
