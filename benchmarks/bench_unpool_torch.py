@@ -71,13 +71,13 @@ def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool,
     x = torch.randn(shape, generator=gen).to(device)
     pooled, sw = max_pool_with_switches(x, kernel, stride)
     values = torch.randn(pooled.shape, generator=gen).to(device)
-    todo = {name: synced(fn, device) for name, fn in routes(x, values, sw).items()}
-    expected = routes(x, values, sw)["gradient: autograd.grad"]()  # the oracle every other route must equal
+    plain = routes(x, values, sw)
+    todo = {name: synced(fn, device) for name, fn in plain.items()}
+    expected = plain["gradient: autograd.grad"]()  # the oracle every other route must equal
     # CPU routes add in a fixed order (bitwise equal); CUDA atomics add shared switches in any order
     same = torch.equal if device.type == "cpu" or not sw.overlapping else \
         (lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=1e-6))
-    notes = {name: "" if same(fn(), expected) else WRONG
-             for name, fn in routes(x, values, sw).items() if name != "bandwidth"}
+    notes = {name: "" if same(fn(), expected) else WRONG for name, fn in plain.items() if name != "bandwidth"}
     notes["bandwidth"] = "preallocated output: zero_ + copy_ of n values"
     best = {name: float("inf") for name in todo}
     for _ in range(1 if quick else 3):  # round-robin: a load burst spreads over all rows

@@ -22,31 +22,31 @@ from convscope.featurevis.classes import class_visualizations
 from convscope.featurevis.dream import dream
 from convscope.featurevis.invert import Inversion, invert
 from convscope.featurevis.objectives import (
-                                             L1,
-                                             L2,
-                                             Blur,
-                                             DeepDream,
-                                             Diversity,
-                                             Match,
-                                             TotalVariation,
-                                             channels,
-                                             parse_channels,
+    L1,
+    L2,
+    Blur,
+    DeepDream,
+    Diversity,
+    Match,
+    TotalVariation,
+    channels,
+    parse_channels,
 )
 from convscope.featurevis.params import (
-                                             IMAGENET_COLOUR_SQRT,
-                                             ImageParam,
-                                             colour_sqrt,
-                                             image,
+    IMAGENET_COLOUR_SQRT,
+    ImageParam,
+    colour_sqrt,
+    image,
 )
 from convscope.featurevis.render import Rendered, render
 from convscope.featurevis.transforms import (
-                                             Compose,
-                                             Jitter,
-                                             Pad,
-                                             RandomRotate,
-                                             RandomScale,
-                                             compose,
-                                             standard,
+    Compose,
+    Jitter,
+    Pad,
+    RandomRotate,
+    RandomScale,
+    compose,
+    standard,
 )
 
 __all__ = ["IMAGENET_COLOUR_SQRT", "L1", "L2", "Blur", "Compose", "DeepDream", "Diversity", "ImageParam", "Inversion",

@@ -210,9 +210,10 @@ class Occlusion(Method):
             record = space.forward(x[sample], glob[sample], occluded, grad=False).record
             return on, covered, [t.score(record).detach() for t in targets]
 
+        clean = [c.to(value.device, value.dtype) for c in clean]
         for _, (on, covered, scores) in batches.map(len(x) * n_windows, evaluate):
             for total, base, score in zip(sums, clean, scores):
-                drop = (base.to(value.device)[on] - score.to(value.device)).to(value.dtype)
+                drop = base[on] - score.to(value.device, value.dtype)
                 total.index_add_(0, on, drop.reshape(-1, 1, 1, 1) * covered)
         return [total / masks.coverage().to(value) for total in sums]
 
