@@ -4,7 +4,8 @@ Score-CAM on torchvision ResNet-18 (``weights=None``, eval mode, layer ``layer4`
 the zoo's shapes-resnet (layer ``layer3``, 64x64 Shapes images); Grad-CAM on the same. Both
 libraries get the same model, input, targets and batch size (pytorch-grad-cam's
 ``ScoreCAM.batch_size`` = our ``max_batch``), and their maps are checked to agree (pytorch-grad-cam's
-normalised, cv2-resized output vs ours normalised the same way). On CPU each row is this
+normalised, cv2-resized output vs ours normalised the same way). Score-CAM also runs as ``convscope, exact_forward()``: every masked
+input evaluated on the model itself instead of convscope's inference twin. On CPU each row is this
 process's CPU time, calls interleaved (a busy machine skews less); ratios are ours / theirs.
 
 ``python -m benchmarks.bench_cam --pointing-game`` prints instead the pointing game and the
@@ -83,14 +84,39 @@ def _flat_channels(model: torch.nn.Module, layer: str, x: torch.Tensor) -> tuple
 
 
 def _forward_share(model: torch.nn.Module, x: torch.Tensor, evaluations: int, max_batch: int,
-                   clock: Callable[[], float]) -> float:
+                   clock: Callable[[], float], layout: torch.memory_format = torch.contiguous_format) -> float:
     """Seconds of ``evaluations`` bare model evaluations in batches of ``max_batch``."""
-    batch = x[:1].expand(max_batch, *x.shape[1:]).contiguous()
+    batch = x[:1].expand(max_batch, *x.shape[1:]).contiguous(memory_format=layout)
     start = clock()
     with torch.no_grad():
         for lo in range(0, evaluations, max_batch):
             model(batch[:min(max_batch, evaluations - lo)])
     return clock() - start
+
+
+def _exact(call: Callable[[], np.ndarray]) -> np.ndarray:
+    from convscope.backends.torch.inference import exact_forward
+
+    with exact_forward():
+        return call()
+
+
+def _where_the_time_goes(model: torch.nn.Module, layer: str, x: torch.Tensor, max_batch: int,
+                         clock: Callable[[], float], ours: float) -> str:
+    """Masks evaluated, and the bare model evaluations' share, on the model and on its twin."""
+    from convscope.backends.torch.inference import InferenceSession
+
+    flat, total = _flat_channels(model, layer, x)
+    evaluations = total - flat
+    twin = InferenceSession(model, [layer], x.device)
+    layout = torch.channels_last if twin.channels_last else torch.contiguous_format
+    bare = _forward_share(model, x, evaluations, max_batch, clock)
+    fast = _forward_share(twin.twin, x, evaluations, max_batch, clock, layout)
+    return (f"where the time goes: {total} masks, {flat} of them flat (one shared evaluation), so convscope runs "
+            f"{evaluations} masked inputs in batches of {max_batch}, pytorch-grad-cam {total}. Those evaluations "
+            f"take {bare:.2f} s on the model itself and {fast:.2f} s on convscope's inference twin "
+            f"({len(twin.folded)} batch norms folded into their convolutions"
+            f"{', channels-last' if twin.channels_last else ''}): {fast / ours:.0%} of convscope's time")
 
 
 def _cases(quick: bool) -> list[tuple[str, torch.nn.Module, str, torch.Tensor, list[int], int]]:
@@ -121,18 +147,14 @@ def run(quick: bool) -> list[Table]:
             shape = ", ".join(map(str, x.shape))
             table = Table(f"{kind}: {name} [{shape}] {layer}, batch {max_batch}", reference="pytorch-grad-cam")
             heavy = kind == "score_cam" and name == "resnet18"
-            interleaved(table, {"pytorch-grad-cam": theirs, "convscope": ours}, 1 if quick and heavy else 3, clock)
+            calls = {"pytorch-grad-cam": theirs, "convscope": ours}
+            if kind == "score_cam":  # the same computation on the user's model itself: what the twin saves
+                calls["convscope, exact_forward()"] = lambda: _exact(ours)
+            interleaved(table, calls, 1 if quick and heavy else 3, clock)
             table.notes.append(f"convscope / pytorch-grad-cam = {table.ratio('convscope'):.2f}; max |difference| of "
                                f"the normalised maps = {agree:.1e}; CPU time of this process")
             if kind == "score_cam":
-                flat, total = _flat_channels(model, layer, x)
-                evaluations = total - flat
-                bare = _forward_share(model, x, evaluations, max_batch, clock)
-                table.notes.append(
-                    f"where the time goes: {total} masks, {flat} of them flat (one shared evaluation), so "
-                    f"convscope runs {evaluations} masked inputs in batches of {max_batch}, pytorch-grad-cam {total}; "
-                    f"those bare model evaluations alone take {bare:.2f} s "
-                    f"({bare / table.seconds('convscope'):.0%} of convscope's time)")
+                table.notes.append(_where_the_time_goes(model, layer, x, max_batch, clock, table.seconds("convscope")))
             tables.append(table)
     return tables
 

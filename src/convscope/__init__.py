@@ -55,6 +55,7 @@ _LAZY: dict[str, str | None] = {
     "DeconvNet": "convscope.methods",
     "GuidedBackprop": "convscope.methods",
     "get_method": "convscope.methods",
+    "exact_forward": "convscope.backends.torch.inference",
 }
 
 

@@ -48,15 +48,22 @@ def test_auto_starts_with_one_item_then_fills_the_budget(monkeypatch: pytest.Mon
 
 
 class Fragile(nn.Module):
-    """``inner``, failing like an exhausted allocator whenever a batch holds more than ``limit`` samples."""
+    """``inner``, failing like an exhausted allocator whenever a batch holds more than ``limit`` samples.
+
+    ``sizes`` lists every batch size seen, also by copies of the module (convscope's inference
+    twin is a deep copy): the log goes through ``list.append``, which ``deepcopy`` shares. Only
+    real batches are logged, not the symbolic one of the twin's ``torch.fx`` trace.
+    """
 
     def __init__(self, inner: nn.Module, limit: int, error: type[Exception], message: str) -> None:
         super().__init__()
         self.inner, self.limit, self.error, self.message = inner, limit, error, message
         self.sizes: list[int] = []
+        self._log = self.sizes.append
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sizes.append(x.shape[0])
+        if isinstance(x, torch.Tensor):
+            self._log(x.shape[0])
         if x.shape[0] > self.limit:
             raise self.error(self.message)
         return self.inner(x)

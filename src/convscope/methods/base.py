@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from convscope.backends.tf import wants_keras
 from convscope.backends.torch.probes import LayerKey
+from convscope.backends.torch.inference import InferenceSession
 from convscope.backends.torch.session import Forward, Session
 from convscope.errors import ConvscopeError
 from convscope.methods.batching import Batches, MaxBatch
@@ -106,24 +107,28 @@ class Attributed:
     ``value`` reads it for some inputs; ``forward`` runs the model with it *set* to a given
     tensor (for a layer: the inputs run as usual and a forward hook, registered for that one
     call, replaces the layer's output), so path and perturbation methods work on layers too.
+    With ``inference=True`` (the perturbation methods) the no-grad evaluations run on the
+    session's inference twin.
     """
 
-    def __init__(self, session: Session, wrt: LayerKey | None) -> None:
+    def __init__(self, session: Session, wrt: LayerKey | None, *, inference: bool = False) -> None:
         self.session = session
         self.wrt = wrt
+        self.runner: Session | InferenceSession = session.inference() if inference else session
 
     def value(self, x: Tensor, rows: Rows) -> Tensor:
         """The attributed tensor at inputs ``x`` (detached)."""
         if self.wrt is None:
             return x
-        return self.session.forward(x, rows, grad=False).record.acts[self.wrt].detach()
+        return self.runner.forward(x, rows, grad=False).record.acts[self.wrt].detach()
 
     def forward(self, x: Tensor, rows: Rows, value: Tensor, *, grad: bool) -> Forward:
         """Run the model with the attributed tensor set to ``value``; ``Forward.input`` is that
         tensor as a leaf (requiring grad when ``grad``). ``x`` (one row per row of ``value``)
         feeds the layers below ``wrt`` and is unused for ``wrt=None``."""
+        runner = self.session if grad else self.runner
         if self.wrt is None:
-            return self.session.forward(value, rows, grad=grad)
+            return runner.forward(value, rows, grad=grad)
         leaf = value.detach().requires_grad_(grad)
         layer = self.wrt
 
@@ -134,9 +139,9 @@ class Attributed:
                                      "Attribute to a layer whose output is one tensor of a fixed shape.")
             return leaf
 
-        handle = self.session.probes.modules[layer].register_forward_hook(replace, prepend=True)
+        handle = runner.module(layer).register_forward_hook(replace, prepend=True)
         try:
-            run = self.session.forward(x, rows, grad=grad)
+            run = runner.forward(x, rows, grad=grad)
         finally:
             handle.remove()
         return Forward(run.record, leaf)

@@ -191,7 +191,7 @@ class Occlusion(Method):
 
     def _compute(self, session: Session, x: Tensor, rows: Rows, targets: list[Target],
                  wrt: LayerKey | None) -> list[Tensor]:
-        space, batches, glob = Attributed(session, wrt), Batches(self.max_batch, x.device), row_index(rows, len(x))
+        space, batches, glob = Attributed(session, wrt, inference=True), Batches(self.max_batch, x.device), row_index(rows, len(x))
         value = space.values(x, glob, batches)
         check_image(value, "Occlusion")
         plan = self.plan(value.shape[1:])
@@ -261,7 +261,7 @@ class RISE(Method):
 
     def _compute(self, session: Session, x: Tensor, rows: Rows, targets: list[Target],
                  wrt: LayerKey | None) -> list[Tensor]:
-        space, batches, glob = Attributed(session, wrt), Batches(self.max_batch, x.device), row_index(rows, len(x))
+        space, batches, glob = Attributed(session, wrt, inference=True), Batches(self.max_batch, x.device), row_index(rows, len(x))
         value = space.values(x, glob, batches)
         check_image(value, "RISE")
         size = (value.shape[2], value.shape[3])

@@ -58,6 +58,10 @@ class Probes:
         while self._handles:
             self._handles.pop().remove()
 
+    def hook_ids(self) -> list[int]:
+        """The ids of the hooks registered now (a deep copy of the model carries them along)."""
+        return [handle.id for handle in self._handles]
+
     def reset(self) -> None:
         """Forget the outputs of the previous forward pass."""
         self.outputs.clear()

@@ -17,25 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from convscope.backends.torch.memory import is_out_of_memory
+from convscope.backends.torch.forward import Forward, call_model
+from convscope.backends.torch.inference import InferenceSession, twin_enabled
 from convscope.backends.torch.probes import LayerKey, Probes
 from convscope.backends.torch.rule_mode import apply_rules
-from convscope.errors import ConvscopeError
 from convscope.rules import RuleMap
 from convscope.targets import Record
-
-
-@dataclass(frozen=True)
-class Forward:
-    """One forward pass: the ``record`` targets read, and ``input``, the leaf fed to the model."""
-
-    record: Record
-    input: Tensor
 
 
 @contextmanager
@@ -61,6 +52,7 @@ class Session:
             self.rules.resolve(model)  # unknown layer names fail here, before any work
         self.probes = Probes(model, layers)
         self._stack = ExitStack()
+        self._inference: InferenceSession | Session | None = None
 
     def __enter__(self) -> Session:
         with ExitStack() as stack:
@@ -72,7 +64,28 @@ class Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._inference = None
         self._stack.close()
+
+    def inference(self) -> InferenceSession | Session:
+        """Where no-grad evaluations of many perturbed inputs run: the model's inference twin
+        (folded batch norms, channels-last on the CPU; built on first use, dropped on exit), or
+        this session itself inside :func:`~convscope.backends.torch.inference.exact_forward` and
+        for a model that cannot be copied."""
+        if not twin_enabled():
+            return self
+        if self._inference is None:
+            parameter = next(self.model.parameters(), None)
+            device = parameter.device if parameter is not None else torch.device("cpu")
+            twin = InferenceSession.build(self.model, self.probes.keys, device, drop_hooks=self.probes.hook_ids())
+            if twin is not None:
+                self._stack.enter_context(twin.probes)
+            self._inference = twin or self
+        return self._inference
+
+    def module(self, key: LayerKey) -> nn.Module:
+        """The model's module for a probed layer key."""
+        return self.probes.modules[key]
 
     def forward(self, x: Tensor, rows: slice, *, grad: bool = True) -> Forward:
         """Run the model on a copy of ``x`` (a leaf that requires grad when ``grad``)."""
@@ -85,27 +98,3 @@ class Session:
             output = call_model(self.model, leaf)
         acts = {key: self.probes.output(key) for key in self.probes.keys}
         return Forward(Record(output=output, acts=acts, rows=rows, input=leaf), input=leaf)
-
-
-def call_model(model: nn.Module, x: Tensor) -> Tensor:
-    """``model(x)``, with a clear error if it fails or does not return a batch of outputs."""
-    try:
-        output = model(x)
-    except ConvscopeError:
-        raise
-    except Exception as error:  # a model failing on our input: say what we fed it
-        if is_out_of_memory(error):
-            raise ConvscopeError(f"the model ran out of memory on a batch of {x.shape[0]} samples of shape "
-                                 f"{list(x.shape[1:])} ({x.device})",
-                                 "Pass max_batch=N to evaluate at most N samples at once, or max_batch='auto' "
-                                 "to size the batches from free memory.") from error
-        raise ConvscopeError(f"the model's forward pass failed on an input of shape {list(x.shape)} "
-                             f"({x.dtype}, {x.device}): {type(error).__name__}: {error}",
-                             "Check that the input has the batch dimension, size, dtype and device the "
-                             "model expects.") from error
-    if not isinstance(output, Tensor) or output.dim() == 0 or output.shape[0] != x.shape[0]:
-        shape = list(output.shape) if isinstance(output, Tensor) else type(output).__name__
-        raise ConvscopeError(f"the model returned {shape} for a batch of {x.shape[0]} samples",
-                             "The model must return one tensor with the batch as its first dimension; "
-                             "give the input a batch dimension (x.unsqueeze(0)) or wrap the model.")
-    return output

@@ -26,7 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from convscope.errors import ConvscopeError
-from convscope.layers import resolve_layer
 from convscope.methods.cam.base import CAMMethod, LayerStep
 from convscope.methods.registry import register_method
 
@@ -60,7 +59,7 @@ class AblationCAM(CAMMethod):
     uses_gradients = False
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
-        module = resolve_layer(self.model, step.layer)
+        module = step.session.inference().module(step.layer)  # where score_of evaluates
         ablated = step.score[:, None].repeat(1, acts.shape[1])
         samples, channels = acts.flatten(2).ne(0).any(2).nonzero(as_tuple=True)  # zeroing a zero channel: no change
 

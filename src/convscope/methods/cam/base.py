@@ -101,15 +101,16 @@ class LayerStep:
 
     def score_of(self, inputs: Tensor, samples: Tensor) -> Tensor:
         """The target's score (no gradients) for ``inputs``, whose row j is a variant of this
-        chunk's sample ``samples[j]`` (so per-sample targets pick that sample's class)."""
-        run = self.session.forward(inputs, self.rows, grad=False)
+        chunk's sample ``samples[j]`` (so per-sample targets pick that sample's class); evaluated
+        on the session's inference twin."""
+        run = self.session.inference().forward(inputs, self.rows, grad=False)
         rows = torch.arange(self.rows.start, self.rows.stop)[samples.cpu()]
         return self.target.score(Record(run.record.output, run.record.acts, rows=rows)).detach()  # type: ignore[arg-type]
 
     def shared_score(self, one: Tensor) -> Tensor:
         """The target's score ``[n]`` when every sample of the chunk is replaced by the single
         input ``one`` ``[1, ...]``: one model evaluation, shared."""
-        run = self.session.forward(one, self.rows, grad=False)
+        run = self.session.inference().forward(one, self.rows, grad=False)
         n = self.x.shape[0]
 
         def spread(t: Tensor) -> Tensor:

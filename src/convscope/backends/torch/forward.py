@@ -1,0 +1,49 @@
+"""One model evaluation: what it returns (:class:`Forward`) and how it is called (:func:`call_model`,
+which turns a failing or ill-shaped forward pass into a clear error).
+
+Example::
+
+    output = call_model(model, x)   # ConvscopeError naming the input if the model fails on it
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from convscope.backends.torch.memory import is_out_of_memory
+from convscope.errors import ConvscopeError
+from convscope.targets import Record
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One forward pass: the ``record`` targets read, and ``input``, the leaf fed to the model."""
+
+    record: Record
+    input: Tensor
+
+
+def call_model(model: nn.Module, x: Tensor) -> Tensor:
+    """``model(x)``, with a clear error if it fails or does not return a batch of outputs."""
+    try:
+        output = model(x)
+    except ConvscopeError:
+        raise
+    except Exception as error:  # a model failing on our input: say what we fed it
+        if is_out_of_memory(error):
+            raise ConvscopeError(f"the model ran out of memory on a batch of {x.shape[0]} samples of shape "
+                                 f"{list(x.shape[1:])} ({x.device})",
+                                 "Pass max_batch=N to evaluate at most N samples at once, or max_batch='auto' "
+                                 "to size the batches from free memory.") from error
+        raise ConvscopeError(f"the model's forward pass failed on an input of shape {list(x.shape)} "
+                             f"({x.dtype}, {x.device}): {type(error).__name__}: {error}",
+                             "Check that the input has the batch dimension, size, dtype and device the "
+                             "model expects.") from error
+    if not isinstance(output, Tensor) or output.dim() == 0 or output.shape[0] != x.shape[0]:
+        shape = list(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise ConvscopeError(f"the model returned {shape} for a batch of {x.shape[0]} samples",
+                             "The model must return one tensor with the batch as its first dimension; "
+                             "give the input a batch dimension (x.unsqueeze(0)) or wrap the model.")
+    return output
