@@ -23,10 +23,11 @@ fused ``activation="relu"``         mirrored before its layer's linear part)
 ``Dropout``, ``Identity``
 ==================================  ========================================================
 
-Targets address Keras layers by name (``"block/conv"`` inside a nested model, or the bare name
-when it is unique) and read channels from the last axis: ``Neuron("conv2", c, y, x)`` is
-``act[n, y, x, c]``. Anything else on the path (a branch, a residual add, a non-ReLU activation)
-raises a :class:`~convscope.errors.ConvscopeError` naming the layer.
+Targets address Keras layers as everywhere on the Keras side (:mod:`convscope.tf.paths`:
+``"block/conv"`` inside a nested model, the bare name when it is unique) and read channels from
+the last axis: ``Neuron("conv2", c, y, x)`` is ``act[n, y, x, c]``. Anything else on the path (a
+branch, a residual add, a non-ReLU activation, a sublayer of a custom layer) raises a
+:class:`~convscope.errors.ConvscopeError` naming the layer.
 
 Example::
 
@@ -47,8 +48,9 @@ import torch
 
 from convscope.errors import ConvscopeError
 from convscope.targets import Record, Target, TargetLike, as_target
-from convscope.tf.gradients import _as_inputs, _resolve
+from convscope.tf.gradients import _as_inputs
 from convscope.tf.ops import max_pool_with_switches, unpool
+from convscope.tf.paths import model_route, resolve_path
 
 Mirror = Callable[[tf.Tensor], tf.Tensor]
 _HINT = ("DeconvNet(model).attribute(x, target) applies the same deconvnet rule during backprop through "
@@ -256,12 +258,10 @@ def _seeds(model: keras.Model, steps: list[Step], target: Target) -> dict[int, t
     index = {step.name: i for i, step in enumerate(steps)}
     keys: dict[Any, int] = {}
     for key in dict.fromkeys(target.layers()):
-        if not isinstance(key, str):
-            raise ConvscopeError(f"a target on a Keras model must name its layer, got {type(key).__name__}",
-                                 "Name the layer as in model.summary(), e.g. Channel('conv2', 5).")
-        path = "/".join(_resolve(model, key))
+        path = resolve_path(model, key)
+        model_route(model, path, "the deconvnet mirror", _HINT)  # a custom layer's sublayer: say so
         if path not in index:
-            raise ConvscopeError(f"layer {key!r} is not on the model's chain of layers", _HINT)
+            raise ConvscopeError(f"layer {path!r} is not on the model's chain of layers", _HINT)
         keys[key] = index[path]
     acts = {key: _to_torch(steps[i].out).requires_grad_() for key, i in keys.items()}
     out = _to_torch(steps[-1].out).requires_grad_()

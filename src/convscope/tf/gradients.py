@@ -8,8 +8,10 @@ sub-model from the model's inputs to the layer runs under ``tf.GradientTape`` in
     layer_gradient(model, name, x, channel=k)  = d sum(layer(x)[..., k]) / dx   (axis 1 for channels_first)
 
 Samples do not interact (the model runs with ``training=False``), so row ``b`` of the result is
-the gradient of sample ``b``'s own sum. Nested models are addressed as ``"outer_layer/inner_layer"``
-(a name used once anywhere may be given bare).
+the gradient of sample ``b``'s own sum. Layers are named as everywhere on the Keras side
+(:mod:`convscope.tf.paths`): ``"outer_layer/inner_layer"`` inside a nested model, a name used once
+anywhere bare, or the layer object. The layer must be reachable through nested functional or
+Sequential models; a sublayer of a custom layer is a clear error (its output is not in the graph).
 
 Example::
 
@@ -26,17 +28,19 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from convscope.errors import ConvscopeError, did_you_mean
+from convscope.errors import ConvscopeError
+from convscope.tf.paths import LayerKey, model_route, resolve_path
 
-Path = tuple[str, ...]
 _Fn = Callable[[Any], Any]
+_CUSTOM_FIX = ("Take the gradient of the custom layer itself, or use a Keras backend method, which records any "
+               "layer: Saliency(model).attribute(x, Channel(name, k)) is the gradient of channel k's sum.")
 
 # model -> {(layer path, channel): compiled gradient}. Weak keys: a model that is no longer used is
 # freed with its entries; the compiled functions hold the model's layers, never the model itself.
-_COMPILED: weakref.WeakKeyDictionary[keras.Model, dict[tuple[Path, int | None], _Fn]] = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[keras.Model, dict[tuple[str, int | None], _Fn]] = weakref.WeakKeyDictionary()
 
 
-def layer_gradient(model: keras.Model, layer_name: str, x: Any, channel: int | None = None) -> Any:
+def layer_gradient(model: keras.Model, layer_name: LayerKey, x: Any, channel: int | None = None) -> Any:
     """d(sum of ``layer_name``'s output, or of one channel of it) / d(model input), per sample.
 
     ``x`` is one batch (tensor or array) for a single-input model, or a list for several inputs;
@@ -50,12 +54,12 @@ def layer_gradient(model: keras.Model, layer_name: str, x: Any, channel: int | N
     if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int) or channel < 0):
         raise ConvscopeError(f"channel must be a non-negative int or None, got {channel!r}",
                              "Pass the index of one output channel, or None for the whole layer.")
-    path = _resolve(model, layer_name)
+    path = resolve_path(model, layer_name)
     per_model = _COMPILED.setdefault(model, {})
     key = (path, channel)
     if key not in per_model:
-        name = "/".join(path)
-        per_model[key] = _compile(_output_fn(model, path), name, channel, _channel_axis(_layer_at(model, path)))
+        route = model_route(model, path, "layer_gradient", _CUSTOM_FIX)
+        per_model[key] = _compile(_output_fn(model, route), path, channel, _channel_axis(route[-1]))
     return per_model[key](_as_inputs(x))
 
 
@@ -91,37 +95,14 @@ def _channel_axis(layer: keras.Layer) -> int:
     return 1 if getattr(layer, "data_format", "channels_last") == "channels_first" else -1
 
 
-def _resolve(model: keras.Model, name: str) -> Path:
-    """The path of layer names leading to ``name`` ("block/conv", or a bare name used once)."""
-    paths = _layer_paths(model)
-    joined = {"/".join(p): p for p in paths}
-    if name in joined:
-        return joined[name]
-    bare = [p for p in paths if p[-1] == name]
-    if len(bare) == 1:
-        return bare[0]
-    if bare:
-        raise ConvscopeError(f"layer name {name!r} is used in several nested models",
-                             "Give the full path, one of: " + ", ".join(repr("/".join(p)) for p in bare))
-    raise ConvscopeError(f"the model has no layer named {name!r}", did_you_mean(name, joined, "layer"))
-
-
-def _layer_paths(model: keras.Model) -> list[Path]:
-    paths: list[Path] = []
-    for layer in model.layers:
-        paths.append((layer.name,))
-        if isinstance(layer, keras.Model):
-            paths += [(layer.name, *inner) for inner in _layer_paths(layer)]
-    return paths
-
-
-def _output_fn(model: keras.Model, path: Path) -> _Fn:
-    """A function from the model's inputs to the output of the layer at ``path``."""
-    layer = model.get_layer(path[0])
-    if len(path) == 1:
+def _output_fn(model: keras.Model, route: list[keras.Layer]) -> _Fn:
+    """A function from the model's inputs to the output of ``route[-1]``, reached through the
+    nested models ``route[:-1]`` (see :func:`convscope.tf.paths.model_route`)."""
+    layer = route[0]
+    if len(route) == 1:
         return _run_until(model, layer, include=True)
     head = _run_until(model, layer, include=False)
-    tail = _output_fn(layer, path[1:])
+    tail = _output_fn(layer, route[1:])
     return lambda inputs: tail(head(inputs))
 
 
@@ -131,8 +112,8 @@ def _run_until(model: keras.Model, layer: keras.Layer, *, include: bool) -> _Fn:
         if not model.built:
             raise ConvscopeError(f"Sequential model {model.name!r} is not built, so it has no weights yet",
                                  "Call it once on a batch or call model.build(input_shape) first.")
-        index = next(i for i, item in enumerate(model.layers) if item is layer)
-        chain = model.layers[: index + include]
+        index = next((i for i, item in enumerate(model.layers) if item is layer), -1)  # -1: its InputLayer
+        chain = model.layers[: index + include] if index >= 0 else []
         return lambda inputs: _apply_chain(chain, inputs)
     if not getattr(model, "inputs", None):
         raise ConvscopeError(f"model {model.name!r} is neither functional nor Sequential",
@@ -155,11 +136,6 @@ def _apply_chain(chain: list[keras.Layer], inputs: Any) -> Any:
 
 def _single(items: Any) -> Any:
     return items[0] if isinstance(items, (list, tuple)) and len(items) == 1 else items
-
-
-def _layer_at(model: keras.Model, path: Path) -> keras.Layer:
-    layer = model.get_layer(path[0])
-    return layer if len(path) == 1 else _layer_at(layer, path[1:])
 
 
 def _as_inputs(x: Any) -> Any:

@@ -1,8 +1,8 @@
 """Address a Keras model's layers by name, and list them with their output shapes.
 
-Names are Keras layer names; a layer inside a nested model is ``"outer/inner"`` (its bare name
-works too when no other nested model uses it). An unknown name raises a
-:class:`~convscope.errors.ConvscopeError` listing the closest names.
+Names are the paths of :mod:`convscope.tf.paths`, as everywhere on the Keras side: a layer inside a
+nested model or a custom layer is ``"outer/inner"`` (its bare name works too when no other path ends
+in it). An unknown name raises a :class:`~convscope.errors.ConvscopeError` listing the closest names.
 
 :func:`layer_table` gives the same :class:`~convscope.layers.LayerRow` rows as the PyTorch
 :func:`convscope.layers.layer_table` (name, depth, type, output shape for a probe batch, own
@@ -17,28 +17,23 @@ Example::
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 import keras
 import numpy as np
 
-from convscope.errors import ConvscopeError
+from convscope.backends.tf.scoped import patched
 from convscope.layers import LayerRow
-from convscope.tf.gradients import _layer_at, _layer_paths, _resolve
+from convscope.tf.paths import layer_paths, resolve_layer, sublayers
+
+__all__ = ["layer_names", "layer_table", "probe_for", "resolve_layer"]
+Seen = dict[int, tuple[Any, Any]]  # layer id -> (input, output) of its last call
 
 
 def layer_names(model: keras.Model) -> list[str]:
-    """Every layer's name, nested ones as ``"outer/inner"``, in model order (inputs excluded)."""
-    return ["/".join(path) for path in _layer_paths(model)
-            if not isinstance(_layer_at(model, path), keras.layers.InputLayer)]
-
-
-def resolve_layer(model: keras.Model, name: str) -> keras.layers.Layer:
-    """The layer called ``name`` (``"outer/inner"`` or a unique bare name); close names if unknown."""
-    if not isinstance(name, str):
-        raise ConvscopeError(f"a Keras layer is named by a string, got {type(name).__name__}",
-                             "Pass the layer's name as in model.summary() (see `convscope layers MODEL`).")
-    return _layer_at(model, _resolve(model, name))
+    """Every layer's path (:mod:`convscope.tf.paths`), in definition order, inputs excluded."""
+    return [path for path, layer in layer_paths(model).items() if not isinstance(layer, keras.layers.InputLayer)]
 
 
 def probe_for(model: keras.Model, size: int) -> np.ndarray:
@@ -49,36 +44,73 @@ def probe_for(model: keras.Model, size: int) -> np.ndarray:
 
 
 def layer_table(model: keras.Model, probe: Any | None = None) -> list[LayerRow]:
-    """Every layer (nested models expanded, depth = nesting + 1) with the output shape it gives ``probe``.
+    """Every layer of :func:`layer_names` (depth = nesting + 1) with the output shape it gives ``probe``.
 
     A layer called several times reports its last call's shape and its call count, like the PyTorch
-    table; ``params`` counts a layer's own weights (0 for a nested model: its layers carry them).
+    table; ``params`` counts a layer's own weights, not those of its sublayers (0 for a nested model).
+    Call counts inside a custom layer or a subclassed model are known only from the probe pass
+    (0 without a probe): there is no graph to read them from.
     """
+    x = None if probe is None else np.asarray(probe, np.float32)
     rows: list[LayerRow] = []
-    _add_rows(model, None if probe is None else np.asarray(probe, np.float32), "", 1, rows)
+    _add_rows(model, x, "", 1, rows, _recorded(model, x))
     return rows
 
 
-def _add_rows(model: keras.Model, x: np.ndarray | None, prefix: str, depth: int, rows: list[LayerRow]) -> None:
-    calls, seen = _calls_and_values(model, x)
-    for layer in model.layers:
+def _add_rows(holder: keras.Layer, x: np.ndarray | None, prefix: str, depth: int, rows: list[LayerRow],
+              recorded: tuple[dict[int, int], Seen]) -> None:
+    calls, seen = _calls_and_values(holder, x) if _has_graph(holder) else recorded
+    for layer in sublayers(holder):
         if isinstance(layer, keras.layers.InputLayer):
             continue
         inp, out = seen.get(id(layer), (None, None))
-        nested = isinstance(layer, keras.Model)
         rows.append(LayerRow(name=prefix + layer.name, depth=depth, kind=type(layer).__name__,
-                             output_shape=_shape(out), params=0 if nested else _own_params(layer),
-                             calls=calls.get(id(layer), 0)))
-        if nested:
-            _add_rows(layer, inp, f"{prefix}{layer.name}/", depth + 1, rows)
+                             output_shape=_shape(out), params=_own_params(layer), calls=calls.get(id(layer), 0)))
+        if sublayers(layer):
+            _add_rows(layer, inp, f"{prefix}{layer.name}/", depth + 1, rows, recorded)
 
 
-def _calls_and_values(model: keras.Model, x: np.ndarray | None) -> tuple[dict[int, int], dict[int, tuple[Any, Any]]]:
-    """Per layer id: how often the model calls it, and (input, output) of its last call on ``x``."""
+def _has_graph(holder: keras.Layer) -> bool:
+    """Whether ``holder`` calls its layers through a graph that can be read (Sequential, functional)."""
+    return isinstance(holder, keras.Sequential) or (isinstance(holder, keras.Model)
+                                                     and hasattr(holder, "_nodes_by_depth"))
+
+
+def _recorded(model: keras.Model, x: np.ndarray | None) -> tuple[dict[int, int], Seen]:
+    """Calls and (first input, output) of every layer held by a graphless holder (a custom layer or a
+    subclassed model), from one pass of ``model(x)`` with those layers' ``call`` wrapped."""
+    holders = [model, *layer_paths(model).values()]
+    inner = {id(layer): layer for holder in holders if not _has_graph(holder) for layer in sublayers(holder)}
+    calls: dict[int, int] = {}
+    seen: Seen = {}
+    if x is None or not inner:
+        return calls, seen
+
+    def recording(layer: keras.Layer) -> Any:
+        call = layer.call
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            out = call(*args, **kwargs)
+            calls[id(layer)] = calls.get(id(layer), 0) + 1
+            seen[id(layer)] = (args[0] if args else None, out)
+            return out
+
+        return wrapped
+
+    with ExitStack() as scope:
+        for layer in inner.values():
+            scope.enter_context(patched(layer, "call", recording(layer)))
+        model(x, training=False)
+    return calls, seen
+
+
+def _calls_and_values(model: keras.Model, x: np.ndarray | None) -> tuple[dict[int, int], Seen]:
+    """Per layer id of a Sequential or functional model: how often it calls the layer, and (input,
+    output) of its last call on ``x``."""
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    if isinstance(model, keras.Sequential) or not hasattr(model, "_nodes_by_depth"):
-        if x is None or not isinstance(model, keras.Sequential) or not model.built:  # no graph or no weights
-            return {id(layer): int(isinstance(model, keras.Sequential)) for layer in layers}, {}
+    if isinstance(model, keras.Sequential):
+        if x is None or not model.built:  # no weights to run
+            return {id(layer): 1 for layer in layers}, {}
         seen = {}
         for layer in layers:
             out = layer(x, training=False)
@@ -115,4 +147,6 @@ def _shape(value: Any) -> tuple[int, ...] | None:
 
 
 def _own_params(layer: keras.layers.Layer) -> int:
-    return int(sum(np.prod(w.shape) for w in layer.weights))
+    """The size of the weights of ``layer`` that none of its sublayers holds."""
+    inner = {id(w) for sub in sublayers(layer) for w in sub.weights}
+    return int(sum(np.prod(w.shape) for w in layer.weights if id(w) not in inner))

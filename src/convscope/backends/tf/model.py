@@ -1,7 +1,7 @@
 """A Keras model as convscope sees it: layers by name, and forward passes that record layer outputs.
 
-Layers are named by their Keras names; a layer inside a nested model (functional, Sequential or
-subclassed) is ``"outer/inner"``, and a name used once anywhere may be given bare. An unknown name
+Layers are named by path (:mod:`convscope.tf.paths`): a layer inside a nested model or a custom
+layer is ``"outer/inner"``, and a name used once anywhere may be given bare. An unknown name
 raises a :class:`~convscope.errors.ConvscopeError` listing the closest names.
 
 :meth:`KerasNet.run` calls the model (``training=False``) with the ``call`` of each probed layer
@@ -32,10 +32,9 @@ import tensorflow as tf
 
 from convscope.backends.tf.rules import apply_rules
 from convscope.backends.tf.scoped import patched
-from convscope.errors import ConvscopeError, did_you_mean
+from convscope.errors import ConvscopeError
 from convscope.rules import RuleMap
-
-LayerKey = str | keras.Layer
+from convscope.tf.paths import LayerKey, layer_paths, resolve_layer, resolve_path
 
 
 @dataclass(frozen=True)
@@ -44,22 +43,6 @@ class Record:
 
     output: tf.Tensor
     acts: Mapping[str, tf.Tensor]
-
-
-def sublayers(layer: keras.Layer) -> list[keras.Layer]:
-    """The layers directly inside ``layer`` (a model's ``layers``; a custom layer's tracked sublayers)."""
-    flatten = getattr(layer, "_flatten_layers", None)  # what keras.Model.layers itself reads
-    return [] if flatten is None else list(flatten(include_self=False, recursive=False))
-
-
-def layer_paths(model: keras.Layer, prefix: str = "") -> dict[str, keras.Layer]:
-    """Every layer below ``model`` by path (``"outer/inner"``), in definition order."""
-    paths: dict[str, keras.Layer] = {}
-    for layer in sublayers(model):
-        path = f"{prefix}{layer.name}"
-        paths.setdefault(path, layer)
-        paths.update({k: v for k, v in layer_paths(layer, f"{path}/").items() if k not in paths})
-    return paths
 
 
 class KerasNet:
@@ -85,30 +68,13 @@ class KerasNet:
         return layer_paths(self.model)
 
     def path(self, key: LayerKey) -> str:
-        """The full path of a layer given by path, by a name used once, or as a layer object."""
-        paths = self.paths()
-        if isinstance(key, keras.Layer):
-            found = [p for p, layer in paths.items() if layer is key]
-            if not found:
-                raise ConvscopeError(f"layer {key.name!r} is not part of this model",
-                                     "Pass one of the model's own layers or its name.")
-            return found[0]
-        if not isinstance(key, str):
-            raise ConvscopeError(f"layer {key!r} is not a layer name", "Name the layer, e.g. 'block5_conv3'.")
-        if key in paths:
-            return key
-        bare = [p for p in paths if p.rsplit("/", 1)[-1] == key]
-        if len(bare) == 1:
-            return bare[0]
-        if bare:
-            raise ConvscopeError(f"layer name {key!r} is used in several nested models",
-                                 "Give the full path, one of: " + ", ".join(repr(p) for p in bare))
-        raise ConvscopeError(f"the model has no layer named {key!r}",
-                             did_you_mean(key, list(paths), "layer") + " `convscope layers MODEL` lists every name.")
+        """The full path of a layer given by path, by a name used once, or as a layer object
+        (see :func:`convscope.tf.paths.resolve_path`)."""
+        return resolve_path(self.model, key, self.paths())
 
     def layer(self, key: LayerKey) -> keras.Layer:
         """The layer object for ``key`` (see :meth:`path`)."""
-        return self.paths()[self.path(key)]
+        return resolve_layer(self.model, key)
 
     def channels_last(self, key: LayerKey) -> str:
         """The path of ``key``, if its output is channels-last (the layout every target and map here
