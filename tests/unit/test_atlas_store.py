@@ -115,6 +115,8 @@ def test_resume_with_another_model_or_k_is_refused(tmp_path: Path) -> None:
     assert "--resume" in str(info.value)
     with pytest.raises(ConvscopeError, match="k = 2"):
         mine(model, data, LAYERS, k=3, batch_size=8, out=tmp_path, resume=True)
+    with pytest.raises(ConvscopeError, match="per_image = True.*--all-positions"):
+        mine(model, data, LAYERS, k=2, batch_size=8, out=tmp_path, resume=True, per_image=False)
     with pytest.raises(ConvscopeError, match="already holds an atlas"):
         mine(model, data, LAYERS, k=2, batch_size=8, out=tmp_path)
     again = build_atlas(model, data, LAYERS, tmp_path, k=2, batch_size=8, resume=True)

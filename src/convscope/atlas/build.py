@@ -72,10 +72,11 @@ def build_atlas(model: nn.Module, data: Any, layers: Sequence[str], out: str | P
                 batch_size: int = 64, max_batch: int | None = 64, methods: Sequence[str] = ("deconvnet",),
                 resume: bool = False, preprocess: Preprocess | None = None, progress: bool = False,
                 model_name: str | None = None, checkpoint_every: int | None = None,
-                mined: Mined | None = None) -> Atlas:
+                mined: Mined | None = None, per_image: bool = True) -> Atlas:
     """Mine ``data`` and write a complete atlas folder at ``out`` (see module doc); returns it opened.
 
-    ``mined`` skips mining (e.g. the merged result of a distributed run).
+    ``mined`` skips mining (e.g. the merged result of a distributed run); ``per_image`` as in
+    :func:`~convscope.atlas.mine.mine`.
     """
     for method in methods:
         rule_map(method)  # unknown names fail before any work
@@ -83,7 +84,8 @@ def build_atlas(model: nn.Module, data: Any, layers: Sequence[str], out: str | P
     source = open_source(data, preprocess)
     if mined is None:
         mined = mine(model, source, layers, k=k, batch_size=batch_size, out=folder, resume=resume,
-                     progress=progress, model_name=model_name, checkpoint_every=checkpoint_every)
+                     progress=progress, model_name=model_name, checkpoint_every=checkpoint_every,
+                     per_image=per_image)
     stored = read_manifest(folder)
     if stored is not None and stored.get("complete") and set(methods) <= set(stored.get("methods", [])) \
             and mined.batches_run == 0:

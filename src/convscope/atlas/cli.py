@@ -26,7 +26,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="an image folder, or shapes:N (the built-in Shapes dataset, N images, seed 0)")
     p.add_argument("--weights", help="a state-dict file to load into the model (weights_only=True)")
     p.add_argument("--layers", required=True, help="comma-separated layer names, e.g. features.0,features.3")
-    p.add_argument("--k", type=int, default=9, help="top activations kept per channel (default 9)")
+    p.add_argument("--k", type=int, default=9, help="top activations kept per channel (default 9), each from "
+                   "a different image")
+    p.add_argument("--all-positions", action="store_true",
+                   help="keep the k strongest units of a channel even when several lie in one image")
     p.add_argument("--out", required=True, help="output folder for the store and pages")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--max-batch", type=int, default=64, help="most (image, unit) pairs per projection pass (default 64)")
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     atlas = build_atlas(loaded.model, args.data, layers, args.out, k=args.k, batch_size=args.batch_size,
                         max_batch=args.max_batch, methods=methods, resume=args.resume,
-                        preprocess=loaded.preprocess, progress=not args.quiet, model_name=loaded.name)
+                        preprocess=loaded.preprocess, progress=not args.quiet, model_name=loaded.name,
+                        per_image=not args.all_positions)
     skipped = atlas.manifest.get("skipped", [])
     for _index, name, reason in skipped:
         print(f"convscope: skipped unreadable image {name}: {reason}", file=sys.stderr)

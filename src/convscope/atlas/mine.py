@@ -57,22 +57,24 @@ class Mined:
 
 
 def identity(model: nn.Module, source: Source, layers: Sequence[str], k: int, batch_size: int,
-             world: int, model_name: str | None = None) -> dict[str, Any]:
+             world: int, model_name: str | None = None, per_image: bool = True) -> dict[str, Any]:
     """What a checkpoint must match to be resumed."""
     return {"model": {"name": model_name or type(model).__name__, "hash": model_hash(model)},
-            "layers": list(layers), "k": k, "data": {"fingerprint": source.fingerprint(), "count": len(source)},
+            "layers": list(layers), "k": k, "per_image": per_image,
+            "data": {"fingerprint": source.fingerprint(), "count": len(source)},
             "batch_size": batch_size, "world": world, "convscope_version": convscope.__version__}
 
 
 def check_same(found: dict[str, Any], wanted: dict[str, Any], where: Path) -> None:
     """A clear error naming the first difference between a stored and a requested run."""
-    for key in ("model", "layers", "k", "data", "batch_size", "world"):
-        same = (found.get(key) or {}).get("hash") == wanted[key]["hash"] if key == "model" else \
-            found.get(key) == wanted.get(key)
+    stored = {"per_image": False, **found}  # stores from before per_image kept every unit
+    for key in ("model", "layers", "k", "per_image", "data", "batch_size", "world"):
+        same = (stored.get(key) or {}).get("hash") == wanted[key]["hash"] if key == "model" else \
+            stored.get(key) == wanted.get(key)
         if not same:
-            raise ConvscopeError(f"the store {str(where)!r} was made with {key} = {found.get(key)!r}, not "
+            raise ConvscopeError(f"the store {str(where)!r} was made with {key} = {stored.get(key)!r}, not "
                                  f"{wanted.get(key)!r}, so --resume cannot continue it",
-                                 "Resume with the same model, data, --layers, --k and batch size, or "
+                                 "Resume with the same model, data, --layers, --k, --all-positions and batch size, or "
                                  "choose a new --out folder.")
 
 
@@ -119,8 +121,9 @@ class _Done(BaseException):
 class _Recorder:
     """Forward hooks folding each layer's output into its TopK (hooks removed by :meth:`close`)."""
 
-    def __init__(self, model: nn.Module, layers: list[str], k: int, results: dict[str, TopK]) -> None:
+    def __init__(self, model: nn.Module, layers: list[str], k: int, results: dict[str, TopK], per_image: bool) -> None:
         self.k, self.results, self.ids, self.names = k, results, np.zeros(0, np.int64), layers
+        self.per_image = per_image
         self.seen: set[str] = set()
         self.stop_early = False  # after one whole forward pass has shown no layer runs twice
         self.handles = [resolve_layer(model, name).register_forward_hook(self._hook(name)) for name in layers]
@@ -137,7 +140,7 @@ class _Recorder:
                                      "Mine convolutional layers (output [N, C, H, W]); for a linear layer "
                                      "rank whole images instead.")
             if name not in self.results:
-                self.results[name] = TopK(output.shape[1], self.k, tuple(output.shape[2:]))
+                self.results[name] = TopK(output.shape[1], self.k, tuple(output.shape[2:]), per_image=self.per_image)
             self.results[name].update(output, self.ids)
             if self.stop_early and len(self.seen) == len(self.names):
                 raise _Done
@@ -164,8 +167,12 @@ class _Recorder:
 def mine(model: nn.Module, data: Any, layers: Sequence[str], *, k: int = 9, batch_size: int = 64,  # noqa: ANN401
          out: str | Path | None = None, resume: bool = False, preprocess: Preprocess | None = None,
          checkpoint_every: int | None = None, progress: bool = False, rank: int = 0, world: int = 1,
-         model_name: str | None = None, on_batch: Callable[[int], None] | None = None) -> Mined:
+         model_name: str | None = None, on_batch: Callable[[int], None] | None = None,
+         per_image: bool = True) -> Mined:
     """Mine the top-``k`` activations of every channel of ``layers`` over ``data`` (see module doc).
+
+    ``per_image=True`` (the Zeiler-Fergus figure) keeps each channel's k strongest *images*, each
+    with its strongest unit; ``False`` keeps the k strongest units, several maybe from one image.
 
     ``on_batch(b)`` is called after batch ``b`` (and its checkpoint, if due) - a test hook.
     """
@@ -177,7 +184,7 @@ def mine(model: nn.Module, data: Any, layers: Sequence[str], *, k: int = 9, batc
     source = open_source(data, preprocess)
     if len(source) == 0:
         raise ConvscopeError("the data set holds no images", "Give a folder with images or shapes:N with N >= 1.")
-    ident = identity(model, source, names, k, batch_size, world, model_name)
+    ident = identity(model, source, names, k, batch_size, world, model_name, bool(per_image))
     folder = Path(out) if out is not None else None
     start, results, skipped = 0, {}, []
     if folder is not None:
@@ -197,7 +204,7 @@ def mine(model: nn.Module, data: Any, layers: Sequence[str], *, k: int = 9, batc
     count = -(-len(source) // batch_size)
     mine_batches = [b for b in range(start, count) if b % world == rank]
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    recorder = _Recorder(model, names, k, results)
+    recorder = _Recorder(model, names, k, results, bool(per_image))
     bar = _progress(progress, sum(min(batch_size, len(source) - b * batch_size) for b in mine_batches))
     last = time.monotonic()
     try:

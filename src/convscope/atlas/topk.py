@@ -5,7 +5,10 @@ Each entry is ``(value, image, position)``; ``position`` is the flat spatial ind
 
     value descending, then image index ascending, then position ascending
 
-so the k entries kept never depend on batch sizes, shard boundaries or merge order:
+so the k entries kept never depend on batch sizes, shard boundaries or merge order (with
+``per_image=True``, the Zeiler-Fergus figure's rule, each image holds at most one of a channel's
+k slots: its strongest unit there, the first position among equals; the same order then ranks
+the images):
 ``merge(a, merge(b, c)) == merge(merge(a, b), c)`` and ``merge(a, b) == merge(b, a)``.
 Within a batch only units at or above a threshold are candidates (see :meth:`TopK.update`);
 when ties make too many, the order is made exact with one int64 key per activation,
@@ -14,7 +17,7 @@ when ties make too many, the order is made exact with one int64 key per activati
 
 Example::
 
-    acc = TopK(channels=16, k=9, spatial=(32, 32))
+    acc = TopK(channels=16, k=9, spatial=(32, 32), per_image=True)
     acc.update(acts, images=0)               # acts: [N, 16, 32, 32]
     acc = acc.merge(other_shard)
     acc.values[c], acc.images[c], acc.positions[c]
@@ -84,7 +87,8 @@ def _take_lines(acts: Tensor, rows: np.ndarray, chans: np.ndarray, line: np.ndar
 
 @dataclass
 class TopK:
-    """The k best ``(value, image, position)`` per channel: arrays ``[channels, k]``, best first.
+    """The k best ``(value, image, position)`` per channel: arrays ``[channels, k]``, best first;
+    with ``per_image`` at most one entry per image and channel (its peak).
 
     Unused slots hold ``value=-inf, image=position=EMPTY``; :meth:`count` says how many are used.
     """
@@ -95,6 +99,7 @@ class TopK:
     values: np.ndarray = None  # type: ignore[assignment]
     images: np.ndarray = None  # type: ignore[assignment]
     positions: np.ndarray = None  # type: ignore[assignment]
+    per_image: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -125,7 +130,8 @@ class TopK:
         images' peaks (k distinct units reach it), only units ``>= T_c`` can enter the top-k, and
         only in images whose peak reaches ``T_c``, and there only on lines (rows of the map)
         whose maximum reaches it; they are few unless very many units tie at ``T_c`` (a channel
-        of zeros), and then the exact key path ranks every unit.
+        of zeros), and then the exact key path ranks every unit. With ``per_image`` only the
+        images' peaks are candidates, one per (image, channel).
         """
         if acts.dim() < 2 or acts.shape[1] != self.channels or tuple(acts.shape[2:]) != self.spatial:
             raise ConvscopeError(f"activations of shape {list(acts.shape)} do not fit a top-k of "
@@ -145,9 +151,13 @@ class TopK:
         threshold = self.values[:, -1]  # the current k-th best
         if n >= self.k:  # k images' peaks are k distinct units: the k-th best is at least their k-th
             threshold = np.maximum(threshold, -np.partition(-peak, self.k - 1, axis=0)[self.k - 1])
-        rows, chans, line = np.nonzero(line_peak >= threshold[None, :, None])  # only these lines can contribute
         length = per_image // line_peak.shape[2]
-        on_lines = _take_lines(acts.reshape(n, self.channels, line_peak.shape[2], length), rows, chans, line)
+        lines = acts.reshape(n, self.channels, line_peak.shape[2], length)
+        if self.per_image:
+            self._absorb_peaks(lines, ids, line_peak, peak, threshold)
+            return
+        rows, chans, line = np.nonzero(line_peak >= threshold[None, :, None])  # only these lines can contribute
+        on_lines = _take_lines(lines, rows, chans, line)
         mask = on_lines >= threshold[chans, None]  # [m, L]
         if on_lines.size > _FAST_LIMIT and np.count_nonzero(mask) > _FAST_LIMIT:
             # very many ties at the threshold (e.g. a channel of zeros)
@@ -155,6 +165,16 @@ class TopK:
             return
         s, p = np.nonzero(mask)
         self._absorb(chans[s], on_lines[s, p], ids[rows[s]], line[s] * length + p)
+
+    def _absorb_peaks(self, lines: Tensor, ids: np.ndarray, line_peak: np.ndarray, peak: np.ndarray,
+                      threshold: np.ndarray) -> None:
+        """``per_image``: each (image, channel) whose peak reaches the threshold enters with its
+        peak, at the first line holding it and the first position on that line."""
+        rows, chans = np.nonzero(peak >= threshold[None, :])
+        best = peak[rows, chans]
+        line = np.argmax(line_peak[rows, chans] == best[:, None], axis=1)
+        where = np.argmax(_take_lines(lines, rows, chans, line) == best[:, None], axis=1)
+        self._absorb(chans, best, ids[rows], line * lines.shape[3] + where)
 
     def _absorb_all(self, acts3: Tensor, ids: np.ndarray) -> None:
         """The exact key path: rank every unit of the batch by one int64 key per activation."""
@@ -187,10 +207,12 @@ class TopK:
 
     def merge(self, other: TopK) -> TopK:
         """A new accumulator holding the best k of both (shards must hold disjoint images)."""
-        if (other.channels, other.k, other.spatial) != (self.channels, self.k, self.spatial):
+        if (other.channels, other.k, other.spatial, other.per_image) != \
+                (self.channels, self.k, self.spatial, self.per_image):
             raise ConvscopeError(f"cannot merge top-k of {other.channels} channels, k={other.k}, spatial "
-                                 f"{list(other.spatial)} into {self.channels} channels, k={self.k}, "
-                                 f"spatial {list(self.spatial)}", "Merge results of the same layer, k and input size.")
+                                 f"{list(other.spatial)}, per_image={other.per_image} into {self.channels} "
+                                 f"channels, k={self.k}, spatial {list(self.spatial)}, per_image={self.per_image}",
+                                 "Merge results of the same layer, k, input size and per_image setting.")
         out = self.copy()
         out._absorb(np.repeat(np.arange(other.channels), other.k), other.values.reshape(-1),
                     other.images.reshape(-1), other.positions.reshape(-1))
@@ -198,24 +220,28 @@ class TopK:
 
     def copy(self) -> TopK:
         """An independent copy."""
-        return TopK(self.channels, self.k, self.spatial, self.values.copy(), self.images.copy(), self.positions.copy())
+        return TopK(self.channels, self.k, self.spatial, self.values.copy(), self.images.copy(), self.positions.copy(),
+                    self.per_image)
 
     def equals(self, other: TopK) -> bool:
         """Exactly the same entries (values compared bit for bit)."""
-        return (self.channels, self.k, self.spatial) == (other.channels, other.k, other.spatial) and \
+        return (self.channels, self.k, self.spatial, self.per_image) == \
+            (other.channels, other.k, other.spatial, other.per_image) and \
             np.array_equal(self.values, other.values) and np.array_equal(self.images, other.images) and \
             np.array_equal(self.positions, other.positions)
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """The state as named arrays (for ``np.savez``); :meth:`from_arrays` reads them back."""
         return {f"{prefix}values": self.values, f"{prefix}images": self.images,
-                f"{prefix}positions": self.positions, f"{prefix}spatial": np.asarray(self.spatial, dtype=np.int64)}
+                f"{prefix}positions": self.positions, f"{prefix}spatial": np.asarray(self.spatial, dtype=np.int64),
+                f"{prefix}per_image": np.asarray(self.per_image)}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray] | np.lib.npyio.NpzFile, prefix: str) -> TopK:
         values = np.asarray(arrays[f"{prefix}values"])
+        per_image = bool(arrays[f"{prefix}per_image"]) if f"{prefix}per_image" in arrays else False  # older stores
         return cls(values.shape[0], values.shape[1], tuple(int(s) for s in arrays[f"{prefix}spatial"]),
-                   values, np.asarray(arrays[f"{prefix}images"]), np.asarray(arrays[f"{prefix}positions"]))
+                   values, np.asarray(arrays[f"{prefix}images"]), np.asarray(arrays[f"{prefix}positions"]), per_image)
 
 
 def merge_all(parts: dict[str, TopK], others: dict[str, TopK]) -> dict[str, TopK]:
