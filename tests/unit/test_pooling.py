@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import unittest.mock
 
 import pytest
 import torch
@@ -113,7 +114,15 @@ def test_unpool_is_the_max_pool_gradient_1d_3d(case: dict, device: str) -> None:
     check_case(case, device)
 
 
-@pytest.mark.parametrize("route", [pooling._unpool_by_scatter_add, pooling._unpool_by_max_unpool])
+def _scatter_add_in_blocks_of_3_planes(values: torch.Tensor, sw: Switches) -> torch.Tensor:
+    """The CPU scatter route with cache blocks of three planes (so blocks, and a ragged last one, occur)."""
+    plane_bytes = sw.plane_size * values.element_size()
+    with unittest.mock.patch.object(pooling, "_cache_block_bytes", lambda: 3 * plane_bytes):
+        return pooling._unpool_by_scatter_add(values, sw)
+
+
+@pytest.mark.parametrize("route", [pooling._unpool_by_scatter_add, pooling._unpool_by_max_unpool,
+                                   _scatter_add_in_blocks_of_3_planes])
 @settings(max_examples=40, deadline=None)
 @given(case=st.sampled_from([1, 2, 3]).flatmap(pool_case))
 def test_every_route_is_the_max_pool_gradient_where_it_is_used(case: dict, route) -> None:

