@@ -65,6 +65,11 @@ class Target(ABC):
         """The layers whose outputs :meth:`score` reads (the model output is always available)."""
         return ()
 
+    def reads_output(self) -> bool:
+        """Whether :meth:`score` reads the model's output; a target reading only :meth:`layers`
+        (and the input) says False, and a forward pass may then end at its last layer."""
+        return True
+
     def check_batch(self, n: int) -> None:  # noqa: B027 - most targets fit any batch
         """Raise a clear error if this target cannot apply to a batch of ``n`` samples."""
 
@@ -138,6 +143,9 @@ class _LayerTarget(Target):
             raise ConvscopeError(f"channel {channel!r} is not an int", "Pass a channel index such as 5.")
         self.layer = layer
         self.channel = channel
+
+    def reads_output(self) -> bool:
+        return False
 
     def layers(self) -> tuple[LayerKey, ...]:
         return (self.layer,)
@@ -258,6 +266,9 @@ class Direction(Target):
             raise ConvscopeError(f"Direction vector has shape {list(self.vector.shape)}, not one dimension",
                                  "Pass one weight per channel, e.g. torch.randn(channels).")
 
+    def reads_output(self) -> bool:
+        return False
+
     def layers(self) -> tuple[LayerKey, ...]:
         return (self.layer,)
 
@@ -297,6 +308,9 @@ class _Constant(Target):
     def __init__(self, value: float) -> None:
         self.value = float(value)
 
+    def reads_output(self) -> bool:
+        return False  # only its batch size, dtype and device: a truncated pass's placeholder has them
+
     def score(self, record: Record) -> Tensor:
         out = record.output
         return torch.full((out.shape[0],), self.value, dtype=out.dtype, device=out.device)
@@ -313,6 +327,9 @@ class _Combined(Target):
 
     def layers(self) -> tuple[LayerKey, ...]:
         return tuple(dict.fromkeys(self.left.layers() + self.right.layers()))
+
+    def reads_output(self) -> bool:
+        return self.left.reads_output() or self.right.reads_output()
 
     def check_batch(self, n: int) -> None:
         self.left.check_batch(n)

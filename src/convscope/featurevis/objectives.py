@@ -50,6 +50,9 @@ class _LayerEnergy(Target):
     def __init__(self, layer: LayerKey) -> None:
         self.layer = layer
 
+    def reads_output(self) -> bool:
+        return False
+
     def layers(self) -> tuple[LayerKey, ...]:
         return (self.layer,)
 
@@ -130,6 +133,9 @@ class LogSumExp(Target):
 
 class _InputPenalty(Target):
     """A penalty on the model input ``record.input``."""
+
+    def reads_output(self) -> bool:
+        return False
 
     def image(self, record: Record) -> Tensor:
         if record.input is None:

@@ -135,6 +135,10 @@ class Objective:
     def layers(self) -> list:
         return [key for t in self.targets for key in t.layers()]
 
+    def reads_output(self) -> bool:
+        """Whether any image's objective reads the model output (else passes end at its layers)."""
+        return any(t.reads_output() for t in self.targets)
+
     def score(self, record: Record, rows: slice) -> Tensor:
         """Each image's score, ``[rows]``."""
         if not self.per_sample:
@@ -245,7 +249,7 @@ def render(model: nn.Module, objective: TargetLike | Sequence[TargetLike], *, st
     optimizer = _adam(param.parameters(), lr)
     batches = Batches(max_batch, device)
     history: list[Tensor] = []  # on the model's device: no host sync per step
-    with Session(model, layers=goal.layers()) as session:
+    with Session(model, layers=goal.layers(), stop_early=not goal.reads_output()) as session:
         bar = tqdm(range(steps), desc="render", unit="step", disable=not progress, leave=False)
         for step in bar:
             step_seed = int(torch.randint(2**62, (1,), generator=generator))

@@ -125,7 +125,7 @@ class RandomRotate:
         cos, sin = math.cos(angle), math.sin(angle)
         h, w = x.shape[-2:]  # affine_grid works in [-1, 1] coordinates: undo the aspect ratio
         theta = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]], dtype=x.dtype, device=x.device)
-        grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+        grid = F.affine_grid(theta[None], [1, *x.shape[1:]], align_corners=False).expand(x.shape[0], -1, -1, -1)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def __repr__(self) -> str:
@@ -157,7 +157,8 @@ class RandomAffine:
         cos, sin = math.cos(angle) / s, math.sin(angle) / s  # affine_grid's [-1, 1] coordinates: undo the aspect
         theta = torch.tensor([[cos, -sin * h / w, 2 * dx / w], [sin * w / h, cos, 2 * dy / h]], dtype=x.dtype,
                              device=x.device)
-        grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+        # one grid for the whole batch (every image moves alike), shared by all of them
+        grid = F.affine_grid(theta[None], [1, *x.shape[1:]], align_corners=False).expand(x.shape[0], -1, -1, -1)
         return F.grid_sample(x - self.value, grid, mode="bilinear", padding_mode="zeros",
                              align_corners=False) + self.value
 

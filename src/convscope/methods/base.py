@@ -212,7 +212,8 @@ class Method(ABC):
         if wrt == "input":
             wrt = None
         layers = [key for t in found for key in t.layers()] + ([wrt] if wrt is not None else [])
-        with Session(self.model, layers=layers, rules=self._rules()) as session:
+        stop_early = not any(t.reads_output() for t in found)  # layer targets: no need to run the model's rest
+        with Session(self.model, layers=layers, rules=self._rules(), stop_early=stop_early) as session:
             results = body(session, x, found, wrt)
         return results if many else results[0]
 

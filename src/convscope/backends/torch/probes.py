@@ -30,8 +30,17 @@ def key_name(model: nn.Module, key: LayerKey) -> str:
     return key if isinstance(key, str) else layer_name(model, key)
 
 
+class SeenAll(BaseException):
+    """Raised by the last probe to run when ``Probes.stop_when_seen``: the forward pass ends there.
+    (A BaseException, so the model's own ``except Exception`` clauses let it through.)"""
+
+
 class Probes:
-    """Forward hooks recording the outputs of ``layers`` (names or submodules of ``model``)."""
+    """Forward hooks recording the outputs of ``layers`` (names or submodules of ``model``).
+
+    With ``stop_when_seen`` set, the hook of the last probed layer to run raises :class:`SeenAll`
+    instead of returning, ending the forward pass early (whoever runs the model catches it).
+    """
 
     def __init__(self, model: nn.Module, layers: Sequence[LayerKey]) -> None:
         self.model = model
@@ -39,6 +48,7 @@ class Probes:
         self.modules = {key: resolve_layer(model, key) for key in self.keys}  # clear error if unknown
         self.outputs: dict[Hashable, Tensor] = {}
         self.calls: dict[Hashable, int] = {}
+        self.stop_when_seen = False
         self._handles: list = []
 
     def __enter__(self) -> Probes:
@@ -75,6 +85,8 @@ class Probes:
                     "Pick a layer whose output is a single tensor (`convscope layers MODEL` lists them).")
             self.calls[key] = self.calls.get(key, 0) + 1
             self.outputs[key] = output
+            if self.stop_when_seen and len(self.calls) == len(self.keys):
+                raise SeenAll
             return output.clone()  # later in-place ops change the copy, not the record
 
         return hook

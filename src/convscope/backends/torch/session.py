@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from convscope.backends.torch.forward import Forward, call_model
 from convscope.backends.torch.inference import InferenceSession, twin_enabled
-from convscope.backends.torch.probes import LayerKey, Probes
+from convscope.backends.torch.probes import LayerKey, Probes, SeenAll
 from convscope.backends.torch.rule_mode import apply_rules
 from convscope.rules import RuleMap
 from convscope.targets import Record
@@ -43,10 +43,18 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 class Session:
-    """Eval mode + probes on ``layers`` for the block; ``rules`` applied within each forward pass."""
+    """Eval mode + probes on ``layers`` for the block; ``rules`` applied within each forward pass.
 
-    def __init__(self, model: nn.Module, *, layers: Sequence[LayerKey] = (), rules: RuleMap | None = None) -> None:
+    ``stop_early=True`` (for targets that read only ``layers``, not the model output): after one
+    complete pass has shown that each probed layer runs exactly once, later passes end as soon
+    as every probed layer has run, and ``record.output`` is an empty ``[n, 0]`` placeholder.
+    """
+
+    def __init__(self, model: nn.Module, *, layers: Sequence[LayerKey] = (), rules: RuleMap | None = None,
+                 stop_early: bool = False) -> None:
         self.model = model
+        self.stop_early = stop_early and bool(layers)
+        self._whole_pass_seen = False  # a complete pass showed every probed layer runs exactly once
         self.rules = None if rules is None or rules.is_gradient else rules
         if self.rules is not None:
             self.rules.resolve(model)  # unknown layer names fail here, before any work
@@ -93,8 +101,13 @@ class Session:
         if grad:
             leaf.requires_grad_()
         self.probes.reset()
+        self.probes.stop_when_seen = self.stop_early and self._whole_pass_seen
         rules = apply_rules(self.model, self.rules) if self.rules is not None else nullcontext()
-        with torch.set_grad_enabled(grad), rules:
-            output = call_model(self.model, leaf)
+        try:
+            with torch.set_grad_enabled(grad), rules:
+                output = call_model(self.model, leaf)
+        except SeenAll:  # every probed layer has run: the rest of the model cannot change the record
+            output = leaf.new_empty((leaf.shape[0], 0))  # a placeholder with the batch size, dtype, device
         acts = {key: self.probes.output(key) for key in self.probes.keys}
+        self._whole_pass_seen = self._whole_pass_seen or self.stop_early
         return Forward(Record(output=output, acts=acts, rows=rows, input=leaf), input=leaf)
