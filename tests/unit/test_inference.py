@@ -14,12 +14,19 @@ from torch import Tensor, nn
 
 from convscope.backends.torch import Session
 from convscope.backends.torch import inference as twin_module
+from convscope.backends.torch import session as session_module
 import convscope
 from convscope.backends.torch.inference import InferenceSession, conv_norm_pairs, fold_batchnorms
 from convscope.methods import AblationCAM, Occlusion, RISE, Saliency, ScoreCAM
 from nets import TinyResidual, TinyVGG, make, sample
 
 X = sample("tiny_residual", n=4)
+
+
+@pytest.fixture(autouse=True)
+def twin_for_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny test jobs would not pay for a twin: build it whatever the work (one test checks the rule)."""
+    monkeypatch.setattr(session_module, "TWIN_MIN_WORK", 0)
 
 
 def close(a: Tensor, b: Tensor, tol: float = 1e-5) -> bool:
@@ -107,6 +114,9 @@ def test_twin_channels_last_only_on_cpu_and_grad_refused() -> None:
     fast = InferenceSession(model, [], torch.device("cpu"))
     assert fast.twin.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert not model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.twin.fc.weight is model.fc.weight  # read-only tensors are shared, not copied
+    assert fast.twin.layer1.conv1.weight is not model.layer1.conv1.weight
+    assert all(p.requires_grad for p in model.parameters())
     with pytest.raises(ValueError, match="no-grad"):
         fast.forward(X, slice(0, 4), grad=True)
 
@@ -187,3 +197,22 @@ def test_a_model_that_cannot_be_copied_is_evaluated_itself() -> None:
     with convscope.exact_forward():
         exact = ScoreCAM(model, "layer1").attribute(X, 1)
     assert torch.equal(fast, exact)
+
+
+@pytest.mark.parametrize("name", ["score_cam", "occlusion", "rise"])
+def test_small_jobs_skip_the_twin_and_large_ones_build_it(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = []
+    real = twin_module.InferenceSession.__init__
+
+    def counting(self: InferenceSession, *args: object, **kwargs: object) -> None:
+        built.append(1)
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(twin_module.InferenceSession, "__init__", counting)
+    model = make("tiny_residual")
+    monkeypatch.setattr(session_module, "TWIN_MIN_WORK", 10**12)
+    METHODS[name](model).attribute(X, 2)
+    assert built == []
+    monkeypatch.setattr(session_module, "TWIN_MIN_WORK", X[0].numel())  # one input's worth: any job is large
+    METHODS[name](model).attribute(X, 2)
+    assert built == [1]

@@ -117,7 +117,8 @@ def test_unpool_is_the_max_pool_gradient_1d_3d(case: dict, device: str) -> None:
 def _scatter_add_in_blocks_of_3_planes(values: torch.Tensor, sw: Switches) -> torch.Tensor:
     """The CPU scatter route with cache blocks of three planes (so blocks, and a ragged last one, occur)."""
     plane_bytes = sw.plane_size * values.element_size()
-    with unittest.mock.patch.object(pooling, "_cache_block_bytes", lambda: 3 * plane_bytes):
+    with unittest.mock.patch.object(pooling, "_cache_block_bytes", lambda: 3 * plane_bytes), \
+            unittest.mock.patch.object(pooling, "_UNBLOCKED_BYTES", 0):
         return pooling._unpool_by_scatter_add(values, sw)
 
 

@@ -107,14 +107,18 @@ class Attributed:
     ``value`` reads it for some inputs; ``forward`` runs the model with it *set* to a given
     tensor (for a layer: the inputs run as usual and a forward hook, registered for that one
     call, replaces the layer's output), so path and perturbation methods work on layers too.
-    With ``inference=True`` (the perturbation methods) the no-grad evaluations run on the
+    After :meth:`evaluate_on_twin` (the perturbation methods) the no-grad evaluations run on the
     session's inference twin.
     """
 
-    def __init__(self, session: Session, wrt: LayerKey | None, *, inference: bool = False) -> None:
+    def __init__(self, session: Session, wrt: LayerKey | None) -> None:
         self.session = session
         self.wrt = wrt
-        self.runner: Session | InferenceSession = session.inference() if inference else session
+        self.runner: Session | InferenceSession = session
+
+    def evaluate_on_twin(self, work: int) -> None:
+        """Run the no-grad evaluations from now on where ``session.inference(work)`` says."""
+        self.runner = self.session.inference(work)
 
     def value(self, x: Tensor, rows: Rows) -> Tensor:
         """The attributed tensor at inputs ``x`` (detached)."""

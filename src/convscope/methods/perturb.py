@@ -191,16 +191,17 @@ class Occlusion(Method):
 
     def _compute(self, session: Session, x: Tensor, rows: Rows, targets: list[Target],
                  wrt: LayerKey | None) -> list[Tensor]:
-        space, batches, glob = Attributed(session, wrt, inference=True), Batches(self.max_batch, x.device), row_index(rows, len(x))
+        space, batches, glob = Attributed(session, wrt), Batches(self.max_batch, x.device), row_index(rows, len(x))
         value = space.values(x, glob, batches)
         check_image(value, "Occlusion")
         plan = self.plan(value.shape[1:])
         sigma = self.sigma or max(max(s.stop - s.start for s in (plan[1][0], plan[2][0])) / 4, 0.5)
         fill = fill_values(self.fill, value, sigma).expand_as(value)
-        clean = space.scores(x, glob, value, targets, batches)
         masks = WindowMasks(plan, value.device)
-        sums = [torch.zeros_like(value) for _ in targets]
         n_windows = len(masks)
+        space.evaluate_on_twin(len(x) * (n_windows + 1) * x[0].numel())
+        clean = space.scores(x, glob, value, targets, batches)
+        sums = [torch.zeros_like(value) for _ in targets]
 
         def evaluate(items: slice) -> tuple[Tensor, Tensor, list[Tensor]]:
             idx = torch.arange(items.start, items.stop)
@@ -261,9 +262,10 @@ class RISE(Method):
 
     def _compute(self, session: Session, x: Tensor, rows: Rows, targets: list[Target],
                  wrt: LayerKey | None) -> list[Tensor]:
-        space, batches, glob = Attributed(session, wrt, inference=True), Batches(self.max_batch, x.device), row_index(rows, len(x))
+        space, batches, glob = Attributed(session, wrt), Batches(self.max_batch, x.device), row_index(rows, len(x))
         value = space.values(x, glob, batches)
         check_image(value, "RISE")
+        space.evaluate_on_twin(len(x) * self.masks * x[0].numel())
         size = (value.shape[2], value.shape[3])
         grid, shifts = self.draws(size)
         grid = grid.to(value)

@@ -18,7 +18,8 @@ Unpool route: ``scatter_add_`` over each flattened plane into a zeroed output th
 for huge pages on CPU (see ``allocation.py``: page faults on a fresh 50 MB output otherwise cost
 more than the unpooling). On CPU the planes go in blocks of about 1 MiB of output per thread,
 each zeroed and then scattered into while it is still in cache (one trip through memory instead
-of two: 15-25% faster on the shapes benchmarked); channels_last values scatter over ``[N, plane, C]`` views and their
+of two: 15-25% faster on the shapes benchmarked; outputs under 16 MiB, which stay in the
+last-level cache anyway, go in one block); channels_last values scatter over ``[N, plane, C]`` views and their
 result stays channels_last. On CUDA with windows that cannot overlap every switch is unique, so
 writing equals adding: the max-unpool kernel (``aten.max_unpool2d``/``3d``), which is faster
 there and deterministic; with overlapping windows CUDA's atomic adds make sums at shared
@@ -197,10 +198,14 @@ def _unpool_by_scatter_add(values: torch.Tensor, sw: Switches) -> torch.Tensor:
         return out.view(n, *sw.input_shape[2:], c).permute(0, -1, *range(1, values.dim() - 1))
     src, index = values.reshape(n * c, pooled), sw.indices.reshape(n * c, pooled)
     out = empty_output((n * c, sw.plane_size), values.dtype, values.device)
-    rows = n * c if values.device.type != "cpu" else max(1, _cache_block_bytes() // max(1, out[:1].nbytes))
+    blocked = values.device.type == "cpu" and out.nbytes > _UNBLOCKED_BYTES
+    rows = max(1, _cache_block_bytes() // max(1, out[:1].nbytes) if blocked else n * c)
     for lo in range(0, n * c, rows):  # zero a block, then scatter into it while it is still in cache
         out[lo:lo + rows].zero_().scatter_add_(1, index[lo:lo + rows], src[lo:lo + rows])
     return out.view(sw.input_shape)
+
+
+_UNBLOCKED_BYTES = 16 << 20  # smaller outputs stay in the last-level cache: one block is faster
 
 
 def _cache_block_bytes() -> int:

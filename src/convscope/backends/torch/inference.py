@@ -41,6 +41,10 @@ from convscope.targets import Record
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _TWIN_ENABLED: ContextVar[bool] = ContextVar("convscope_inference_twin", default=True)
+# Below this many input elements to evaluate (about 28 images of 3x224x224, 340 of 3x64x64),
+# building the twin (copying and folding the convolutions: ~0.1 s for ResNet-18 on 2 cores)
+# costs about what its faster passes save, so the model itself serves.
+TWIN_MIN_WORK = 1 << 22
 
 
 @contextmanager
@@ -96,6 +100,14 @@ def fold_batchnorms(model: nn.Module, keep: Collection[str] = ()) -> list[str]:
     return folded
 
 
+def shallow_twin(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``'s modules that copies only its 4-D and 5-D tensors (convolution
+    weights: folding and channels-last replace them) and shares every other parameter and buffer
+    with the model, which the twin only reads (VGG-16's 120M classifier weights are not copied)."""
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers()) if t.dim() not in (4, 5)}
+    return copy.deepcopy(model, shared)
+
+
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -115,18 +127,18 @@ class InferenceSession:
     def __init__(self, model: nn.Module, layers: Sequence[LayerKey], device: torch.device,
                  drop_hooks: Collection[int] = ()) -> None:
         self.names = {key: key_name(model, key) for key in layers}
-        twin = copy.deepcopy(model).eval()  # may raise: see build()
+        twin = shallow_twin(model).eval()  # may raise: see build()
         for module in twin.modules():  # the session's own probes came along with the copy
             for hook_id in drop_hooks:
                 module._forward_hooks.pop(hook_id, None)
                 module._forward_hooks_with_kwargs.pop(hook_id, None)
                 module._forward_hooks_always_called.pop(hook_id, None)
-        for p in twin.parameters():
-            p.requires_grad_(False)
         self.folded = fold_batchnorms(twin, keep=set(self.names.values()))
         self.channels_last = device.type == "cpu"
         if self.channels_last:
-            twin = twin.to(memory_format=torch.channels_last)
+            for tensor in (*twin.parameters(), *twin.buffers()):
+                if tensor.dim() == 4:  # copies (see shallow_twin): changing them leaves the model alone
+                    tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
         self.twin = twin
         self.probes = Probes(twin, list(self.names.values()))
 

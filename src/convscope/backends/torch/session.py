@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from convscope.backends.torch.forward import Forward, call_model
-from convscope.backends.torch.inference import InferenceSession, twin_enabled
+from convscope.backends.torch.inference import TWIN_MIN_WORK, InferenceSession, twin_enabled
 from convscope.backends.torch.probes import LayerKey, Probes, SeenAll
 from convscope.backends.torch.rule_mode import apply_rules
 from convscope.rules import RuleMap
@@ -75,13 +75,17 @@ class Session:
         self._inference = None
         self._stack.close()
 
-    def inference(self) -> InferenceSession | Session:
+    def inference(self, work: int | None = None) -> InferenceSession | Session:
         """Where no-grad evaluations of many perturbed inputs run: the model's inference twin
         (folded batch norms, channels-last on the CPU; built on first use, dropped on exit), or
-        this session itself inside :func:`~convscope.backends.torch.inference.exact_forward` and
-        for a model that cannot be copied."""
+        this session itself inside :func:`~convscope.backends.torch.inference.exact_forward`, for
+        a model that cannot be copied, and when the first call's ``work`` (input elements to be
+        evaluated) is under :data:`~convscope.backends.torch.inference.TWIN_MIN_WORK`: building
+        the twin would cost more than it saves. The first call decides for the session."""
         if not twin_enabled():
             return self
+        if self._inference is None and work is not None and work < TWIN_MIN_WORK:
+            self._inference = self
         if self._inference is None:
             parameter = next(self.model.parameters(), None)
             device = parameter.device if parameter is not None else torch.device("cpu")

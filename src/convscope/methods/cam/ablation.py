@@ -59,9 +59,10 @@ class AblationCAM(CAMMethod):
     uses_gradients = False
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
-        module = step.session.inference().module(step.layer)  # where score_of evaluates
         ablated = step.score[:, None].repeat(1, acts.shape[1])
         samples, channels = acts.flatten(2).ne(0).any(2).nonzero(as_tuple=True)  # zeroing a zero channel: no change
+        step.evaluations(len(samples))
+        module = step.session.inference().module(step.layer)  # where score_of evaluates
 
         def ablated_scores(part: slice) -> Tensor:
             i, k = samples[part], channels[part]

@@ -99,6 +99,11 @@ class LayerStep:
         """Splits expanded evaluations into chunks of at most ``max_batch`` samples."""
         return Batches(self.max_batch, self.x.device)
 
+    def evaluations(self, count: int) -> None:
+        """Announce ``count`` masked or ablated evaluations of this chunk's inputs, so the session
+        decides once whether they run on its inference twin (see ``Session.inference``)."""
+        self.session.inference(work=count * self.x[0].numel())
+
     def score_of(self, inputs: Tensor, samples: Tensor) -> Tensor:
         """The target's score (no gradients) for ``inputs``, whose row j is a variant of this
         chunk's sample ``samples[j]`` (so per-sample targets pick that sample's class); evaluated

@@ -58,6 +58,7 @@ class ScoreCAM(CAMMethod):
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
         flat = acts.flatten(2)
         varying = flat.amax(2) > flat.amin(2)  # [n, K]; the rest have mask 0
+        step.evaluations(int(varying.sum()) + 1)
         scores = torch.empty(acts.shape[:2], dtype=step.score.dtype, device=acts.device)
         if not bool(varying.all()):
             shared = step.shared_score(torch.zeros_like(step.x[:1]))
