@@ -66,3 +66,4 @@ def test_pages_show_values_and_image_names(tmp_path: Path) -> None:
     acc = atlas.topk("features.3")
     assert f"{acc.values[0, 0]:.3g} @ #{acc.images[0, 0]}" in page
     assert page.count("<figure") == acc.channels
+    assert "(one per image)" in page and all(len(set(row)) == 2 for row in acc.images.tolist())

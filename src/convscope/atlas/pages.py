@@ -76,7 +76,8 @@ def write_pages(atlas: Atlas, method: str = "deconvnet") -> Path:
             cards.append(f'<figure class="card"><img src="{src}" loading="lazy" width="{w * 2}" height="{h * 2}" '
                          f'alt="channel {c}"><figcaption><b>channel {c}</b>: {caption}</figcaption></figure>')
         page = f"layer-{i}.html"
-        body = (f'<p><a href="index.html">all layers</a> - top {atlas.k} patches per channel'
+        each = "one per image" if atlas.manifest.get("per_image", False) else "several may share an image"
+        body = (f'<p><a href="index.html">all layers</a> - top {atlas.k} patches per channel ({each})'
                 f'{f", with their {html.escape(method)} projections below" if proj is not None else ""}.</p>'
                 f'<div class="cards">{"".join(cards)}</div>')
         write_atomic(root / page, _page(f"{layer} - {acc.channels} channels", body))
