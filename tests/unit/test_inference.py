@@ -121,6 +121,20 @@ def test_twin_channels_last_only_on_cpu_and_grad_refused() -> None:
         fast.forward(X, slice(0, 4), grad=True)
 
 
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Grows by one entry each time an inference twin is built."""
+    calls: list[int] = []
+    real = twin_module.InferenceSession.__init__
+
+    def counting(self: InferenceSession, *args: object, **kwargs: object) -> None:
+        calls.append(1)
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(twin_module.InferenceSession, "__init__", counting)
+    return calls
+
+
 METHODS = {
     "score_cam": lambda m: ScoreCAM(m, "layer1", max_batch=7),
     "ablation_cam": lambda m: AblationCAM(m, "layer1", max_batch=7),
@@ -142,15 +156,7 @@ def test_perturbation_methods_agree_with_exact_forward(name: str) -> None:
     assert not any(m._forward_hooks for m in model.modules())
 
 
-def test_gradient_methods_and_exact_forward_build_no_twin(monkeypatch: pytest.MonkeyPatch) -> None:
-    built = []
-    real = twin_module.InferenceSession.__init__
-
-    def counting(self: InferenceSession, *args: object, **kwargs: object) -> None:
-        built.append(1)
-        real(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(twin_module.InferenceSession, "__init__", counting)
+def test_gradient_methods_and_exact_forward_build_no_twin(built: list[int]) -> None:
     model = make("tiny_residual")
     Saliency(model).attribute(X, 1)
     with convscope.exact_forward():
@@ -200,15 +206,8 @@ def test_a_model_that_cannot_be_copied_is_evaluated_itself() -> None:
 
 
 @pytest.mark.parametrize("name", ["score_cam", "occlusion", "rise"])
-def test_small_jobs_skip_the_twin_and_large_ones_build_it(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    built = []
-    real = twin_module.InferenceSession.__init__
-
-    def counting(self: InferenceSession, *args: object, **kwargs: object) -> None:
-        built.append(1)
-        real(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(twin_module.InferenceSession, "__init__", counting)
+def test_small_jobs_skip_the_twin_and_large_ones_build_it(name: str, built: list[int],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     model = make("tiny_residual")
     monkeypatch.setattr(session_module, "TWIN_MIN_WORK", 10**12)
     METHODS[name](model).attribute(X, 2)
