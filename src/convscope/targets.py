@@ -50,6 +50,11 @@ class Record:
     input: Tensor | None = None
 
 
+def is_keras_layer(obj: object) -> bool:
+    """Whether ``obj`` is a Keras layer (checked by its class's module: Keras is never imported here)."""
+    return any(c.__module__.split(".")[0] in ("keras", "tf_keras") and c.__name__ == "Layer" for c in type(obj).__mro__)
+
+
 def _layer_label(layer: LayerKey) -> str:
     return layer if isinstance(layer, str) else type(layer).__name__
 
@@ -136,7 +141,7 @@ class _LayerTarget(Target):
     """A target reading feature map ``channel`` of one layer."""
 
     def __init__(self, layer: LayerKey, channel: int) -> None:
-        if not isinstance(layer, (str, nn.Module)):
+        if not isinstance(layer, (str, nn.Module)) and not is_keras_layer(layer):
             raise ConvscopeError(f"layer {layer!r} is not a layer name or module",
                                  "Name the layer by its qualified name, e.g. 'features.28'.")
         if isinstance(channel, bool) or not isinstance(channel, int):

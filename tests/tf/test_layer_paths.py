@@ -137,6 +137,8 @@ def test_graph_layers_give_the_same_gradient_by_any_name(model: keras.Model, pat
         np.testing.assert_allclose(np.asarray(Saliency(model).attribute(X, Channel(key, 1))), expected,
                                    rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(layer_gradient(model, layer, X, channel=1).numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(Saliency(model).attribute(X, Channel(layer, 1))), expected,
+                               rtol=1e-5, atol=1e-6)  # a target may hold the layer object itself
 
 
 def test_custom_sublayer_is_recorded_by_the_backend_and_refused_clearly_by_graph_rebuilders(
@@ -193,6 +195,6 @@ def test_bad_names_give_the_same_error_everywhere(model: keras.Model, key: objec
 
 def test_a_layer_of_another_model_is_refused_everywhere(model: keras.Model) -> None:
     stranger = L.Dense(2, name="stem")
-    for call in entry_points(model, targets=False).values():
+    for call in entry_points(model).values():
         with pytest.raises(ConvscopeError, match="layer 'stem' is not part of this model"):
             call(stranger)

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from convscope import targets as T
 from convscope.errors import ConvscopeError
+from convscope.targets import is_keras_layer
 
 if TYPE_CHECKING:
     from convscope.backends.tf.model import KerasNet, Record
@@ -90,10 +91,10 @@ class _Class(Scorer):
 
 class _LayerScorer(Scorer):
     def __init__(self, target: T.Channel | T.Neuron | T.MaxNeuron | T.Direction, net: KerasNet) -> None:
-        if not isinstance(target.layer, str):
-            raise ConvscopeError(f"the target names layer {target.layer!r}, which is not a Keras layer name",
+        if not isinstance(target.layer, str) and not is_keras_layer(target.layer):
+            raise ConvscopeError(f"the target names layer {target.layer!r}, which is not a Keras layer or its name",
                                  "Name Keras layers by their name, e.g. Channel('block5_conv3', 7).")
-        self.layer = net.channels_last(target.layer)
+        self.layer = net.channels_last(target.layer)  # its path: records are keyed by paths
         self.layers = (self.layer,)
 
     def act(self, record: Record) -> tf.Tensor:
