@@ -334,7 +334,8 @@ def _check_link(step: Step, below: Tensor) -> None:
 def reconstruct(model: nn.Module, x: Tensor, target: TargetLike) -> Tensor:
     """The pixel-space projection of ``target``'s seed through the explicit top-down mirror of ``model``.
 
-    Equals ``DeconvNet(model).attribute(x, target)`` on conv/ReLU/max-pool/linear chains.
+    Equals ``DeconvNet(model).attribute(x, target)`` on conv/ReLU/max-pool/linear chains and, like
+    it, returns a plain tensor (detached: no autograd graph through the model's weights is kept).
 
     Example::
 
@@ -348,7 +349,7 @@ def reconstruct(model: nn.Module, x: Tensor, target: TargetLike) -> Tensor:
         fed = x.detach().clone()
         recorder, output = _trace(model, fed, keys)
         seeds = _seeds(model, recorder, output, target, keys)
-        return _walk_down(recorder.steps, seeds, fed)
+        return _walk_down(recorder.steps, seeds, fed).detach()
 
 
 def _walk_down(steps: list[Step], seeds: dict[int, Tensor], fed: Tensor) -> Tensor:

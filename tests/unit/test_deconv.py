@@ -34,7 +34,10 @@ TINY_TARGETS = [1, [0, 4, 2], MaxNeuron("features.4", 3), MaxNeuron("features.2"
 @pytest.mark.parametrize("target", TINY_TARGETS, ids=repr)
 def test_mirror_equals_deconvnet_on_tiny_vgg(target: object) -> None:
     model, x = make("tiny_vgg"), sample("tiny_vgg")
-    assert_same(reconstruct(model, x, target), DeconvNet(model).attribute(x, target))
+    got = reconstruct(model, x, target)
+    assert_same(got, DeconvNet(model).attribute(x, target))
+    assert not got.requires_grad and got.grad_fn is None  # a plain result, as the method's
+    assert all(p.grad is None for p in model.parameters())
 
 
 @pytest.mark.parametrize("spelling", SPELLINGS)
