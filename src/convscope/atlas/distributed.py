@@ -2,8 +2,9 @@
 accumulators are merged exactly (merging is associative and commutative, so the result equals
 a one-process run's, bit for bit).
 
-Launch with ``torchrun --nproc_per_node N your_script.py`` (gloo on CPU, nccl on GPU); every
-rank calls :func:`mine_distributed` with the same arguments. Batch ``b`` goes to rank
+Launch with ``torchrun --nproc_per_node N your_script.py`` (gloo on CPU, nccl on GPU: then pin
+each rank to its GPU first, ``torch.cuda.set_device(local_rank)``, as ``all_gather_object``
+needs); every rank calls :func:`mine_distributed` with the same arguments. Batch ``b`` goes to rank
 ``b % world``; each rank checkpoints to its own ``checkpoint-r<rank>.npz``, so ``resume`` works
 per rank.
 
