@@ -27,6 +27,7 @@ from convscope.atlas.receptive import crop, receptive_field
 from convscope.atlas.source import Source, open_source
 from convscope.atlas.store import FORMAT, Atlas, open_atlas, read_manifest, topk_arrays, write_arrays, write_manifest
 from convscope.atlas.topk import EMPTY, TopK
+from convscope.backends.torch.forward import model_device
 from convscope.images import Preprocess
 
 
@@ -49,7 +50,7 @@ def layer_views(model: nn.Module, layer: str, acc: TopK, source: Source, input_s
     views = {"boxes": boxes, "patches": np.zeros((acc.channels, acc.k, size, size, 3), dtype=np.uint8)}
     for method in methods:
         views[method] = np.zeros((acc.channels, acc.k, input_shape[0], size, size), dtype=np.float32)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     step = max_batch or 256
     for lo in range(0, len(used), step):
         part, part_coords = used[lo:lo + step], coords[lo:lo + step]

@@ -39,6 +39,7 @@ import convscope
 from convscope.atlas.source import Source, open_source
 from convscope.atlas.store import model_hash, npz_bytes, read_manifest
 from convscope.atlas.topk import TopK
+from convscope.backends.torch.forward import model_device
 from convscope.backends.torch.session import eval_mode
 from convscope.cache import read_checked, write_checked
 from convscope.errors import ConvscopeError
@@ -203,7 +204,7 @@ def mine(model: nn.Module, data: Any, layers: Sequence[str], *, k: int = 9, batc
                                  "Pass --resume to continue it, or choose a new --out folder.")
     count = -(-len(source) // batch_size)
     mine_batches = [b for b in range(start, count) if b % world == rank]
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     recorder = _Recorder(model, names, k, results, bool(per_image))
     bar = _progress(progress, sum(min(batch_size, len(source) - b * batch_size) for b in mine_batches))
     last = time.monotonic()

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from convscope.backends.torch.forward import model_device
 from convscope.backends.torch.rule_mode import relu_call
 from convscope.backends.torch.session import eval_mode
 from convscope.errors import ConvscopeError
@@ -200,7 +201,7 @@ def gradient_boxes(model: nn.Module, layer: nn.Module | str, shape: Sequence[int
     found: list[Tensor] = []
     hook = module.register_forward_hook(lambda _m, _i, out: found.append(out))
     boxes: list[tuple[int, ...]] = []
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     generator = torch.Generator().manual_seed(0)
     try:
         with eval_mode(model), torch.enable_grad():
@@ -234,7 +235,7 @@ def receptive_field(model: nn.Module, layer: nn.Module | str, input_shape: Seque
     """
     module = resolve_layer(model, layer)
     size = tuple(int(s) for s in input_shape[1:])
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     x = torch.zeros(1, *input_shape, device=device)
     chain = _chain(model, module, x)
     axes = _analytic(chain, len(size)) if chain is not None else None

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from convscope.backends.torch.forward import model_device
 from convscope.backends.torch.session import Session
 from convscope.errors import ConvscopeError
 from convscope.featurevis.objectives import Diversity, parts
@@ -95,13 +96,6 @@ def normalizer(preprocess: Normalization | None, device: torch.device) -> Callab
 
 def _identity(x: Tensor, generator: torch.Generator) -> Tensor:
     return x
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model without any)."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 class Objective:

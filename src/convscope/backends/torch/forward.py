@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from convscope.backends.torch.memory import is_out_of_memory
@@ -23,6 +24,13 @@ class Forward:
 
     record: Record
     input: Tensor
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model without any)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def call_model(model: nn.Module, x: Tensor) -> Tensor:

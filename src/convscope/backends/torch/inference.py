@@ -1,8 +1,9 @@
 """A faster private copy of the model for the many no-grad evaluations of perturbation methods.
 
 Score-CAM, Ablation-CAM, Occlusion and RISE spend almost all their time in forward passes whose
-gradients nobody takes. Those passes run on an *inference twin*: a deep copy of the model (the
-user's model is never touched) in eval mode where
+gradients nobody takes. Those passes run on an *inference twin*: a copy of the model in eval mode
+(convolution weights copied, every other tensor shared read-only: the user's model is never
+touched) where
 
 - every batch norm that reads a convolution's output (and nothing else does) is folded into it,
   ``conv'(x) = gamma / sqrt(var + eps) * (W * x + b - mean) + beta``, an exact identity in real

@@ -21,7 +21,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 import torch
 from torch import Tensor, nn
 
-from convscope.backends.torch.forward import Forward, call_model
+from convscope.backends.torch.forward import Forward, call_model, model_device
 from convscope.backends.torch.inference import TWIN_MIN_WORK, InferenceSession, twin_enabled
 from convscope.backends.torch.probes import LayerKey, Probes, SeenAll
 from convscope.backends.torch.rule_mode import apply_rules
@@ -87,9 +87,8 @@ class Session:
         if self._inference is None and work is not None and work < TWIN_MIN_WORK:
             self._inference = self
         if self._inference is None:
-            parameter = next(self.model.parameters(), None)
-            device = parameter.device if parameter is not None else torch.device("cpu")
-            twin = InferenceSession.build(self.model, self.probes.keys, device, drop_hooks=self.probes.hook_ids())
+            twin = InferenceSession.build(self.model, self.probes.keys, model_device(self.model),
+                                          drop_hooks=self.probes.hook_ids())
             if twin is not None:
                 self._stack.enter_context(twin.probes)
             self._inference = twin or self
