@@ -17,8 +17,7 @@ from torch import nn
 
 from convscope.deconv import reconstruct
 from convscope.errors import ConvscopeError
-from convscope.methods import IntegratedGradients, SmoothGrad, methods
-from convscope.methods import batching
+from convscope.methods import IntegratedGradients, SmoothGrad, batching, methods
 from convscope.targets import Channel, MaxNeuron
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
@@ -135,4 +134,47 @@ def test_atlas_projections_on_cuda_equal_cpu() -> None:
     channels, coords = [0, 3, 5, 7], [(0, 0), (1, 2), (3, 3), (2, 1)]
     want = project_units(model, "features.3", x, channels, coords, max_batch=3)
     got = project_units(model.cuda(), "features.3", x.cuda(), channels, coords, max_batch=3)
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("method_name", ["score_cam", "ablation_cam", "occlusion", "rise"])
+def test_inference_twin_on_cuda_agrees_with_exact_forward(method_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA the twin folds batch norms but keeps the model's memory format; its maps are the
+    exact forward's (the model's own evaluations), and the model keeps its weights and hooks."""
+    import convscope
+    from convscope.backends.torch import session as session_module
+    from convscope.backends.torch.inference import InferenceSession
+
+    monkeypatch.setattr(session_module, "TWIN_MIN_WORK", 0)  # build a twin even for a tiny job
+    model, x = make("tiny_residual").eval().cuda(), sample("tiny_residual", n=3).cuda()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    twin = InferenceSession(model, ["layer1"], x.device).twin
+    assert twin.conv1.weight.is_cuda and twin.conv1.weight.is_contiguous()  # channels-last is a CPU choice
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in twin.modules())
+    cls = methods()[method_name].cls
+    kwargs = {"layer": "layer1"} if method_name.endswith("cam") else LIGHT.get(method_name, {})
+    fast = cls(model, **kwargs).attribute(x, [0, 3, 1])
+    with convscope.exact_forward():
+        exact = cls(model, **kwargs).attribute(x, [0, 3, 1])
+    torch.testing.assert_close(fast, exact, rtol=1e-3, atol=1e-4 * float(exact.abs().max()))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_forward_passes_that_stop_early_on_cuda_skip_the_head_and_agree() -> None:
+    """A layer target on CUDA: after one whole pass the head stops running, and the saliency map
+    is the CPU's (where the whole model runs every time)."""
+    from convscope.methods import IntegratedGradients
+
+    model, x = make("tiny_vgg").eval(), sample("tiny_vgg")
+    head_calls: list[int] = []
+    handle = model.classifier.register_forward_hook(lambda *_: head_calls.append(1))
+    try:
+        target = Channel("features.3", 2) - 0.5 * Channel("features.0", 1)
+        want = IntegratedGradients(model, steps=6, max_batch=4).attribute(x, target)
+        on_cpu = len(head_calls)
+        got = IntegratedGradients(model.cuda(), steps=6, max_batch=4).attribute(x.cuda(), target)
+    finally:
+        handle.remove()
+    assert on_cpu == 1 and len(head_calls) == 2  # one whole pass each; the later chunks stopped early
     torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
