@@ -10,15 +10,19 @@ import copy
 
 import pytest
 import torch
+from nets import TinyResidual, TinyVGG, make, sample
 from torch import Tensor, nn
 
+import convscope
 from convscope.backends.torch import Session
 from convscope.backends.torch import inference as twin_module
 from convscope.backends.torch import session as session_module
-import convscope
-from convscope.backends.torch.inference import InferenceSession, conv_norm_pairs, fold_batchnorms
-from convscope.methods import AblationCAM, Occlusion, RISE, Saliency, ScoreCAM
-from nets import TinyResidual, TinyVGG, make, sample
+from convscope.backends.torch.inference import (
+    InferenceSession,
+    conv_norm_pairs,
+    fold_batchnorms,
+)
+from convscope.methods import RISE, AblationCAM, Occlusion, Saliency, ScoreCAM
 
 X = sample("tiny_residual", n=4)
 
@@ -215,3 +219,27 @@ def test_small_jobs_skip_the_twin_and_large_ones_build_it(name: str, built: list
     monkeypatch.setattr(session_module, "TWIN_MIN_WORK", X[0].numel())  # one input's worth: any job is large
     METHODS[name](model).attribute(X, 2)
     assert built == [1]
+
+
+def test_off_the_cpu_a_twin_is_built_only_when_it_folds() -> None:
+    """Off the CPU (no channels-last there) a model without batch norms would get an identical copy."""
+    cuda = torch.device("cuda")  # only decides the layout: the tensors stay where the model has them
+    assert InferenceSession.build(make("tiny_vgg"), [], cuda) is None
+    folded = InferenceSession.build(make("tiny_residual"), [], cuda)
+    assert folded is not None and folded.folded and not folded.channels_last
+    assert InferenceSession.build(make("tiny_vgg"), [], torch.device("cpu")) is not None
+
+
+def test_the_trace_is_remembered_until_the_module_tree_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    traces: list[int] = []
+    real = twin_module.conv_norm_pairs
+    monkeypatch.setattr(twin_module, "conv_norm_pairs", lambda m: traces.append(1) or real(m))
+    model = make("tiny_residual").eval()
+    first = InferenceSession(model, [], torch.device("cpu"))
+    again = InferenceSession(model, [], torch.device("cpu"))
+    assert len(traces) == 1 and again.folded == first.folded
+    model.layer1.bn2 = nn.Identity()  # the tree changed: layer1.conv2 has no norm to fold any more
+    changed = InferenceSession(model, [], torch.device("cpu"))
+    assert len(traces) == 2 and set(first.folded) - set(changed.folded) == {"layer1.conv2"}
+    with torch.no_grad():
+        assert close(changed.forward(X, slice(0, 4)).record.output, model(X))
