@@ -8,7 +8,8 @@ Same model, input, target and settings for both libraries, timed interleaved in 
 - SmoothGrad around the gradient, 50 samples in one batch. The results are compared with
   Captum's ``torch.normal`` handed our noise; timing uses Captum as it is.
 - Occlusion, window 16 and stride 8 (quick: 64x64 input), ``perturbations_per_eval`` =
-  ``max_batch`` = 64 (quick: 16), on ResNet-18 and VGG-16 (``weights=None``).
+  ``max_batch`` = 64 (quick: 16), on ResNet-18 and VGG-16 (``weights=None``); the
+  ``exact_forward()`` row evaluates every window on the model itself instead of the inference twin.
 - Peak resident memory of IntegratedGradients (200 steps; quick: 20) on ResNet-50 at 224x224
   with ``max_batch="auto"``, measured in a fresh subprocess (``ru_maxrss``).
 
@@ -42,8 +43,10 @@ def _noise_like_captum(x: torch.Tensor, samples: int, noise: float, seed: int) -
 
 
 def _compare(table: Table, theirs: Callable[[], torch.Tensor], ours: Callable[[], torch.Tensor],
-             device: torch.device, rounds: int, clock: Callable[[], float], agree: float) -> Table:
-    interleaved(table, {"captum": synced(theirs, device), "convscope": synced(ours, device)}, rounds, clock)
+             device: torch.device, rounds: int, clock: Callable[[], float], agree: float,
+             more: dict[str, Callable[[], torch.Tensor]] | None = None) -> Table:
+    calls = {"captum": theirs, "convscope": ours, **(more or {})}
+    interleaved(table, {name: synced(call, device) for name, call in calls.items()}, rounds, clock)
     table.notes.append(f"convscope / captum = {table.ratio('convscope'):.2f}; max |difference| = {agree:.2e} "
                        f"(relative to the largest value)")
     return table
@@ -84,13 +87,20 @@ def _occlusion(model: torch.nn.Module, arch: str, x: torch.Tensor, device: torch
                clock: Callable[[], float]) -> Table:
     import captum.attr as ca
 
+    from convscope import exact_forward
     from convscope.methods import Occlusion
 
     theirs = lambda: ca.Occlusion(model).attribute(x, sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8),  # noqa
                                                    baselines=0.0, target=3, perturbations_per_eval=batch)
     ours = lambda: Occlusion(model, window=16, stride=8, max_batch=batch).attribute(x, 3)  # noqa: E731
+
+    def exact() -> torch.Tensor:
+        with exact_forward():
+            return ours()
+
     title = f"occlusion 16/8, batch {batch}: {arch} [{', '.join(map(str, x.shape))}] on {device.type}"
-    return _compare(Table(title, "captum"), theirs, ours, device, rounds, clock, _relative(ours(), theirs()))
+    return _compare(Table(title, "captum"), theirs, ours, device, rounds, clock, _relative(ours(), theirs()),
+                    {"convscope, exact_forward()": exact})
 
 
 MEMORY_CHILD = """

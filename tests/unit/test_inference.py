@@ -221,13 +221,11 @@ def test_small_jobs_skip_the_twin_and_large_ones_build_it(name: str, built: list
     assert built == [1]
 
 
-def test_off_the_cpu_a_twin_is_built_only_when_it_folds() -> None:
-    """Off the CPU (no channels-last there) a model without batch norms would get an identical copy."""
-    cuda = torch.device("cuda")  # only decides the layout: the tensors stay where the model has them
-    assert InferenceSession.build(make("tiny_vgg"), [], cuda) is None
-    folded = InferenceSession.build(make("tiny_residual"), [], cuda)
-    assert folded is not None and folded.folded and not folded.channels_last
-    assert InferenceSession.build(make("tiny_vgg"), [], torch.device("cpu")) is not None
+def test_off_the_cpu_no_twin_is_built() -> None:
+    """Off the CPU (no channels-last there, and cuDNN gains little from folding) the model serves."""
+    cuda = torch.device("cuda")  # only the rule is checked: build() returns before touching a tensor
+    assert InferenceSession.build(make("tiny_residual"), [], cuda) is None
+    assert InferenceSession.build(make("tiny_residual"), [], torch.device("cpu")) is not None
 
 
 def test_the_trace_is_remembered_until_the_module_tree_changes(monkeypatch: pytest.MonkeyPatch) -> None:
