@@ -241,3 +241,18 @@ def test_the_trace_is_remembered_until_the_module_tree_changes(monkeypatch: pyte
     assert len(traces) == 2 and set(first.folded) - set(changed.folded) == {"layer1.conv2"}
     with torch.no_grad():
         assert close(changed.forward(X, slice(0, 4)).record.output, model(X))
+
+
+def test_the_remembered_trace_does_not_keep_the_model_alive() -> None:
+    import gc
+    import types
+    import weakref
+
+    model = make("tiny_residual").eval()
+    model.forward = types.MethodType(type(model).forward, model)  # a per-instance forward, bound to the model
+    InferenceSession(model, [], torch.device("cpu"))
+    assert model in twin_module._TRACED
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None

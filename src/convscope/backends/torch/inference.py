@@ -113,8 +113,13 @@ _TRACED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], list[tup
 
 
 def _tree(model: nn.Module) -> tuple[object, ...]:
-    """What a trace depends on besides the classes' code: the module tree and per-instance forwards."""
-    return tuple((name, type(m), m.__dict__.get("forward")) for name, m in model.named_modules())
+    """What a trace depends on besides the classes' code: the module tree and per-instance forwards
+    (their functions, not bound methods: the cache must not keep the model alive)."""
+    def own_forward(m: nn.Module) -> object:
+        forward = m.__dict__.get("forward")
+        return getattr(forward, "__func__", forward)
+
+    return tuple((name, type(m), own_forward(m)) for name, m in model.named_modules())
 
 
 def twin_pairs(model: nn.Module, twin: nn.Module) -> list[tuple[str, str]]:
