@@ -8,7 +8,11 @@ backprop, a ``tf.custom_gradient`` ReLU swapped into the conv layers while traci
 timed interleaved in one process; the target ratio is <= 1.1x. Every table also checks that both
 rows return the same maps (the note gives the largest difference).
 
-    python -m benchmarks.bench_keras [--quick]
+``--only NAME ...`` times only those methods; ``--runs N`` repeats each table N times (fresh
+interleaved rounds, traced functions kept) and notes every run's ratio and their median under the last:
+on a shared 2-core machine one run's ratio moves by several percent.
+
+    python -m benchmarks.bench_keras [--quick] [--only NAME ...] [--runs N] [--rounds R]
 """
 
 from __future__ import annotations
@@ -223,7 +227,9 @@ def _expanded_refs(s: dict[str, Any]) -> dict[str, tuple[Callable[[], Any], Call
     }
 
 
-def run(quick: bool = False) -> list[Table]:
+def run(quick: bool = False, only: list[str] | None = None, runs: int = 1, rounds: int | None = None) -> list[Table]:
+    import statistics
+
     import numpy as np
 
     s = _setup(quick)
@@ -231,16 +237,36 @@ def run(quick: bool = False) -> list[Table]:
     shape = f"[{s['x'].shape[0]}, {s['size']}, {s['size']}, 3]"
     tables = []
     for name, (ref, ours) in cases.items():
+        if only and name not in only:
+            continue
         expected, found = np.asarray(ref()), np.asarray(ours())  # also the warm-up (traces both)
         diff = float(np.abs(expected - found).max() / max(np.abs(expected).max(), 1e-30))
-        table = Table(f"Keras VGG16 {name}, input {shape}, float32", reference=REFERENCE)
         heavy = name in ("score_cam", "occlusion", "integrated_gradients")
-        interleaved(table, {REFERENCE: ref, OURS: ours}, rounds=3 if heavy and not quick else 5, clock=time.perf_counter)
-        table.notes.append(f"largest difference of the maps: {diff:.1e} of the largest value")
-        tables.append(table)
+        ratios = []
+        for _ in range(runs):
+            table = Table(f"Keras VGG16 {name}, input {shape}, float32", reference=REFERENCE)
+            interleaved(table, {REFERENCE: ref, OURS: ours}, clock=time.perf_counter,
+                        rounds=rounds or (3 if heavy and not quick else 5))
+            table.notes.append(f"largest difference of the maps: {diff:.1e} of the largest value")
+            tables.append(table)
+            ratios.append(table.ratio(OURS))
+        if runs > 1:
+            tables[-1].notes.append(f"{runs} runs of this table, convscope / hand-written: "
+                                    + ", ".join(f"{r:.3f}" for r in ratios)
+                                    + f"; median {statistics.median(ratios):.3f}")
     return tables
 
 
+def _arg(flag: str) -> list[str]:
+    """The values after ``flag`` on the command line, up to the next flag."""
+    if flag not in sys.argv:
+        return []
+    values = sys.argv[sys.argv.index(flag) + 1:]
+    return values[:next((i for i, v in enumerate(values) if v.startswith("--")), len(values))]
+
+
 if __name__ == "__main__":
-    for t in run(quick="--quick" in sys.argv):
+    runs, rounds = _arg("--runs"), _arg("--rounds")
+    for t in run(quick="--quick" in sys.argv, only=_arg("--only") or None, runs=int(runs[0]) if runs else 1,
+                 rounds=int(rounds[0]) if rounds else None):
         print(t.markdown())

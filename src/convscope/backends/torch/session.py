@@ -77,9 +77,9 @@ class Session:
 
     def inference(self, work: int | None = None) -> InferenceSession | Session:
         """Where no-grad evaluations of many perturbed inputs run: the model's inference twin
-        (folded batch norms, channels-last on the CPU; built on first use, dropped on exit), or
-        this session itself inside :func:`~convscope.backends.torch.inference.exact_forward`, for
-        a model that cannot be copied, and when the first call's ``work`` (input elements to be
+        (on the CPU: folded batch norms, channels-last; built on first use, dropped on exit), or
+        this session itself inside :func:`~convscope.backends.torch.inference.exact_forward`, off
+        the CPU, for a model that cannot be copied, and when the first call's ``work`` (input elements to be
         evaluated) is under :data:`~convscope.backends.torch.inference.TWIN_MIN_WORK`: building
         the twin would cost more than it saves. The first call decides for the session."""
         if not twin_enabled():
