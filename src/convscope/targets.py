@@ -100,6 +100,14 @@ class Target(ABC):
         return _combine(operator.mul, "*", -1.0, self)
 
 
+def _on_device(index: Tensor, device: torch.device) -> Tensor:
+    """A host index tensor on ``device``; to CUDA by a pinned, asynchronous copy (a copy from
+    ordinary host memory waits for all the work queued on the device first)."""
+    if device.type == "cuda":
+        return index.pin_memory().to(device, non_blocking=True)
+    return index.to(device)
+
+
 class Class(Target):
     """The logit of class ``index``: ``score_n = output[n, index_n]``.
 
@@ -128,10 +136,11 @@ class Class(Target):
         if bool(bad.any()):
             raise ConvscopeError(f"class index {idx[bad][0].item()} is out of range for {out.shape[1]} classes",
                                  f"Use an index in 0..{out.shape[1] - 1}.")
-        idx = idx.to(out.device)
-        if idx.dim() == 0:
-            return out[:, idx]
-        return out.gather(1, idx[:, None])[:, 0]
+        if idx.dim() == 0:  # a Python int: indexing with a host tensor would wait for the device
+            return out[:, int(idx)]
+        if len(idx) and bool((idx == idx[0]).all()):  # one class for the whole chunk (SmoothGrad, IG)
+            return out[:, int(idx[0])]
+        return out.gather(1, _on_device(idx, out.device)[:, None])[:, 0]
 
     def __repr__(self) -> str:
         return f"Class({self.index.tolist()!r})"

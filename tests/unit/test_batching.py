@@ -126,3 +126,11 @@ def test_auto_on_a_real_budget_gives_the_same_maps() -> None:
     expected = IntegratedGradients(TINY, steps=6).attribute(X, 2)
     torch.testing.assert_close(IntegratedGradients(TINY, steps=6, max_batch="auto").attribute(X, 2), expected,
                                rtol=1e-5, atol=1e-8)
+
+
+def test_expansion_rows_by_hand() -> None:
+    host, sample, k = batching.expansion_rows(slice(4, 9), 3, torch.device("cpu"))  # rows 4..8 of n x 3
+    assert host.tolist() == sample.tolist() == [1, 1, 2, 2, 2] and k.tolist() == [1, 2, 0, 1, 2]
+    assert host.device.type == "cpu"
+    rows = torch.arange(4, 9)
+    assert torch.equal(sample * 3 + k, rows)  # row = sample * per + k

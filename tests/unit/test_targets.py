@@ -162,3 +162,15 @@ def test_many_targets_cost_one_forward_per_chunk(max_batch: int | None, forwards
     assert len(calls) == forwards and len(maps) == len(targets)
     for target, got in zip(targets, maps):  # each equals its own single-target call
         torch.testing.assert_close(got, Saliency(model).attribute(x, target))
+
+
+def test_class_scores_are_the_same_for_one_index_or_many() -> None:
+    """The column shortcut (one class for the chunk) and the gather agree with plain indexing."""
+    from convscope.targets import Class, Record
+
+    out = torch.randn(4, 6)
+    rows = torch.arange(4)
+    for index in (3, [3, 3, 3, 3], [0, 5, 3, 3]):
+        got = Class(index).score(Record(output=out, acts={}, rows=rows, input=None))
+        want = out[torch.arange(4), torch.as_tensor(index).expand(4)]
+        assert torch.equal(got, want)

@@ -82,6 +82,19 @@ class AllocationMeter(TorchDispatchMode):
         return out
 
 
+def expansion_rows(items: slice, per: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows ``items`` of a sample-major expansion of every sample into ``per`` evaluations, as
+    ``(sample on the host, sample on device, k on device)`` with ``row = sample * per + k``.
+    Indexing device tensors with host indices copies them over, and that copy waits for all the
+    work queued on the device: made on the device, the indices let the next chunk queue at once.
+
+    Example: ``expansion_rows(slice(4, 7), 3, x.device)`` -> samples ``[1, 2, 2]``, ks ``[1, 0, 1]``.
+    """
+    host = torch.arange(items.start, items.stop) // per
+    rows = torch.arange(items.start, items.stop, device=device)
+    return host, rows // per, rows % per
+
+
 class Batches:
     """Runs ``fn`` over consecutive slices of ``range(total)`` of at most ``max_batch`` items.
 

@@ -34,8 +34,16 @@ from torch import Tensor, nn
 from convscope.backends.torch.probes import LayerKey
 from convscope.backends.torch.session import Session
 from convscope.errors import ConvscopeError
-from convscope.methods.base import Attributed, MaxBatch, Method, Rows, Wrt, gradients, row_index
-from convscope.methods.batching import Batches
+from convscope.methods.base import (
+    Attributed,
+    MaxBatch,
+    Method,
+    Rows,
+    Wrt,
+    gradients,
+    row_index,
+)
+from convscope.methods.batching import Batches, expansion_rows
 from convscope.methods.draws import gaussian_draws
 from convscope.methods.options import check_noise, check_samples
 from convscope.methods.registry import register_method
@@ -130,12 +138,13 @@ class IntegratedGradients(Method):
         steps = self.steps
         sums = [torch.zeros_like(value) for _ in targets]
 
+        alpha, weights = self.alpha.to(value.device), self.weights.to(value.device)
+
         def evaluate(items: slice) -> tuple[Tensor, list[Tensor]]:
-            idx = torch.arange(items.start, items.stop)
-            sample, k = idx // steps, idx % steps
+            host, sample, k = expansion_rows(items, steps, value.device)
             start = base[sample] if base.shape[0] > 1 else base
-            grads = path_gradients(space, x[sample], glob[sample], start, value[sample], self.alpha[k], targets)
-            return sample, [g * _scaled(self.weights[k], g) for g in grads]
+            grads = path_gradients(space, x[sample], glob[host], start, value[sample], alpha[k], targets)
+            return sample, [g * _scaled(weights[k], g) for g in grads]
 
         for _, (sample, grads) in batches.map(len(x) * steps, evaluate):
             for total, g in zip(sums, grads):
@@ -208,17 +217,17 @@ class GradientSHAP(Method):
                  wrt: LayerKey | None) -> list[Tensor]:
         space, batches, glob = Attributed(session, wrt), Batches(self.max_batch, x.device), row_index(rows, len(x))
         baselines, alpha, eps = self.draws(x)
+        alpha = alpha.to(x.device)  # indexed by device rows below
         sigma = self.noise * input_range(x)
         draws = self.samples
         sums: list[Tensor] = []
 
         def evaluate(items: slice) -> tuple[Tensor, list[Tensor]]:
-            idx = torch.arange(items.start, items.stop)
-            sample, k = idx // draws, idx % draws
+            host, sample, k = expansion_rows(items, draws, x.device)
             noisy = x[sample] if eps is None else x[sample] + sigma[sample] * eps[k]
-            end = space.values(noisy, glob[sample], Batches(None))
-            start = space.values(baselines[k], glob[sample], Batches(None))
-            grads = path_gradients(space, noisy, glob[sample], start, end, alpha[k], targets)
+            end = space.values(noisy, glob[host], Batches(None))
+            start = space.values(baselines[k], glob[host], Batches(None))
+            grads = path_gradients(space, noisy, glob[host], start, end, alpha[k], targets)
             return sample, [(end - start) * g for g in grads]
 
         for _, (sample, parts) in batches.map(len(x) * draws, evaluate):

@@ -36,7 +36,7 @@ from convscope.backends.torch.probes import LayerKey
 from convscope.backends.torch.session import Session
 from convscope.errors import ConvscopeError
 from convscope.methods.base import Attributed, MaxBatch, Method, Rows, row_index
-from convscope.methods.batching import Batches
+from convscope.methods.batching import Batches, expansion_rows
 from convscope.methods.registry import register_method
 from convscope.targets import Target
 
@@ -204,11 +204,10 @@ class Occlusion(Method):
         sums = [torch.zeros_like(value) for _ in targets]
 
         def evaluate(items: slice) -> tuple[Tensor, Tensor, list[Tensor]]:
-            idx = torch.arange(items.start, items.stop)
-            sample, covered = idx // n_windows, masks(idx % n_windows)
-            on = sample.to(value.device)
+            host, on, window = expansion_rows(items, n_windows, value.device)
+            covered = masks(window)
             occluded = torch.where(covered, fill[on], value[on])
-            record = space.forward(x[sample], glob[sample], occluded, grad=False).record
+            record = space.forward(x[on.to(x.device)], glob[host], occluded, grad=False).record
             return on, covered, [t.score(record).detach() for t in targets]
 
         clean = [c.to(value.device, value.dtype) for c in clean]

@@ -31,7 +31,7 @@ from convscope.backends.torch.probes import LayerKey
 from convscope.backends.torch.session import Session
 from convscope.errors import ConvscopeError
 from convscope.methods.base import MaxBatch, Method, Rows, row_index
-from convscope.methods.batching import Batches
+from convscope.methods.batching import Batches, expansion_rows
 from convscope.methods.draws import gaussian_draws
 from convscope.methods.gradient import Saliency
 from convscope.methods.options import check_noise, check_samples
@@ -83,10 +83,9 @@ class NoiseTunnel(Method):
         squares: list[Tensor] = []
 
         def evaluate(items: slice) -> tuple[Tensor, list[Tensor]]:
-            idx = torch.arange(items.start, items.stop)
-            sample, k = idx // draws, idx % draws
+            host, sample, k = expansion_rows(items, draws, x.device)
             noisy = x[sample] + sigma[sample] * eps[k]
-            return sample, self.method._compute(session, noisy, glob[sample], targets, wrt)
+            return sample, self.method._compute(session, noisy, glob[host], targets, wrt)
 
         for _, (sample, maps) in batches.map(len(x) * draws, evaluate):
             if not sums:
