@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from convscope.data import MEAN, STD, Shapes
+from convscope import zoo
+from convscope.data import Shapes
 from convscope.methods import GradCAM
 from convscope.metrics import pointing_game
 from convscope.zoo.architectures import ShapesVGG
@@ -53,9 +54,7 @@ def shapes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     with Pool(os.cpu_count()) as pool:
         parts = pool.map(_shard, [(seed, a, min(a + 1000, n)) for a in range(0, n, 1000)])
     images, masks, labels = (np.concatenate(p) for p in zip(*parts, strict=True))
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
-    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    return x.contiguous(), torch.from_numpy(labels), masks
+    return zoo.preset("shapes-vgg").to_tensor(images), torch.from_numpy(labels), masks
 
 
 def train(recipe: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> nn.Module:

@@ -207,7 +207,7 @@ class Occlusion(Method):
             host, on, window = expansion_rows(items, n_windows, value.device)
             covered = masks(window)
             occluded = torch.where(covered, fill[on], value[on])
-            record = space.forward(x[on.to(x.device)], glob[host], occluded, grad=False).record
+            record = space.forward(x[on], glob[host], occluded, grad=False).record
             return on, covered, [t.score(record).detach() for t in targets]
 
         clean = [c.to(value.device, value.dtype) for c in clean]

@@ -45,7 +45,7 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _TWIN_ENABLED: ContextVar[bool] = ContextVar("convscope_inference_twin", default=True)
 # Below this many input elements to evaluate (about 28 images of 3x224x224, 340 of 3x64x64),
-# building the twin (folding the convolutions, channels-last copies: ~20 ms for ResNet-18 on 2 cores)
+# building the twin (copying the module tree, folding, channels-last copies: ~40 ms for ResNet-18 on 2 cores)
 # costs about what its faster passes save, so the model itself serves.
 TWIN_MIN_WORK = 1 << 22
 
