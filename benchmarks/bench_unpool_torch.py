@@ -29,13 +29,15 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import Row, Table, measure, synced
-from convscope.ops import Switches, max_pool_with_switches, unpool
+from convscope.ops import Switches, max_pool_with_switches, native, pooling, unpool
+from convscope.ops.allocation import empty_output
 
 CASES = [  # (input shape, kernel, stride): the two targets, then AlexNet/ZF-style overlapping windows
     ((8, 64, 112, 112), 2, 2),
     ((32, 512, 28, 28), 2, 2),
     ((8, 96, 55, 55), 3, 2),
 ]
+_NO_RESULT = ("bandwidth", "fresh output: empty + zero_ (no unpooling)")  # rows that do not unpool
 WRONG = "WRONG: differs from the max-pool gradient (overwrites shared switches)"
 
 
@@ -53,9 +55,15 @@ def routes(x: torch.Tensor, values: torch.Tensor, sw: Switches) -> dict[str, Cal
         widened._trust_indices()
         return unpool(values, widened)
 
+    cpu_routes = {  # unpool's CPU routes one by one: the C kernel, and scatter_add_ where no compiler is
+        "route: native C kernel": lambda: pooling._unpool_by_native_kernel(values, sw),
+        "route: scatter_add_ (no compiler)": lambda: pooling._unpool_by_scatter_add(values, sw),
+        "fresh output: empty + zero_ (no unpooling)": lambda: empty_output(x.shape, x.dtype, x.device).zero_(),
+    } if x.device.type == "cpu" and native.unpool_kernel(x.dtype) else {}
     return {
         "bandwidth": lambda: (out.zero_(), out.view(-1)[:n].copy_(values.view(-1))),
         "convscope unpool": lambda: unpool(values, sw),
+        **cpu_routes,
         "F.max_unpool2d": lambda: F.max_unpool2d(values, idx, k, s, output_size=x.shape[2:]),
         "gradient: aten max_pool2d backward": lambda: torch.ops.aten.max_pool2d_with_indices_backward(
             values, x, [k, k], [s, s], [0, 0], [1, 1], False, idx),
@@ -77,8 +85,10 @@ def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool,
     # CPU routes add in a fixed order (bitwise equal); CUDA atomics add shared switches in any order
     same = torch.equal if device.type == "cpu" or not sw.overlapping else \
         (lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=1e-6))
-    notes = {name: "" if same(fn(), expected) else WRONG for name, fn in plain.items() if name != "bandwidth"}
+    notes = {name: "" if same(fn(), expected) else WRONG for name, fn in plain.items() if name not in _NO_RESULT}
     notes["bandwidth"] = "preallocated output: zero_ + copy_ of n values"
+    if "fresh output: empty + zero_ (no unpooling)" in plain:
+        notes["fresh output: empty + zero_ (no unpooling)"] = "the page faults a new output costs, for scale"
     best = {name: float("inf") for name in todo}
     for _ in range(1 if quick else 3):  # round-robin: a load burst spreads over all rows
         for name, fn in todo.items():
@@ -89,7 +99,8 @@ def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool,
                   reference="bandwidth")
     out_bytes, v_bytes = values.element_size() * x.numel(), values.nbytes
     for name, seconds in best.items():
-        moved = out_bytes + 2 * v_bytes if name == "bandwidth" else out_bytes + v_bytes + sw.indices.nbytes
+        moved = {"bandwidth": out_bytes + 2 * v_bytes, _NO_RESULT[1]: out_bytes}.get(
+            name, out_bytes + v_bytes + sw.indices.nbytes)
         table.rows.append(Row(name, seconds, moved, notes[name]))
     table.notes += [
         ("CUDA, each call synchronised; " if device.type == "cuda" else f"{torch.get_num_threads()} threads, ") +

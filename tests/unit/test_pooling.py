@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from convscope.errors import ConvscopeError
-from convscope.ops import Switches, max_pool_with_switches, pooling, unpool
+from convscope.ops import Switches, max_pool_with_switches, native, pooling, unpool
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -122,8 +122,11 @@ def _scatter_add_in_blocks_of_3_planes(values: torch.Tensor, sw: Switches) -> to
         return pooling._unpool_by_scatter_add(values, sw)
 
 
+NATIVE = [pooling._unpool_by_native_kernel] if native.unpool_kernel(torch.float64) else []  # test_native.py says why not
+
+
 @pytest.mark.parametrize("route", [pooling._unpool_by_scatter_add, pooling._unpool_by_max_unpool,
-                                   _scatter_add_in_blocks_of_3_planes])
+                                   _scatter_add_in_blocks_of_3_planes, *NATIVE])
 @settings(max_examples=40, deadline=None)
 @given(case=st.sampled_from([1, 2, 3]).flatmap(pool_case))
 def test_every_route_is_the_max_pool_gradient_where_it_is_used(case: dict, route) -> None:

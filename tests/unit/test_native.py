@@ -1,0 +1,175 @@
+"""The C unpooling kernel (convscope/ops/native.py): exact against autograd, built once, optional.
+
+Oracle: ``torch.autograd.grad(F.max_poolNd(x), x, values)`` on the CPU, bitwise (the kernel adds
+shared switches in the order PyTorch's max-pool backward does). Where no C compiler exists the
+kernel is skipped and unpool takes its PyTorch route, which tests/unit/test_pooling.py checks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import unittest.mock
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convscope.errors import ConvscopeError
+from convscope.ops import Switches, max_pool_with_switches, native, pooling, unpool
+
+POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+needs_kernel = pytest.mark.skipif(native.unpool_kernel(torch.float32) is None,
+                                  reason=f"no native kernel: {native.unavailable_reason()}")
+
+
+def max_pool_gradient(x: torch.Tensor, values: torch.Tensor, k: tuple, s: tuple, p: tuple, d: tuple,
+                      ceil: bool) -> torch.Tensor:
+    xr = x.detach().requires_grad_()
+    return torch.autograd.grad(POOL[x.dim() - 2](xr, k, s, p, d, ceil_mode=ceil), xr, values)[0]
+
+
+@pytest.fixture
+def fresh_library() -> Iterator[None]:
+    """Forget the loaded library before and after the test, so patched settings take effect and go away."""
+    native._library.cache_clear()
+    yield
+    native._library.cache_clear()
+
+
+def test_kernel_is_used_wherever_a_compiler_is() -> None:
+    """A broken build would silently cost speed: where cc exists, the kernel must load."""
+    if native._compiler() is None or os.environ.get("CONVSCOPE_NATIVE") == "0":
+        pytest.skip("no C compiler here, or the kernel is switched off")
+    assert native.unavailable_reason() is None
+    assert native.unpool_kernel(torch.float16) is None  # half precision keeps the PyTorch route
+    x = torch.randn(2, 3, 8, 8)
+    pooled, sw = max_pool_with_switches(x, 2)
+    with unittest.mock.patch.object(pooling, "_unpool_by_scatter_add", side_effect=AssertionError("not taken")):
+        unpool(pooled, sw)  # the contiguous float32 CPU route is the kernel
+
+
+@needs_kernel
+@settings(max_examples=80, deadline=None)
+@given(dims=st.sampled_from([1, 2, 3]), data=st.data())
+def test_kernel_is_the_max_pool_gradient_bitwise(dims: int, data: st.DataObject) -> None:
+    """Random reals (so the order of additions at shared switches shows), float32 and float64."""
+    k = tuple(data.draw(st.integers(1, 4)) for _ in range(dims))
+    s = tuple(data.draw(st.integers(1, 3)) for _ in range(dims))
+    p = tuple(data.draw(st.integers(0, ki // 2)) for ki in k)
+    shape = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4)),
+             *(data.draw(st.integers(4, 13 if dims < 3 else 7)) for _ in range(dims)))
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]))
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    x = torch.randn(shape, generator=gen, dtype=dtype)
+    try:
+        pooled, sw = max_pool_with_switches(x, k, s, p)
+    except ConvscopeError:
+        return  # a geometry PyTorch mishandles (tested in test_pooling.py)
+    values = torch.randn(pooled.shape, generator=gen, dtype=dtype) * 1e3
+    got = pooling._unpool_by_native_kernel(values, sw)
+    assert torch.equal(got, max_pool_gradient(x, values, k, s, p, (1,) * dims, False))
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2, 5, 300])
+def test_thread_split_covers_every_row_once(threads: int) -> None:
+    """Row ranges per thread, fewer rows than threads, and more threads than the kernel allows."""
+    x = torch.randn(1, 3, 9, 9, generator=torch.Generator().manual_seed(threads))
+    pooled, sw = max_pool_with_switches(x, 3, stride=2)
+    values = torch.randn(pooled.shape, generator=torch.Generator().manual_seed(1))
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with unittest.mock.patch.object(pooling, "_PARALLEL_BYTES", 0):
+            got = pooling._unpool_by_native_kernel(values, sw)
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.equal(got, max_pool_gradient(x, values, (3, 3), (2, 2), (0, 0), (1, 1), False))
+
+
+@needs_kernel
+def test_non_contiguous_values_and_empty_batch() -> None:
+    x = torch.randn(2, 4, 10, 10)
+    pooled, sw = max_pool_with_switches(x, 2)
+    strided = torch.randn(2, 4, 5, 10)[..., ::2]
+    assert not strided.is_contiguous()
+    assert torch.equal(pooling._unpool_by_native_kernel(strided, sw),
+                       max_pool_gradient(x, strided, (2, 2), (2, 2), (0, 0), (1, 1), False))
+    pooled0, sw0 = max_pool_with_switches(torch.randn(0, 4, 10, 10), 2)
+    assert pooling._unpool_by_native_kernel(pooled0, sw0).shape == (0, 4, 10, 10)
+
+
+@needs_kernel
+def test_out_of_range_index_is_refused_not_written() -> None:
+    """Indices edited behind the record's back: the kernel skips them and unpool raises, naming the plane."""
+    x = torch.randn(1, 2, 4, 4)
+    pooled, sw = max_pool_with_switches(x, 2)
+    bad = sw.indices.clone()
+    bad[0, 1, 0, 0] = 10**9
+    record = Switches(bad, x.shape, 2, 2, 0, 1)
+    with pytest.raises(ConvscopeError, match="plane 1 lie outside"):
+        pooling._unpool_by_native_kernel(pooled, record)  # check_indices bypassed on purpose
+    with pytest.raises(ConvscopeError, match="outside the input plane"):
+        unpool(pooled, record)  # the public route checks first
+
+
+def test_switched_off_by_environment() -> None:
+    """CONVSCOPE_NATIVE=0: no kernel, and unpool is still exact (own process: the library is per process)."""
+    code = ("import torch; from convscope.ops import native, max_pool_with_switches, unpool\n"
+            "x = torch.randn(2, 3, 9, 9); p, sw = max_pool_with_switches(x, 3, 2)\n"
+            "xr = x.requires_grad_(); g = torch.autograd.grad(torch.nn.functional.max_pool2d(xr, 3, 2), xr, p)[0]\n"
+            "print(native.unavailable_reason(), torch.equal(unpool(p, sw), g))")
+    env = {**os.environ, "CONVSCOPE_NATIVE": "0"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "disabled by CONVSCOPE_NATIVE True"
+
+
+def test_missing_compiler_and_broken_source_fall_back(fresh_library: None, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    assert "could not build or load" in native.unavailable_reason()
+    assert native.unpool_kernel(torch.float32) is None
+    x = torch.randn(2, 3, 9, 9)
+    pooled, sw = max_pool_with_switches(x, 3, stride=2)
+    assert torch.equal(unpool(pooled, sw), max_pool_gradient(x, pooled, (3, 3), (2, 2), (0, 0), (1, 1), False))
+    real_cc = shutil.which("cc") or shutil.which("gcc")
+    if real_cc is None:
+        return  # the broken-source half needs a compiler to fail with
+    native._library.cache_clear()
+    monkeypatch.setenv("CC", real_cc)
+    broken = tmp_path / "broken.c"
+    broken.write_text("int convscope_unpool_f32( {\n")
+    monkeypatch.setattr(native, "SOURCE", broken)
+    reason = native.unavailable_reason()
+    assert "could not build or load broken.c" in reason and "error" in reason
+    assert not list((tmp_path / "cache").rglob("*.so")), "a failed build must leave nothing to load"
+
+
+@needs_kernel
+def test_built_once_then_loaded_and_rebuilt_when_corrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path))
+    compiler = native._compiler()
+    path = native._built(compiler)
+    assert path.exists() and path.with_name(path.name + ".json").exists()
+    builds = []
+    real_run = subprocess.run
+
+    def counting_run(cmd: list[str], *args: object, **kwargs: object) -> subprocess.CompletedProcess:
+        if "-shared" in cmd:
+            builds.append(cmd)
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(native.subprocess, "run", counting_run)
+    assert native._built(compiler) == path and builds == []  # verified copy reused
+    path.write_bytes(path.read_bytes()[:100])  # truncated: fails its checksum
+    assert native._built(compiler) == path and len(builds) == 1
+    assert path.stat().st_size > 100
