@@ -90,10 +90,11 @@ def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool,
     if "fresh output: empty + zero_ (no unpooling)" in plain:
         notes["fresh output: empty + zero_ (no unpooling)"] = "the page faults a new output costs, for scale"
     best = {name: float("inf") for name in todo}
-    for _ in range(1 if quick else 3):  # round-robin: a load burst spreads over all rows
+    for _ in range(1 if quick else 5):  # round-robin: a load burst spreads over all rows
         for name, fn in todo.items():
-            best[name] = min(best[name], measure(fn, repeat=3, min_time=0.02 if quick else 0.05))
+            best[name] = min(best[name], measure(fn, repeat=5, min_time=0.02 if quick else 0.05))
     overlap = " (overlapping)" if sw.overlapping else ""
+    cpu_native = native.unpool_kernel(values.dtype) is not None
     where = "" if device.type == "cpu" else f" on {torch.cuda.get_device_name(device)}"
     table = Table(f"unpool {list(shape)} -> {list(pooled.shape)}, {kernel}x{kernel} stride {stride}{overlap}{where}",
                   reference="bandwidth")
@@ -106,6 +107,11 @@ def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool,
         ("CUDA, each call synchronised; " if device.type == "cuda" else f"{torch.get_num_threads()} threads, ") +
         f"load average {os.getloadavg()[0]:.1f} at the end; GB/s counts "
         "output + values + int64 switches (bandwidth row: output + 2x values).",
+        "CPU route of convscope unpool: " + (f"the native C kernel ({native._compiler()})" if cpu_native else
+                                            f"scatter_add_ (no native kernel: {native.unavailable_reason()})"),
+        "fresh output row: allocating and zeroing a new output of this size, before any unpooling; every "
+        "route that returns a new tensor pays it (page faults once outputs outgrow the allocator's reuse, "
+        "about 32 MB), the preallocated bandwidth row does not.",
         "int32 switches would halve switch memory (4 instead of 8 bytes per pooled element) but pay the "
         "conversion back to int64 in their row.",
     ]
