@@ -87,7 +87,7 @@ def test_thread_split_covers_every_row_once(threads: int) -> None:
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        with unittest.mock.patch.object(pooling, "_PARALLEL_BYTES", 0):
+        with unittest.mock.patch.object(pooling, "_BYTES_PER_THREAD", 1):
             got = pooling._unpool_by_native_kernel(values, sw)
     finally:
         torch.set_num_threads(saved)

@@ -202,7 +202,7 @@ def _unpool_by_native_kernel(values: torch.Tensor, sw: Switches) -> torch.Tensor
     n, c = sw.input_shape[:2]
     src, index = values.contiguous(), sw.indices.contiguous()
     out = empty_output(sw.input_shape, values.dtype, values.device)
-    threads = torch.get_num_threads() if out.nbytes >= _PARALLEL_BYTES else 1
+    threads = max(1, min(torch.get_num_threads(), out.nbytes // _BYTES_PER_THREAD))
     bad = kernel(out.data_ptr(), src.data_ptr(), index.data_ptr(), n * c, sw.plane_size,
                  math.prod(sw.pooled_shape[2:]), threads)
     if bad >= 0:  # check_indices ran first: only an edit of the indices since can get here
@@ -211,7 +211,8 @@ def _unpool_by_native_kernel(values: torch.Tensor, sw: Switches) -> torch.Tensor
     return out
 
 
-_PARALLEL_BYTES = 1 << 20  # below this, starting threads costs more than it saves
+_BYTES_PER_THREAD = 1 << 20  # each thread the kernel starts gets at least this much output: less
+# work than this (about 0.1 ms) would not pay for starting the thread
 
 
 def _unpool_by_scatter_add(values: torch.Tensor, sw: Switches) -> torch.Tensor:
