@@ -107,7 +107,7 @@ def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool,
         ("CUDA, each call synchronised; " if device.type == "cuda" else f"{torch.get_num_threads()} threads, ") +
         f"load average {os.getloadavg()[0]:.1f} at the end; GB/s counts "
         "output + values + int64 switches (bandwidth row: output + 2x values).",
-        "CPU route of convscope unpool: " + (f"the native C kernel ({native._compiler()})" if cpu_native else
+        "CPU route of convscope unpool: " + (f"the native C kernel ({' '.join(native._compiler() or [])})" if cpu_native else
                                             f"scatter_add_ (no native kernel: {native.unavailable_reason()})"),
         "fresh output row: allocating and zeroing a new output of this size, before any unpooling; every "
         "route that returns a new tensor pays it (page faults once outputs outgrow the allocator's reuse, "

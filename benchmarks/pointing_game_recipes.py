@@ -2,7 +2,8 @@
 
 Trains :class:`convscope.zoo.architectures.ShapesVGG` under each recipe below (the zoo's loop:
 AdamW, one-cycle schedule, batch 64; options: epochs, learning rate, weight decay, label
-smoothing, horizontal flips, training-set size, widths, seed) and prints one JSON line per recipe:
+smoothing, horizontal flips, training-set size, widths, seed; and, outside the zoo's
+architecture, a global-average-pool head) and prints one JSON line per recipe:
 held-out accuracy (1,000 Shapes images, seed 2) and the strict pointing game of Grad-CAM at
 ``features.8`` (8x8, the default layer) and ``features.7`` (16x16) on 500 images of seeds 2 and 3.
 Made for a GPU (a few minutes on an H200 for all recipes); on a CPU pass recipe names to run a few.
@@ -41,7 +42,25 @@ RECIPES: dict[str, dict[str, Any]] = {
     "e6_seed1": {"epochs": 6, "seed": 1}, "e12_seed1": {"epochs": 12, "seed": 1},
     **{f"lr{lr:g}_e{e}": {"lr": lr, "epochs": e} for lr in (3e-4, 5e-4, 1e-3) for e in (3, 6, 10)},
     **{f"lr0.001_e6_seed{k}": {"lr": 1e-3, "epochs": 6, "seed": k} for k in (1, 2)},
+    # the same features under a global-average-pool head (a different architecture: CAM's VGG-GAP)
+    "gap_e10": {"head": "gap", "epochs": 10}, "gap_mlp_e3": {"head": "gap_mlp"},
+    "gap_mlp_e10": {"head": "gap_mlp", "epochs": 10},
 }
+HEADS = ("flatten_mlp", "gap", "gap_mlp")
+
+
+def with_head(model: ShapesVGG, head: str) -> ShapesVGG:
+    """``model`` with its classifier swapped: the zoo's flatten + MLP, GAP + linear, or GAP + MLP."""
+    width = model.features[-3].out_channels
+    classes = model.classifier[-1].out_features
+    if head == "gap":
+        model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes))
+    elif head == "gap_mlp":
+        model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 128),
+                                         nn.ReLU(inplace=True), nn.Dropout(0.3), nn.Linear(128, classes))
+    elif head != "flatten_mlp":
+        raise ValueError(f"unknown head {head!r}; one of {HEADS}")
+    return model
 
 
 def _shard(args: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,7 +79,8 @@ def shapes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
 def train(recipe: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> nn.Module:
     """ShapesVGG trained as the zoo trains it, with ``recipe``'s changes."""
     torch.manual_seed(recipe.get("seed", 0))
-    model = ShapesVGG(widths=recipe.get("widths", (16, 32, 64))).to(x.device)
+    model = with_head(ShapesVGG(widths=recipe.get("widths", (16, 32, 64))), recipe.get("head", "flatten_mlp"))
+    model = model.to(x.device)
     n, batch, epochs, lr = recipe.get("n", 10_000), recipe.get("batch", 64), recipe.get("epochs", 3), recipe.get("lr", 3e-3)
     steps = math.ceil(n / batch)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=recipe.get("wd", 1e-4))

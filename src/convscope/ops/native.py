@@ -22,6 +22,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -54,8 +55,11 @@ def unavailable_reason() -> str | None:
     return _library()[1]
 
 
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+def _compiler() -> list[str] | None:
+    """``$CC`` split like a shell would (``ccache gcc`` works), else the first of cc, gcc, clang on PATH."""
+    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    command = shlex.split(os.environ.get("CC", "")) or ([found] if found else [])
+    return command or None
 
 
 @functools.cache
@@ -76,13 +80,13 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
             fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4
             fn.restype = ctypes.c_int64
     except (OSError, AttributeError, subprocess.SubprocessError, RuntimeError) as exc:
-        return None, f"could not build or load {SOURCE.name} with {compiler}: {exc}"
+        return None, f"could not build or load {SOURCE.name} with {shlex.join(compiler)}: {exc}"
     return lib, None
 
 
-def _built(compiler: str) -> Path:
+def _built(compiler: list[str]) -> Path:
     """The library's path in the cache, compiled first unless a verified copy is there."""
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True,
                              timeout=COMPILE_TIMEOUT_S).stdout
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(FLAGS).encode(),
@@ -92,10 +96,10 @@ def _built(compiler: str) -> Path:
         return path
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / path.name
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(out)], capture_output=True, text=True,
+        done = subprocess.run([*compiler, *FLAGS, str(SOURCE), "-o", str(out)], capture_output=True, text=True,
                               timeout=COMPILE_TIMEOUT_S)
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip()[-500:] or f"exit status {done.returncode}")
-        write_checked(path, out.read_bytes(), {"source": SOURCE.name, "compiler": compiler,
+        write_checked(path, out.read_bytes(), {"source": SOURCE.name, "compiler": shlex.join(compiler),
                                                "version": version.strip().splitlines()[:1], "flags": FLAGS})
     return path
