@@ -44,7 +44,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     **{f"lr0.001_e6_seed{k}": {"lr": 1e-3, "epochs": 6, "seed": k} for k in (1, 2)},
     # the same features under a global-average-pool head (a different architecture: CAM's VGG-GAP)
     "gap_e10": {"head": "gap", "epochs": 10}, "gap_mlp_e3": {"head": "gap_mlp"},
-    "gap_mlp_e10": {"head": "gap_mlp", "epochs": 10},
+    "gap_mlp_e10": {"head": "gap_mlp", "epochs": 10}, "gap_mlp_e15": {"head": "gap_mlp", "epochs": 15},
+    "gap_mlp_e10_seed1": {"head": "gap_mlp", "epochs": 10, "seed": 1},
+    "gap_mlp_lr0.001_e10": {"head": "gap_mlp", "epochs": 10, "lr": 1e-3},
 }
 HEADS = ("flatten_mlp", "gap", "gap_mlp")
 
