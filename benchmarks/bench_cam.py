@@ -10,9 +10,10 @@ process's CPU time, calls interleaved (a busy machine skews less); ratios are ou
 
 ``python -m benchmarks.bench_cam --pointing-game`` prints instead the pointing game and the
 mass inside the mask of every registered method on shapes-vgg (500 held-out Shapes images), then
-Grad-CAM's pointing game at every layer (``--layers`` prints that table alone).
+Grad-CAM's pointing game at every layer (``--layers`` prints that table alone), why the default
+layer's maps miss, and with ``--misses PNG`` a picture of the first misses of each class.
 
-    python -m benchmarks.bench_cam [--quick] [--pointing-game | --layers]
+    python -m benchmarks.bench_cam [--quick] [--pointing-game | --layers] [--misses PNG]
 """
 
 from __future__ import annotations
@@ -200,9 +201,9 @@ def pointing_game_table(n: int = 500, max_batch: int = 100) -> str:
     return "\n".join(lines) + "\n"
 
 
-def grad_cam_layers_table(n: int = 500) -> str:
+def grad_cam_layers_table(n: int = 500, misses_png: str | None = None) -> str:
     """Markdown: Grad-CAM's pointing game on shapes-vgg at every layer of ``features``, and the
-    classes of the misses at the default layer (where the coarse map's peak falls off the shape)."""
+    misses at the default layer: their classes, why they miss, and (``misses_png``) a picture."""
     from collections import Counter
 
     from convscope import zoo
@@ -223,19 +224,73 @@ def grad_cam_layers_table(n: int = 500) -> str:
         hits = pointing_game(maps, masks)
         near = pointing_game(maps, masks, tolerance=TOLERANCE)
         lines.append(f"| {layer} | {size} | {float(hits.float().mean()):.1%} | {float(near.float().mean()):.1%} |")
-    missed = Counter(labels[~pointing_game(GradCAM(model, max_batch=100).attribute(x, target), masks).numpy()])
-    total = Counter(labels.tolist())
+    maps = GradCAM(model, max_batch=100).attribute(x, target)
+    raw = GradCAM(model, max_batch=100, upsample=False).attribute(x, target)
+    hits = pointing_game(maps, masks)
+    missed, total = Counter(labels[~hits.numpy()]), Counter(labels.tolist())
     lines += ["", "- misses at the default layer, by class: " + ", ".join(
-        f"{CLASSES[c]} {missed.get(c, 0)}/{total[c]}" for c in sorted(total))]
+        f"{CLASSES[c]} {missed.get(c, 0)}/{total[c]}" for c in sorted(total)), "- " + _miss_reasons(raw, maps, masks, hits)]
+    if misses_png:
+        from convscope import render
+
+        render.save_png(misses_png, _misses_sheet(images, maps, masks, hits, [CLASSES[c] for c in labels]))
+        lines.append(f"- the first misses of each class, drawn: {misses_png}")
     return "\n".join(lines) + "\n"
 
 
+def _miss_reasons(raw: torch.Tensor, maps: torch.Tensor, masks: np.ndarray, hits: torch.Tensor) -> str:
+    """How the misses break down: peak cell on the map's border, map zero everywhere, and peaks
+    that are a plateau of tied pixels (all of which must lie in the mask), some of them inside."""
+    flat_raw, flat = raw.flatten(1), maps.flatten(1)
+    h, w = raw.shape[-2:]
+    row, col = flat_raw.argmax(1) // w, flat_raw.argmax(1) % w
+    border = (row == 0) | (row == h - 1) | (col == 0) | (col == w - 1)
+    zero = flat.amax(1) <= 0
+    at_peak = flat == flat.amax(1, keepdim=True)
+    plateau = at_peak.sum(1) > 1
+    some_inside = (at_peak & torch.from_numpy(masks).flatten(1).bool()).any(1)
+    miss = ~hits
+    rows = torch.from_numpy(masks).bool().any(2)  # [N, H]: rows the object covers
+    top = rows.float().argmax(1)
+    bottom = rows.shape[1] - 1 - rows.flip(1).float().argmax(1)
+    peak_row = flat.argmax(1) // maps.shape[-1]
+    above, below = int(((peak_row < top) & miss).sum()), int(((peak_row > bottom) & miss).sum())
+    return (f"of the {int(miss.sum())} misses: {above} peak above the object's top row and {below} below its "
+            f"bottom row; {int((miss & border).sum())} have their peak cell on the border "
+            f"of the {h}x{w} map (of {int(border.sum())} such maps), {int((miss & zero).sum())} maps are zero "
+            f"everywhere, {int((miss & plateau).sum())} peaks are a plateau of tied pixels (in "
+            f"{int((miss & plateau & some_inside).sum())} of them some tied pixels are inside the mask)")
+
+
+def _misses_sheet(images: np.ndarray, maps: torch.Tensor, masks: np.ndarray, hits: torch.Tensor,
+                  names: list[str], per_class: int = 6) -> np.ndarray:
+    """A grid of missed images: the map over the image, the mask's outline in cyan, the peak in red."""
+    from convscope import render
+
+    tiles, labels = [], []
+    for name in dict.fromkeys(names):
+        chosen = [i for i in np.flatnonzero(~hits.numpy()) if names[i] == name][:per_class]
+        for i in chosen:
+            heat = maps[i, 0].numpy()
+            tile = render.overlay(images[i], render.normalize(heat), alpha=0.6)
+            mask = masks[i].astype(bool)
+            inner = mask.copy()
+            inner[1:-1, 1:-1] &= mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+            tile[mask & ~inner] = (0, 255, 255)
+            peak_y, peak_x = np.unravel_index(int(heat.argmax()), heat.shape)
+            tile[max(0, peak_y - 1):peak_y + 2, max(0, peak_x - 1):peak_x + 2] = (255, 0, 0)
+            tiles.append(tile)
+            labels.append(name)
+    return render.grid(tiles, labels, ncols=per_class, tile_size=(128, 128), interpolation="nearest")
+
+
 if __name__ == "__main__":
+    png = sys.argv[sys.argv.index("--misses") + 1] if "--misses" in sys.argv else None
     if "--layers" in sys.argv:
-        print(grad_cam_layers_table())
+        print(grad_cam_layers_table(misses_png=png))
     elif "--pointing-game" in sys.argv:
         print(pointing_game_table())
-        print(grad_cam_layers_table())
+        print(grad_cam_layers_table(misses_png=png))
     else:
         for t in run(quick="--quick" in sys.argv):
             print(t.markdown())
