@@ -55,10 +55,15 @@ def routes(x: torch.Tensor, values: torch.Tensor, sw: Switches) -> dict[str, Cal
         widened._trust_indices()
         return unpool(values, widened)
 
+    last = torch.channels_last
+    _, sw_last = max_pool_with_switches(x.contiguous(memory_format=last), k, s)
+    values_last = values.contiguous(memory_format=last)
     cpu_routes = {  # unpool's CPU routes one by one: the C kernel, and scatter_add_ where no compiler is
         "route: native C kernel": lambda: pooling._unpool_by_native_kernel(values, sw),
         "route: scatter_add_ (no compiler)": lambda: pooling._unpool_by_scatter_add(values, sw),
         "fresh output: empty + zero_ (no unpooling)": lambda: empty_output(x.shape, x.dtype, x.device).zero_(),
+        "channels_last: convscope unpool": lambda: unpool(values_last, sw_last),
+        "channels_last: scatter_add_ (no compiler)": lambda: pooling._unpool_by_scatter_add(values_last, sw_last),
     } if x.device.type == "cpu" and native.unpool_kernel(x.dtype) else {}
     return {
         "bandwidth": lambda: (out.zero_(), out.view(-1)[:n].copy_(values.view(-1))),

@@ -78,6 +78,62 @@ def test_kernel_is_the_max_pool_gradient_bitwise(dims: int, data: st.DataObject)
 
 
 @needs_kernel
+@settings(max_examples=40, deadline=None)
+@given(dims=st.sampled_from([2, 3]), channels=st.sampled_from([1, 3, 16, 37, 70]), threads=st.sampled_from([1, 3, 8]),
+       data=st.data())
+def test_channels_last_kernel_is_the_max_pool_gradient_bitwise(dims: int, channels: int, threads: int,
+                                                               data: st.DataObject) -> None:
+    """channels_last values: one slab per sample, or (more threads than samples) blocks of 16+ channels
+    with a ragged last one; the result stays channels_last."""
+    shape = (data.draw(st.integers(1, 3)), channels, *(data.draw(st.integers(3, 9)) for _ in range(dims)))
+    k = data.draw(st.sampled_from([2, 3]))
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]))
+    x = torch.randn(shape, generator=gen, dtype=dtype).contiguous(memory_format=fmt)
+    pooled, sw = max_pool_with_switches(x, (k,) * dims, stride=(2,) * dims)
+    values = (torch.randn(pooled.shape, generator=gen, dtype=dtype) * 1e3).contiguous(memory_format=fmt)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with unittest.mock.patch.object(pooling, "_BYTES_PER_THREAD", 1):
+            got = pooling._unpool_by_native_kernel(values, sw)
+    finally:
+        torch.set_num_threads(saved)
+    if pooling._is_channels_last(values):  # else (one channel, or 1x1 pooled maps) both layouts are the same
+        assert got.is_contiguous(memory_format=fmt) and not got.is_contiguous()
+    expected = max_pool_gradient(x, values, (k,) * dims, (2,) * dims, (0,) * dims, (1,) * dims, False)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize(("n", "c", "threads", "block"), [
+    (8, 64, 2, 64),     # enough samples for the threads: one slab of all channels per sample
+    (32, 512, 2, 512),
+    (1, 64, 2, 32),     # one sample, two threads: two blocks of 32 channels
+    (1, 512, 16, 32),   # one sample on 16 threads: halved until every thread has a block
+    (1, 40, 8, 16),     # never below 16 channels (a ragged last block of 8)
+    (2, 8, 4, 8),       # fewer than 16 channels: one block of all of them
+])
+def test_channel_block_sizes(n: int, c: int, threads: int, block: int) -> None:
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        assert pooling._channel_block(n, c) == block
+    finally:
+        torch.set_num_threads(saved)
+
+
+@needs_kernel
+def test_channels_last_out_of_range_index_names_the_sample() -> None:
+    x = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    pooled, sw = max_pool_with_switches(x, 2)
+    bad = sw.indices.clone()
+    bad[1, 2, 0, 0] = -1
+    with pytest.raises(ConvscopeError, match="sample 1 lie outside"):
+        pooling._unpool_by_native_kernel(pooled, Switches(bad, x.shape, 2, 2, 0, 1))
+
+
+@needs_kernel
 @pytest.mark.parametrize("threads", [1, 2, 5, 300])
 def test_thread_split_covers_every_row_once(threads: int) -> None:
     """Row ranges per thread, fewer rows than threads, and more threads than the kernel allows."""
@@ -114,7 +170,7 @@ def test_out_of_range_index_is_refused_not_written() -> None:
     bad = sw.indices.clone()
     bad[0, 1, 0, 0] = 10**9
     record = Switches(bad, x.shape, 2, 2, 0, 1)
-    with pytest.raises(ConvscopeError, match="plane 1 lie outside"):
+    with pytest.raises(ConvscopeError, match="sample 0, channel 1 lie outside"):
         pooling._unpool_by_native_kernel(pooled, record)  # check_indices bypassed on purpose
     with pytest.raises(ConvscopeError, match="outside the input plane"):
         unpool(pooled, record)  # the public route checks first

@@ -38,8 +38,9 @@ FLAGS = ("-O2", "-shared", "-fPIC", "-pthread")  # no -march: the cached library
 COMPILE_TIMEOUT_S = 120
 _KERNELS = {torch.float32: "convscope_unpool_f32", torch.float64: "convscope_unpool_f64"}
 
-UnpoolKernel = Callable[[int, int, int, int, int, int, int], int]
-"""``kernel(out_ptr, values_ptr, idx_ptr, rows, plane, pooled, threads) -> first bad row or -1``."""
+UnpoolKernel = Callable[[int, int, int, int, int, int, int, int, int], int]
+"""``kernel(out, values, idx, n, plane, pooled, channels, channel_block, threads) -> first bad n or -1``
+(pointers to ``[n, plane, channels]`` output and ``[n, pooled, channels]`` values and indices)."""
 
 
 def unpool_kernel(dtype: torch.dtype) -> UnpoolKernel | None:
@@ -77,7 +78,7 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
         lib = ctypes.CDLL(str(path))
         for name in _KERNELS.values():
             fn = getattr(lib, name)
-            fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4
+            fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 6
             fn.restype = ctypes.c_int64
     except (OSError, AttributeError, subprocess.SubprocessError, RuntimeError) as exc:
         return None, f"could not build or load {SOURCE.name} with {shlex.join(compiler)}: {exc}"

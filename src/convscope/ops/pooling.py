@@ -14,8 +14,9 @@ halve that, but every consumer (the max-pool backward kernel, ``scatter_add_``, 
 takes int64 only, so each unpool would pay an extra conversion pass (measured in
 benchmarks/bench_unpool_torch.py) to save memory that is small next to the activations.
 
-Unpool route: on CPU, for contiguous float32/float64 values, a C kernel (``native.py``, built at
-first use where a C compiler exists) zeroes each plane and adds into it while it is in cache, in
+Unpool route: on CPU, for float32/float64 values, a C kernel (``native.py``, built at first use
+where a C compiler exists) zeroes each plane (channels_last: each sample's ``[plane, C]`` slab, and
+the result stays channels_last) and adds into it while it is in cache, in
 the max-pool backward's order (bitwise equal to it), into an output advised for huge pages (see
 ``allocation.py``: page faults on a fresh 50 MB output otherwise cost more than the unpooling);
 it takes 0.7-0.8x the time of the ``scatter_add_`` route below on the benchmarked shapes. Otherwise,
@@ -136,7 +137,7 @@ def _route(values: torch.Tensor, switches: Switches) -> torch.Tensor:
     """The fastest exact unpooling for the device and layout (see the module docstring)."""
     if values.device.type == "cuda" and not switches.overlapping and not _is_channels_last(values):
         return _unpool_by_max_unpool(values, switches)
-    if values.device.type == "cpu" and not _is_channels_last(values) and native.unpool_kernel(values.dtype):
+    if values.device.type == "cpu" and native.unpool_kernel(values.dtype):
         return _unpool_by_native_kernel(values, switches)
     return _unpool_by_scatter_add(values, switches)
 
@@ -194,25 +195,44 @@ def _unpool_by_max_unpool(values: torch.Tensor, sw: Switches) -> torch.Tensor:
 
 
 def _unpool_by_native_kernel(values: torch.Tensor, sw: Switches) -> torch.Tensor:
-    """The C kernel of ``native.py`` (float32/float64 on the CPU): each plane zeroed, then added into."""
+    """The C kernel of ``native.py`` (float32/float64 on the CPU), on NCHW planes or, for
+    channels_last values, on ``[N, plane, C]`` in blocks of channels; the result keeps the layout."""
     kernel = native.unpool_kernel(values.dtype)
     if kernel is None:
         raise ConvscopeError(f"no native unpooling kernel for {values.dtype}: {native.unavailable_reason()}",
                              "Call unpool(), which picks a route that exists.")
     n, c = sw.input_shape[:2]
-    src, index = values.contiguous(), sw.indices.contiguous()
-    out = empty_output(sw.input_shape, values.dtype, values.device)
+    pooled, spatial = math.prod(sw.pooled_shape[2:]), tuple(sw.input_shape[2:])
+    if _is_channels_last(values):  # [N, *spatial, C] as they lie in memory
+        to_last = (0, *range(2, values.dim()), 1)
+        src, index = values.permute(to_last), sw.indices.permute(to_last).contiguous()
+        out = empty_output((n, *spatial, c), values.dtype, values.device)
+        rows, channels, block = n, c, _channel_block(n, c)
+        result = out.permute(0, -1, *range(1, values.dim() - 1))
+    else:
+        src, index = values.contiguous(), sw.indices.contiguous()
+        out = result = empty_output(sw.input_shape, values.dtype, values.device)
+        rows, channels, block = n * c, 1, 1
     threads = max(1, min(torch.get_num_threads(), out.nbytes // _BYTES_PER_THREAD))
-    bad = kernel(out.data_ptr(), src.data_ptr(), index.data_ptr(), n * c, sw.plane_size,
-                 math.prod(sw.pooled_shape[2:]), threads)
+    bad = kernel(out.data_ptr(), src.data_ptr(), index.data_ptr(), rows, sw.plane_size, pooled, channels, block,
+                 threads)
     if bad >= 0:  # check_indices ran first: only an edit of the indices since can get here
-        raise ConvscopeError(f"switch indices of plane {bad} lie outside [0, {sw.plane_size - 1}]",
+        where = f"sample {bad}" if channels > 1 else f"sample {bad // c}, channel {bad % c}"
+        raise ConvscopeError(f"switch indices of {where} lie outside [0, {sw.plane_size - 1}]",
                              "Do not modify the switch indices; pool again for a fresh record.")
-    return out
+    return result
 
 
 _BYTES_PER_THREAD = 1 << 20  # each thread the kernel starts gets at least this much output: less
 # work than this (about 0.1 ms) would not pay for starting the thread
+def _channel_block(n: int, c: int) -> int:
+    """Channels per channels_last work item: all of them (one ``[plane, C]`` slab per sample, whose
+    rows a 2-D window's switches share), halved to a multiple of 16 (whole 64-byte lines for
+    float32, so threads never write one line) only while there are fewer items than threads."""
+    block = c
+    while block > 16 and n * -(-c // block) < torch.get_num_threads():
+        block = max(16, block // 2 // 16 * 16)
+    return block
 
 
 def _unpool_by_scatter_add(values: torch.Tensor, sw: Switches) -> torch.Tensor:
