@@ -7,6 +7,7 @@ kernel is skipped and unpool takes its PyTorch route, which tests/unit/test_pool
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -33,6 +34,18 @@ def max_pool_gradient(x: torch.Tensor, values: torch.Tensor, k: tuple, s: tuple,
                       ceil: bool) -> torch.Tensor:
     xr = x.detach().requires_grad_()
     return torch.autograd.grad(POOL[x.dim() - 2](xr, k, s, p, d, ceil_mode=ceil), xr, values)[0]
+
+
+@contextlib.contextmanager
+def kernel_threads(n: int) -> Iterator[None]:
+    """torch's thread count set to ``n``, every output large enough to use them all; both undone after."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with unittest.mock.patch.object(pooling, "_BYTES_PER_THREAD", 1):
+            yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 @pytest.fixture
@@ -93,13 +106,8 @@ def test_channels_last_kernel_is_the_max_pool_gradient_bitwise(dims: int, channe
     x = torch.randn(shape, generator=gen, dtype=dtype).contiguous(memory_format=fmt)
     pooled, sw = max_pool_with_switches(x, (k,) * dims, stride=(2,) * dims)
     values = (torch.randn(pooled.shape, generator=gen, dtype=dtype) * 1e3).contiguous(memory_format=fmt)
-    saved = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
-        with unittest.mock.patch.object(pooling, "_BYTES_PER_THREAD", 1):
-            got = pooling._unpool_by_native_kernel(values, sw)
-    finally:
-        torch.set_num_threads(saved)
+    with kernel_threads(threads):
+        got = pooling._unpool_by_native_kernel(values, sw)
     if pooling._is_channels_last(values):  # else (one channel, or 1x1 pooled maps) both layouts are the same
         assert got.is_contiguous(memory_format=fmt) and not got.is_contiguous()
     expected = max_pool_gradient(x, values, (k,) * dims, (2,) * dims, (0,) * dims, (1,) * dims, False)
@@ -115,12 +123,8 @@ def test_channels_last_kernel_is_the_max_pool_gradient_bitwise(dims: int, channe
     (2, 8, 4, 8),       # fewer than 16 channels: one block of all of them
 ])
 def test_channel_block_sizes(n: int, c: int, threads: int, block: int) -> None:
-    saved = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
+    with kernel_threads(threads):
         assert pooling._channel_block(n, c) == block
-    finally:
-        torch.set_num_threads(saved)
 
 
 @needs_kernel
@@ -140,13 +144,8 @@ def test_thread_split_covers_every_row_once(threads: int) -> None:
     x = torch.randn(1, 3, 9, 9, generator=torch.Generator().manual_seed(threads))
     pooled, sw = max_pool_with_switches(x, 3, stride=2)
     values = torch.randn(pooled.shape, generator=torch.Generator().manual_seed(1))
-    saved = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
-        with unittest.mock.patch.object(pooling, "_BYTES_PER_THREAD", 1):
-            got = pooling._unpool_by_native_kernel(values, sw)
-    finally:
-        torch.set_num_threads(saved)
+    with kernel_threads(threads):
+        got = pooling._unpool_by_native_kernel(values, sw)
     assert torch.equal(got, max_pool_gradient(x, values, (3, 3), (2, 2), (0, 0), (1, 1), False))
 
 
