@@ -19,7 +19,7 @@ where a C compiler exists) zeroes each plane (channels_last: each sample's ``[pl
 the result stays channels_last) and adds into it while it is in cache, in
 the max-pool backward's order (bitwise equal to it), into an output advised for huge pages (see
 ``allocation.py``: page faults on a fresh 50 MB output otherwise cost more than the unpooling);
-it takes 0.7-0.8x the time of the ``scatter_add_`` route below on the benchmarked shapes. Otherwise,
+it takes 0.65-0.8x the time of the ``scatter_add_`` route below on the benchmarked shapes. Otherwise,
 ``scatter_add_`` over each flattened plane into a zeroed, huge-page-advised output. On CPU the
 scatter's planes go in blocks of about 4 MiB of output per thread,
 each zeroed and then scattered into while it is still in cache (one trip through memory instead
