@@ -114,11 +114,11 @@ def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool,
         "output + values + int64 switches (bandwidth row: output + 2x values).",
         "CPU route of convscope unpool: " + (f"the native C kernel ({' '.join(native._compiler() or [])})" if cpu_native else
                                             f"scatter_add_ (no native kernel: {native.unavailable_reason()})"),
-        "fresh output row: allocating and zeroing a new output of this size, before any unpooling; every "
-        "route that returns a new tensor pays it (page faults once outputs outgrow the allocator's reuse, "
-        "about 32 MB), the preallocated bandwidth row does not.",
-        "int32 switches would halve switch memory (4 instead of 8 bytes per pooled element) but pay the "
-        "conversion back to int64 in their row.",
+        ("fresh output row: allocating and zeroing a new output of this size, before any unpooling; every "
+         "route that returns a new tensor pays it (page faults once outputs outgrow the allocator's reuse, "
+         "about 32 MB), the preallocated bandwidth row does not."),
+        ("int32 switches would halve switch memory (4 instead of 8 bytes per pooled element) but pay the "
+         "conversion back to int64 in their row."),
     ]
     return table
 

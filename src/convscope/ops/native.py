@@ -87,7 +87,7 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
 
 def _built(compiler: list[str]) -> Path:
     """The library's path in the cache, compiled first unless a verified copy is there."""
-    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True,
+    version = subprocess.run([*compiler, "--version"], check=False, capture_output=True, text=True,
                              timeout=COMPILE_TIMEOUT_S).stdout
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(FLAGS).encode(),
@@ -97,7 +97,7 @@ def _built(compiler: list[str]) -> Path:
         return path
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / path.name
-        done = subprocess.run([*compiler, *FLAGS, str(SOURCE), "-o", str(out)], capture_output=True, text=True,
+        done = subprocess.run([*compiler, *FLAGS, str(SOURCE), "-o", str(out)], check=False, capture_output=True, text=True,
                               timeout=COMPILE_TIMEOUT_S)
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip()[-500:] or f"exit status {done.returncode}")
