@@ -190,6 +190,9 @@ def test_switched_off_by_environment() -> None:
 def test_missing_compiler_and_broken_source_fall_back(fresh_library: None, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "gcc '-O2")  # an unclosed quote: said, not raised
+    assert "cannot read CC=" in native.unavailable_reason()
+    native._library.cache_clear()
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     assert "could not build or load" in native.unavailable_reason()
     assert native.unpool_kernel(torch.float32) is None

@@ -1,7 +1,7 @@
 """C kernels for the CPU, built at first use with the system's C compiler and loaded with ctypes.
 
 PyTorch's generic ``scatter_add_`` pays a strided, bounds-checked loop per element; the plain C
-loop in ``native_unpool.c`` unpools a zeroed, cache-sized row at a time in about half its time
+loop in ``native_unpool.c`` unpools a zeroed, cache-sized row at a time in 0.65-0.8x its time
 (benchmarks/bench_unpool_torch.py). The source is plain C with pthreads: ``cc -O2 -shared``
 builds it in well under a second, once per source, compiler and machine; the library lands in
 the cache directory (``$CONVSCOPE_CACHE/native``) as a checksummed entry, and later processes
@@ -70,7 +70,10 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
         return None, "disabled by CONVSCOPE_NATIVE"
     if os.name != "posix":
         return None, f"no native kernels on {platform.system()}"
-    compiler = _compiler()
+    try:
+        compiler = _compiler()
+    except ValueError as exc:  # shlex: an unclosed quote in $CC
+        return None, f"cannot read CC={os.environ.get('CC')!r}: {exc}"
     if compiler is None:
         return None, "no C compiler found (set CC, or install cc, gcc or clang)"
     try:
@@ -97,8 +100,8 @@ def _built(compiler: list[str]) -> Path:
         return path
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / path.name
-        done = subprocess.run([*compiler, *FLAGS, str(SOURCE), "-o", str(out)], check=False, capture_output=True, text=True,
-                              timeout=COMPILE_TIMEOUT_S)
+        done = subprocess.run([*compiler, *FLAGS, str(SOURCE), "-o", str(out)], check=False, capture_output=True,
+                              text=True, timeout=COMPILE_TIMEOUT_S)
         if done.returncode != 0:
             raise RuntimeError(done.stderr.strip()[-500:] or f"exit status {done.returncode}")
         write_checked(path, out.read_bytes(), {"source": SOURCE.name, "compiler": shlex.join(compiler),
