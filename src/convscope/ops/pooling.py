@@ -205,7 +205,8 @@ def _unpool_by_native_kernel(values: torch.Tensor, sw: Switches) -> torch.Tensor
     pooled, spatial = math.prod(sw.pooled_shape[2:]), tuple(sw.input_shape[2:])
     if _is_channels_last(values):  # [N, *spatial, C] as they lie in memory
         to_last = (0, *range(2, values.dim()), 1)
-        src, index = values.permute(to_last), sw.indices.permute(to_last).contiguous()
+        src, index = values.permute(to_last).contiguous(), sw.indices.permute(to_last).contiguous()  # no copies
+        # for channels_last values and the switches of a channels_last input
         out = empty_output((n, *spatial, c), values.dtype, values.device)
         rows, channels, block = n, c, _channel_block(n, c)
         result = out.permute(0, -1, *range(1, values.dim() - 1))
@@ -225,6 +226,8 @@ def _unpool_by_native_kernel(values: torch.Tensor, sw: Switches) -> torch.Tensor
 
 _BYTES_PER_THREAD = 1 << 20  # each thread the kernel starts gets at least this much output: less
 # work than this (about 0.1 ms) would not pay for starting the thread
+
+
 def _channel_block(n: int, c: int) -> int:
     """Channels per channels_last work item: all of them (one ``[plane, C]`` slab per sample, whose
     rows a 2-D window's switches share), halved to a multiple of 16 (whole 64-byte lines for
