@@ -26,6 +26,18 @@ from convscope.errors import ConvscopeError
 from convscope.ops import Switches, max_pool_with_switches, native, pooling, unpool
 
 POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+SCALES = [1e-6, 1.0, 1e3, 3e4]  # float16: subnormals at 1e-6, sums past its largest value (65504) at 3e4
+
+
+def random_reals(shape: tuple, gen: torch.Generator, dtype: torch.dtype, scale: float) -> torch.Tensor:
+    """Normal draws times ``scale``: sums at shared switches round (and may overflow) in every dtype."""
+    return (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+
+def assert_bitwise(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Same dtype, same values exactly (NaN where the other has NaN: inf - inf in an overflowing sum)."""
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
 needs_kernel = pytest.mark.skipif(native.unpool_kernel(torch.float32) is None,
                                   reason=f"no native kernel: {native.unavailable_reason()}")
 
@@ -61,7 +73,7 @@ def test_kernel_is_used_wherever_a_compiler_is() -> None:
     if native._compiler() is None or os.environ.get("CONVSCOPE_NATIVE") == "0":
         pytest.skip("no C compiler here, or the kernel is switched off")
     assert native.unavailable_reason() is None
-    assert native.unpool_kernel(torch.float16) is None  # half precision keeps the PyTorch route
+    assert all(native.unpool_kernel(dt) for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64))
     x = torch.randn(2, 3, 8, 8)
     pooled, sw = max_pool_with_switches(x, 2)
     with unittest.mock.patch.object(pooling, "_unpool_by_scatter_add", side_effect=AssertionError("not taken")):
@@ -72,22 +84,23 @@ def test_kernel_is_used_wherever_a_compiler_is() -> None:
 @settings(max_examples=80, deadline=None)
 @given(dims=st.sampled_from([1, 2, 3]), data=st.data())
 def test_kernel_is_the_max_pool_gradient_bitwise(dims: int, data: st.DataObject) -> None:
-    """Random reals (so the order of additions at shared switches shows), float32 and float64."""
+    """Random reals (so the order and rounding of additions at shared switches show), in every float dtype:
+    float16 and bfloat16 round after every addition, as PyTorch's max-pool backward does."""
     k = tuple(data.draw(st.integers(1, 4)) for _ in range(dims))
     s = tuple(data.draw(st.integers(1, 3)) for _ in range(dims))
     p = tuple(data.draw(st.integers(0, ki // 2)) for ki in k)
     shape = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4)),
              *(data.draw(st.integers(4, 13 if dims < 3 else 7)) for _ in range(dims)))
-    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]))
+    dtype = data.draw(st.sampled_from(DTYPES))
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
-    x = torch.randn(shape, generator=gen, dtype=dtype)
+    x = torch.randn(shape, generator=gen).to(dtype)
     try:
         pooled, sw = max_pool_with_switches(x, k, s, p)
     except ConvscopeError:
         return  # a geometry PyTorch mishandles (tested in test_pooling.py)
-    values = torch.randn(pooled.shape, generator=gen, dtype=dtype) * 1e3
+    values = random_reals(pooled.shape, gen, dtype, data.draw(st.sampled_from(SCALES)))
     got = pooling._unpool_by_native_kernel(values, sw)
-    assert torch.equal(got, max_pool_gradient(x, values, k, s, p, (1,) * dims, False))
+    assert_bitwise(got, max_pool_gradient(x, values, k, s, p, (1,) * dims, False))
 
 
 @needs_kernel
@@ -102,16 +115,16 @@ def test_channels_last_kernel_is_the_max_pool_gradient_bitwise(dims: int, channe
     k = data.draw(st.sampled_from([2, 3]))
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
     fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
-    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]))
-    x = torch.randn(shape, generator=gen, dtype=dtype).contiguous(memory_format=fmt)
+    dtype = data.draw(st.sampled_from(DTYPES))
+    x = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=fmt)
     pooled, sw = max_pool_with_switches(x, (k,) * dims, stride=(2,) * dims)
-    values = (torch.randn(pooled.shape, generator=gen, dtype=dtype) * 1e3).contiguous(memory_format=fmt)
+    values = random_reals(pooled.shape, gen, dtype, data.draw(st.sampled_from(SCALES))).contiguous(memory_format=fmt)
     with kernel_threads(threads):
         got = pooling._unpool_by_native_kernel(values, sw)
     if pooling._is_channels_last(values):  # else (one channel, or 1x1 pooled maps) both layouts are the same
         assert got.is_contiguous(memory_format=fmt) and not got.is_contiguous()
     expected = max_pool_gradient(x, values, (k,) * dims, (2,) * dims, (0,) * dims, (1,) * dims, False)
-    assert torch.equal(got, expected)
+    assert_bitwise(got, expected)
 
 
 @pytest.mark.parametrize(("n", "c", "threads", "block"), [

@@ -36,7 +36,8 @@ from convscope.cache import cache_dir, read_checked, write_checked
 SOURCE = Path(__file__).with_name("native_unpool.c")
 FLAGS = ("-O2", "-shared", "-fPIC", "-pthread")  # no -march: the cached library may move between CPUs
 COMPILE_TIMEOUT_S = 120
-_KERNELS = {torch.float32: "convscope_unpool_f32", torch.float64: "convscope_unpool_f64"}
+_KERNELS = {torch.float32: "convscope_unpool_f32", torch.float64: "convscope_unpool_f64",
+            torch.bfloat16: "convscope_unpool_bf16", torch.float16: "convscope_unpool_f16"}
 
 UnpoolKernel = Callable[[int, int, int, int, int, int, int, int, int], int]
 """``kernel(out, values, idx, n, plane, pooled, channels, channel_block, threads) -> first bad n or -1``
@@ -44,7 +45,7 @@ UnpoolKernel = Callable[[int, int, int, int, int, int, int, int, int], int]
 
 
 def unpool_kernel(dtype: torch.dtype) -> UnpoolKernel | None:
-    """The C unpooling kernel for ``dtype`` (float32 or float64), or None where there is none."""
+    """The C unpooling kernel for ``dtype`` (float16, bfloat16, float32, float64), or None where there is none."""
     lib = _library()[0]
     if lib is None or dtype not in _KERNELS:
         return None

@@ -25,7 +25,44 @@ typedef struct {
     int64_t bad; /* first batch row n holding an out-of-range index, or -1 */
 } job_t;
 
-#define SCATTER_ITEMS(T, NAME)                                                             \
+/* float16 and bfloat16 are added as PyTorch adds them: both operands widened to float, the sum
+ * rounded back to nearest-even after every addition (c10::Half / c10::BFloat16 arithmetic). */
+static inline float float_from_bits(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
+static inline uint32_t bits_from_float(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
+
+static inline float bf16_to_float(uint16_t h) { return float_from_bits((uint32_t)h << 16); }
+
+static inline uint16_t float_to_bf16(float f) {
+    uint32_t u = bits_from_float(f);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0; /* NaN */
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* IEEE half <-> float with round-to-nearest-even, subnormals, infinities and NaN, by exact float
+ * scaling (the method of the FP16 library that PyTorch's c10::Half uses). */
+static inline float f16_to_float(uint16_t h) {
+    const uint32_t w = (uint32_t)h << 16, sign = w & 0x80000000u, two_w = w + w;
+    const float normal = float_from_bits((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+    const float subnormal = float_from_bits((two_w >> 17) | (126u << 23)) - 0.5f;
+    return float_from_bits(sign | bits_from_float(two_w < (1u << 27) ? subnormal : normal));
+}
+
+static inline uint16_t float_to_f16(float f) {
+    const uint32_t w = bits_from_float(f), shl1_w = w + w, sign = w & 0x80000000u;
+    float base = (float_from_bits(w & 0x7FFFFFFFu) * 0x1.0p+112f) * 0x1.0p-110f;
+    uint32_t bias = shl1_w & 0xFF000000u;
+    if (bias < 0x71000000u) bias = 0x71000000u;
+    base = float_from_bits((bias >> 1) + 0x07800000u) + base;
+    const uint32_t bits = bits_from_float(base);
+    const uint32_t nonsign = ((bits >> 13) & 0x7C00u) + (bits & 0x0FFFu);
+    return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+#define ADD_PLAIN(o, v) ((o) += (v))
+#define ADD_BF16(o, v) ((o) = float_to_bf16(bf16_to_float(o) + bf16_to_float(v)))
+#define ADD_F16(o, v) ((o) = float_to_f16(f16_to_float(o) + f16_to_float(v)))
+
+#define SCATTER_ITEMS(T, NAME, ADD)                                                        \
     static void NAME(job_t *job) {                                                         \
         const int64_t C = job->channels, plane = job->plane, pooled = job->pooled;         \
         const int64_t blocks = (C + job->cblock - 1) / job->cblock;                        \
@@ -44,7 +81,7 @@ typedef struct {
             if (C == 1) {                                                                  \
                 for (int64_t j = 0; j < pooled; ++j) {                                     \
                     uint64_t k = (uint64_t)ix[j];                                          \
-                    if (k < (uint64_t)plane) o[k] += v[j];                                 \
+                    if (k < (uint64_t)plane) ADD(o[k], v[j]);                              \
                     else if (job->bad < 0) job->bad = n;                                   \
                 }                                                                          \
                 continue;                                                                  \
@@ -54,15 +91,17 @@ typedef struct {
                 const T *vj = v + j * C;                                                   \
                 for (int64_t c = 0; c < width; ++c) {                                      \
                     uint64_t k = (uint64_t)ixj[c];                                         \
-                    if (k < (uint64_t)plane) o[k * C + c] += vj[c];                        \
+                    if (k < (uint64_t)plane) ADD(o[k * C + c], vj[c]);                     \
                     else if (job->bad < 0) job->bad = n;                                   \
                 }                                                                          \
             }                                                                              \
         }                                                                                  \
     }
 
-SCATTER_ITEMS(float, items_f32)
-SCATTER_ITEMS(double, items_f64)
+SCATTER_ITEMS(float, items_f32, ADD_PLAIN)
+SCATTER_ITEMS(double, items_f64, ADD_PLAIN)
+SCATTER_ITEMS(uint16_t, items_bf16, ADD_BF16)
+SCATTER_ITEMS(uint16_t, items_f16, ADD_F16)
 
 typedef void (*items_fn)(job_t *);
 
@@ -106,14 +145,14 @@ static int64_t unpool_items(items_fn fn, void *out, const void *values, const in
     return -1;
 }
 
-int64_t convscope_unpool_f32(float *out, const float *values, const int64_t *idx, int64_t n,
-                             int64_t plane, int64_t pooled, int64_t channels, int64_t cblock,
-                             int64_t threads) {
-    return unpool_items(items_f32, out, values, idx, n, plane, pooled, channels, cblock, threads);
-}
+/* The entry points, one per dtype: -1 when every index was in range, else the first bad n. */
+#define ENTRY(NAME, T, ITEMS)                                                                   \
+    int64_t NAME(T *out, const T *values, const int64_t *idx, int64_t n, int64_t plane,         \
+                 int64_t pooled, int64_t channels, int64_t cblock, int64_t threads) {           \
+        return unpool_items(ITEMS, out, values, idx, n, plane, pooled, channels, cblock, threads); \
+    }
 
-int64_t convscope_unpool_f64(double *out, const double *values, const int64_t *idx, int64_t n,
-                             int64_t plane, int64_t pooled, int64_t channels, int64_t cblock,
-                             int64_t threads) {
-    return unpool_items(items_f64, out, values, idx, n, plane, pooled, channels, cblock, threads);
-}
+ENTRY(convscope_unpool_f32, float, items_f32)
+ENTRY(convscope_unpool_f64, double, items_f64)
+ENTRY(convscope_unpool_bf16, uint16_t, items_bf16)
+ENTRY(convscope_unpool_f16, uint16_t, items_f16)

@@ -14,10 +14,12 @@ halve that, but every consumer (the max-pool backward kernel, ``scatter_add_``, 
 takes int64 only, so each unpool would pay an extra conversion pass (measured in
 benchmarks/bench_unpool_torch.py) to save memory that is small next to the activations.
 
-Unpool route: on CPU, for float32/float64 values, a C kernel (``native.py``, built at first use
-where a C compiler exists) zeroes each plane (channels_last: each sample's ``[plane, C]`` slab, and
-the result stays channels_last) and adds into it while it is in cache, in
-the max-pool backward's order (bitwise equal to it), into an output advised for huge pages (see
+Unpool route: on CPU, a C kernel (``native.py``, built at first use where a C compiler exists)
+zeroes each plane (channels_last: each sample's ``[plane, C]`` slab, and the result stays
+channels_last) and adds into it while it is in cache, in the max-pool backward's order and, for
+float16/bfloat16, with its rounding after every addition (bitwise equal to it in every dtype; the
+``scatter_add_`` fallback can differ there in the last bit where windows overlap), into an output
+advised for huge pages (see
 ``allocation.py``: page faults on a fresh 50 MB output otherwise cost more than the unpooling);
 it takes 0.65-0.8x the time of the ``scatter_add_`` route below on the benchmarked shapes. Otherwise,
 ``scatter_add_`` over each flattened plane into a zeroed, huge-page-advised output. On CPU the
@@ -195,7 +197,7 @@ def _unpool_by_max_unpool(values: torch.Tensor, sw: Switches) -> torch.Tensor:
 
 
 def _unpool_by_native_kernel(values: torch.Tensor, sw: Switches) -> torch.Tensor:
-    """The C kernel of ``native.py`` (float32/float64 on the CPU), on NCHW planes or, for
+    """The C kernel of ``native.py`` (any float dtype on the CPU), on NCHW planes or, for
     channels_last values, on ``[N, plane, C]`` in blocks of channels; the result keeps the layout."""
     kernel = native.unpool_kernel(values.dtype)
     if kernel is None:
