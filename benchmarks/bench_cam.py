@@ -241,16 +241,17 @@ def grad_cam_layers_table(n: int = 500, misses_png: str | None = None) -> str:
 def _miss_reasons(raw: torch.Tensor, maps: torch.Tensor, masks: np.ndarray, hits: torch.Tensor) -> str:
     """How the misses break down: peak cell on the map's border, map zero everywhere, and peaks
     that are a plateau of tied pixels (all of which must lie in the mask), some of them inside."""
-    flat_raw, flat = raw.flatten(1), maps.flatten(1)
+    flat, inside = maps.flatten(1), torch.from_numpy(masks).bool()
     h, w = raw.shape[-2:]
-    row, col = flat_raw.argmax(1) // w, flat_raw.argmax(1) % w
+    cell = raw.flatten(1).argmax(1)
+    row, col = cell // w, cell % w
     border = (row == 0) | (row == h - 1) | (col == 0) | (col == w - 1)
     zero = flat.amax(1) <= 0
     at_peak = flat == flat.amax(1, keepdim=True)
     plateau = at_peak.sum(1) > 1
-    some_inside = (at_peak & torch.from_numpy(masks).flatten(1).bool()).any(1)
+    some_inside = (at_peak & inside.flatten(1)).any(1)
     miss = ~hits
-    rows = torch.from_numpy(masks).bool().any(2)  # [N, H]: rows the object covers
+    rows = inside.any(2)  # [N, H]: rows the object covers
     top = rows.float().argmax(1)
     bottom = rows.shape[1] - 1 - rows.flip(1).float().argmax(1)
     peak_row = flat.argmax(1) // maps.shape[-1]

@@ -37,7 +37,8 @@ CASES = [  # (input shape, kernel, stride): the two targets, then AlexNet/ZF-sty
     ((32, 512, 28, 28), 2, 2),
     ((8, 96, 55, 55), 3, 2),
 ]
-_NO_RESULT = ("bandwidth", "fresh output: empty + zero_ (no unpooling)")  # rows that do not unpool
+FRESH = "fresh output: empty + zero_ (no unpooling)"
+_NO_RESULT = ("bandwidth", FRESH)  # rows that do not unpool
 WRONG = "WRONG: differs from the max-pool gradient (overwrites shared switches)"
 
 
@@ -61,7 +62,7 @@ def routes(x: torch.Tensor, values: torch.Tensor, sw: Switches) -> dict[str, Cal
     cpu_routes = {  # unpool's CPU routes one by one: the C kernel, and scatter_add_ where no compiler is
         "route: native C kernel": lambda: pooling._unpool_by_native_kernel(values, sw),
         "route: scatter_add_ (no compiler)": lambda: pooling._unpool_by_scatter_add(values, sw),
-        "fresh output: empty + zero_ (no unpooling)": lambda: empty_output(x.shape, x.dtype, x.device).zero_(),
+        FRESH: lambda: empty_output(x.shape, x.dtype, x.device).zero_(),
         "channels_last: convscope unpool": lambda: unpool(values_last, sw_last),
         "channels_last: scatter_add_ (no compiler)": lambda: pooling._unpool_by_scatter_add(values_last, sw_last),
     } if x.device.type == "cpu" and native.unpool_kernel(x.dtype) else {}
@@ -92,8 +93,8 @@ def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool,
         (lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=1e-6))
     notes = {name: "" if same(fn(), expected) else WRONG for name, fn in plain.items() if name not in _NO_RESULT}
     notes["bandwidth"] = "preallocated output: zero_ + copy_ of n values"
-    if "fresh output: empty + zero_ (no unpooling)" in plain:
-        notes["fresh output: empty + zero_ (no unpooling)"] = "the page faults a new output costs, for scale"
+    if FRESH in plain:
+        notes[FRESH] = "the page faults a new output costs, for scale"
     best = {name: float("inf") for name in todo}
     for _ in range(1 if quick else 5):  # round-robin: a load burst spreads over all rows
         for name, fn in todo.items():
@@ -105,7 +106,7 @@ def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool,
                   reference="bandwidth")
     out_bytes, v_bytes = values.element_size() * x.numel(), values.nbytes
     for name, seconds in best.items():
-        moved = {"bandwidth": out_bytes + 2 * v_bytes, _NO_RESULT[1]: out_bytes}.get(
+        moved = {"bandwidth": out_bytes + 2 * v_bytes, FRESH: out_bytes}.get(
             name, out_bytes + v_bytes + sw.indices.nbytes)
         table.rows.append(Row(name, seconds, moved, notes[name]))
     table.notes += [

@@ -1,7 +1,8 @@
 """The C unpooling kernel (convscope/ops/native.py): exact against autograd, built once, optional.
 
-Oracle: ``torch.autograd.grad(F.max_poolNd(x), x, values)`` on the CPU, bitwise (the kernel adds
-shared switches in the order PyTorch's max-pool backward does). Where no C compiler exists the
+Oracle: ``autograd_unpool`` (tests/reference/autograd_pool.py), autograd's max-pool gradient on
+the CPU, bitwise (the kernel adds shared switches in the order, and for float16/bfloat16 with the
+rounding, of PyTorch's max-pool backward). Where no C compiler exists the
 kernel is skipped and unpool takes its PyTorch route, which tests/unit/test_pooling.py checks.
 """
 
@@ -18,14 +19,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference.autograd_pool import autograd_unpool
 
 from convscope.errors import ConvscopeError
 from convscope.ops import Switches, max_pool_with_switches, native, pooling, unpool
 
-POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 SCALES = [1e-6, 1.0, 1e3, 3e4]  # float16: subnormals at 1e-6, sums past its largest value (65504) at 3e4
 
@@ -40,12 +40,6 @@ def assert_bitwise(got: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
 needs_kernel = pytest.mark.skipif(native.unpool_kernel(torch.float32) is None,
                                   reason=f"no native kernel: {native.unavailable_reason()}")
-
-
-def max_pool_gradient(x: torch.Tensor, values: torch.Tensor, k: tuple, s: tuple, p: tuple, d: tuple,
-                      ceil: bool) -> torch.Tensor:
-    xr = x.detach().requires_grad_()
-    return torch.autograd.grad(POOL[x.dim() - 2](xr, k, s, p, d, ceil_mode=ceil), xr, values)[0]
 
 
 @contextlib.contextmanager
@@ -100,7 +94,7 @@ def test_kernel_is_the_max_pool_gradient_bitwise(dims: int, data: st.DataObject)
         return  # a geometry PyTorch mishandles (tested in test_pooling.py)
     values = random_reals(pooled.shape, gen, dtype, data.draw(st.sampled_from(SCALES)))
     got = pooling._unpool_by_native_kernel(values, sw)
-    assert_bitwise(got, max_pool_gradient(x, values, k, s, p, (1,) * dims, False))
+    assert_bitwise(got, autograd_unpool(x, values, k, s, p, (1,) * dims, False))
 
 
 @needs_kernel
@@ -123,7 +117,7 @@ def test_channels_last_kernel_is_the_max_pool_gradient_bitwise(dims: int, channe
         got = pooling._unpool_by_native_kernel(values, sw)
     if pooling._is_channels_last(values):  # else (one channel, or 1x1 pooled maps) both layouts are the same
         assert got.is_contiguous(memory_format=fmt) and not got.is_contiguous()
-    expected = max_pool_gradient(x, values, (k,) * dims, (2,) * dims, (0,) * dims, (1,) * dims, False)
+    expected = autograd_unpool(x, values, (k,) * dims, (2,) * dims, (0,) * dims, (1,) * dims, False)
     assert_bitwise(got, expected)
 
 
@@ -159,7 +153,7 @@ def test_thread_split_covers_every_row_once(threads: int) -> None:
     values = torch.randn(pooled.shape, generator=torch.Generator().manual_seed(1))
     with kernel_threads(threads):
         got = pooling._unpool_by_native_kernel(values, sw)
-    assert torch.equal(got, max_pool_gradient(x, values, (3, 3), (2, 2), (0, 0), (1, 1), False))
+    assert torch.equal(got, autograd_unpool(x, values, (3, 3), (2, 2), (0, 0), (1, 1), False))
 
 
 @needs_kernel
@@ -169,7 +163,7 @@ def test_non_contiguous_values_and_empty_batch() -> None:
     strided = torch.randn(2, 4, 5, 10)[..., ::2]
     assert not strided.is_contiguous()
     assert torch.equal(pooling._unpool_by_native_kernel(strided, sw),
-                       max_pool_gradient(x, strided, (2, 2), (2, 2), (0, 0), (1, 1), False))
+                       autograd_unpool(x, strided, (2, 2), (2, 2), (0, 0), (1, 1), False))
     pooled0, sw0 = max_pool_with_switches(torch.randn(0, 4, 10, 10), 2)
     assert pooling._unpool_by_native_kernel(pooled0, sw0).shape == (0, 4, 10, 10)
 
@@ -211,7 +205,7 @@ def test_missing_compiler_and_broken_source_fall_back(fresh_library: None, tmp_p
     assert native.unpool_kernel(torch.float32) is None
     x = torch.randn(2, 3, 9, 9)
     pooled, sw = max_pool_with_switches(x, 3, stride=2)
-    assert torch.equal(unpool(pooled, sw), max_pool_gradient(x, pooled, (3, 3), (2, 2), (0, 0), (1, 1), False))
+    assert torch.equal(unpool(pooled, sw), autograd_unpool(x, pooled, (3, 3), (2, 2), (0, 0), (1, 1), False))
     real_cc = shutil.which("cc") or shutil.which("gcc")
     if real_cc is None:
         return  # the broken-source half needs a compiler to fail with

@@ -16,21 +16,14 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference.autograd_pool import POOL, autograd_unpool
 
 from convscope.errors import ConvscopeError
 from convscope.ops import Switches, max_pool_with_switches, native, pooling, unpool
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
-POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 LAST = {4: torch.channels_last, 5: torch.channels_last_3d}  # by tensor rank
-
-
-def autograd_unpool(x: torch.Tensor, values: torch.Tensor, *args: object) -> torch.Tensor:
-    """The max-pool gradient with ``values`` upstream: what unpool must equal."""
-    xr = x.detach().requires_grad_()
-    (grad,) = torch.autograd.grad(POOL[x.dim() - 2](xr, *args), xr, values)
-    return grad
 
 
 def torch_rejects(shape: tuple[int, ...], *args: object) -> bool:
@@ -268,7 +261,7 @@ def test_overlapping_matches_brute_force(k: int, s: int, d: int, overlap: bool) 
 # ---------------------------------------------------------------- bad input: clear errors
 
 
-def raises(match: str):  # noqa: ANN201
+def raises(match: str):
     return pytest.raises(ConvscopeError, match=match)
 
 
