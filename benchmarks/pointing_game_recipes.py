@@ -2,13 +2,18 @@
 
 Trains :class:`convscope.zoo.architectures.ShapesVGG` under each recipe below (the zoo's loop:
 AdamW, one-cycle schedule, batch 64; options: epochs, learning rate, weight decay, label
-smoothing, horizontal flips, training-set size, widths, seed; and, outside the zoo's
-architecture, a global-average-pool head) and prints one JSON line per recipe:
-held-out accuracy (1,000 Shapes images, seed 2) and the strict pointing game of Grad-CAM at
-``features.8`` (8x8, the default layer) and ``features.7`` (16x16) on 500 images of seeds 2 and 3.
+smoothing, horizontal flips, training-set size, widths, seed) and, outside the zoo's
+architecture, VGG-style variants of it: other heads (global average pool + linear or MLP),
+other kernel sizes, a last block without its max-pool plus an extra conv (CAM's VGG-GAP, a
+16x16 map), Hide-and-Seek (random input patches set to the mean while training) and dropout of
+whole cells of the last map. Prints one JSON line per recipe: held-out accuracy (1,000 Shapes
+images, seed 2) and the strict pointing game of Grad-CAM at the default layer (the last layer of
+``features``: ``features.8``, 8x8, in the zoo's architecture) and at the last ReLU (``features.7``,
+16x16) on 500 images of seeds 2 and 3, and the default layer's hits per class (seed 2).
 Made for a GPU (a few minutes on an H200 for all recipes); on a CPU pass recipe names to run a few.
 
     python -m benchmarks.pointing_game_recipes [NAME ...]
+    python -m benchmarks.pointing_game_recipes --bound   # how many images a perfect 8x8 or 16x16 map could hit
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from torch import nn
 from convscope import zoo
 from convscope.data import Shapes
 from convscope.methods import GradCAM
+from convscope.methods.cam.base import upsample
 from convscope.metrics import pointing_game
 from convscope.zoo.architectures import ShapesVGG
 
@@ -47,22 +53,74 @@ RECIPES: dict[str, dict[str, Any]] = {
     "gap_mlp_e10": {"head": "gap_mlp", "epochs": 10}, "gap_mlp_e15": {"head": "gap_mlp", "epochs": 15},
     "gap_mlp_e10_seed1": {"head": "gap_mlp", "epochs": 10, "seed": 1},
     "gap_mlp_lr0.001_e10": {"head": "gap_mlp", "epochs": 10, "lr": 1e-3},
+    # larger or smaller receptive fields at the 8x8 map (36, 30 and 12 pixels against the zoo's 22)
+    "k555": {"kernels": (5, 5, 5)}, "k335": {"kernels": (3, 3, 5)}, "k331": {"kernels": (3, 3, 1)},
+    # CAM's VGG-GAP: no last max-pool, one more 3x3 conv, a 16x16 map, global average pool
+    "vgg_gap16_e6": {"pools": 2, "extra_conv": True, "head": "gap", "epochs": 6},
+    "vgg_gap16_e10": {"pools": 2, "extra_conv": True, "head": "gap", "epochs": 10},
+    "vgg_gap16_mlp_e6": {"pools": 2, "extra_conv": True, "head": "gap_mlp", "epochs": 6},
+    # regularisers meant to spread the evidence over the whole object
+    "hide8": {"hide": 8}, "hide16": {"hide": 16}, "cell_drop0.3": {"cell_drop": 0.3}, "cell_drop0.5": {"cell_drop": 0.5},
 }
 HEADS = ("flatten_mlp", "gap", "gap_mlp")
 
 
-def with_head(model: ShapesVGG, head: str) -> ShapesVGG:
-    """``model`` with its classifier swapped: the zoo's flatten + MLP, GAP + linear, or GAP + MLP."""
-    width = model.features[-3].out_channels
+def variant(recipe: dict[str, Any]) -> ShapesVGG:
+    """ShapesVGG (``widths``) with the recipe's ``kernels`` (one odd size per block), ``pools``
+    (max-pools after the first ``pools`` blocks), ``extra_conv`` (a last 3x3 conv-relu) and ``head``."""
+    model = ShapesVGG(widths=recipe.get("widths", (16, 32, 64)))
+    kernels, pools = recipe.get("kernels", (3, 3, 3)), recipe.get("pools", 3)
+    if kernels != (3, 3, 3) or pools != 3 or recipe.get("extra_conv"):
+        layers: list[nn.Module] = []
+        cin = 3
+        for block, (k, w) in enumerate(zip(kernels, recipe.get("widths", (16, 32, 64)), strict=True)):
+            layers += [nn.Conv2d(cin, w, k, padding=k // 2), nn.ReLU(inplace=True)]
+            layers += [nn.MaxPool2d(2)] if block < pools else []
+            cin = w
+        if recipe.get("extra_conv"):
+            layers += [nn.Conv2d(cin, cin, 3, padding=1), nn.ReLU(inplace=True)]
+        model.features = nn.Sequential(*layers)
+    return with_head(model, recipe.get("head", "flatten_mlp"), side=64 >> pools)
+
+
+def with_head(model: ShapesVGG, head: str, side: int = 8) -> ShapesVGG:
+    """``model`` with its classifier swapped: the zoo's flatten + MLP (over a ``side`` x ``side``
+    map), GAP + linear, or GAP + MLP."""
+    width = [m for m in model.features if isinstance(m, nn.Conv2d)][-1].out_channels
     classes = model.classifier[-1].out_features
+
+    def mlp(inputs: int) -> list[nn.Module]:  # built only when used: building draws from the global RNG
+        return [nn.Linear(inputs, 128), nn.ReLU(inplace=True), nn.Dropout(0.3), nn.Linear(128, classes)]
+
     if head == "gap":
         model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes))
     elif head == "gap_mlp":
-        model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 128),
-                                         nn.ReLU(inplace=True), nn.Dropout(0.3), nn.Linear(128, classes))
-    elif head != "flatten_mlp":
+        model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), *mlp(width))
+    elif head == "flatten_mlp":
+        if side != 8:
+            model.classifier = nn.Sequential(nn.Flatten(), *mlp(width * side * side))
+    else:
         raise ValueError(f"unknown head {head!r}; one of {HEADS}")
     return model
+
+
+def hide_patches(xb: torch.Tensor, patch: int, gen: torch.Generator) -> torch.Tensor:
+    """Hide-and-Seek (Singh and Lee, 2017): each ``patch`` x ``patch`` cell of each image is set to
+    the dataset mean (0 after normalisation) with probability 1/2."""
+    side = xb.shape[-1] // patch
+    keep = torch.rand(len(xb), 1, side, side, device=xb.device, generator=gen) >= 0.5
+    return xb * keep.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+
+
+def drop_cells(model: nn.Module, p: float, gen: torch.Generator) -> None:
+    """While training, zero each cell (all channels at one position) of ``model.features``'s
+    output with probability ``p`` and scale the rest by ``1 / (1 - p)``; eval mode is untouched."""
+    def hook(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
+        if not model.training:
+            return out
+        keep = torch.rand(out.shape[0], 1, *out.shape[2:], device=out.device, generator=gen) >= p
+        return out * keep / (1 - p)
+    model.features.register_forward_hook(hook)
 
 
 def _shard(args: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,14 +139,15 @@ def shapes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
 def train(recipe: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> nn.Module:
     """ShapesVGG trained as the zoo trains it, with ``recipe``'s changes."""
     torch.manual_seed(recipe.get("seed", 0))
-    model = with_head(ShapesVGG(widths=recipe.get("widths", (16, 32, 64))), recipe.get("head", "flatten_mlp"))
-    model = model.to(x.device)
+    model = variant(recipe).to(x.device)
     n, batch, epochs, lr = recipe.get("n", 10_000), recipe.get("batch", 64), recipe.get("epochs", 3), recipe.get("lr", 3e-3)
     steps = math.ceil(n / batch)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=recipe.get("wd", 1e-4))
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.get("smoothing", 0.0))
     gen = torch.Generator(device=x.device).manual_seed(recipe.get("seed", 0))
+    if recipe.get("cell_drop"):
+        drop_cells(model, recipe["cell_drop"], gen)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen, device=x.device)
@@ -98,12 +157,26 @@ def train(recipe: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> nn.Module
             if recipe.get("flip"):
                 flip = torch.rand(len(idx), device=x.device, generator=gen) < 0.5
                 xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+            if recipe.get("hide"):
+                xb = hide_patches(xb, recipe["hide"], gen)
             loss = loss_fn(model(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             schedule.step()
     return model.eval()
+
+
+def cell_bound(cells: int, n: int = 500) -> int:
+    """How many of ``n`` held-out images (seed 2) have a cell of a ``cells`` x ``cells`` map whose
+    peak, upsampled as Grad-CAM upsamples, the strict pointing game counts as a hit."""
+    _, masks, _ = Shapes(n, seed=2).arrays()
+    reachable = torch.zeros(n, dtype=torch.bool)
+    for cell in range(cells * cells):
+        one_hot = torch.zeros(n, 1, cells * cells)
+        one_hot[..., cell] = 1.0
+        reachable |= pointing_game(upsample(one_hot.view(n, 1, cells, cells), masks.shape[1:]), masks)
+    return int(reachable.sum())
 
 
 def main(names: list[str]) -> None:
@@ -120,12 +193,22 @@ def main(names: list[str]) -> None:
             accuracy = float((model(xv.to(device)).argmax(1).cpu() == yv).float().mean())
         row: dict[str, Any] = {"recipe": name, "accuracy": round(accuracy, 3),
                                "train_seconds": round(time.perf_counter() - start, 1)}
+        relus = [i for i, m in enumerate(model.features[:-1]) if isinstance(m, nn.ReLU)]
+        default, last_relu = f"features.{len(model.features) - 1}", f"features.{relus[-1]}"
         for seed, (xs, ys, masks) in held_out.items():
-            for layer in ("features.8", "features.7"):
+            for layer in (default, last_relu):
                 maps = GradCAM(model, layer, max_batch=100).attribute(xs[:500].to(device), ys[:500].to(device))
-                row[f"pg_seed{seed}_{layer}"] = round(float(pointing_game(maps.cpu(), masks[:500]).float().mean()), 3)
+                hits = pointing_game(maps.cpu(), masks[:500])
+                row[f"pg_seed{seed}_{layer}"] = round(float(hits.float().mean()), 3)
+                if seed == 2 and layer == default:
+                    row["per_class_seed2"] = {name: round(float(hits[ys[:500] == c].float().mean()), 2)
+                                              for c, name in enumerate(Shapes.class_names)}
         print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:] == ["--bound"]:
+        for cells in (8, 16):
+            print(f"{cells}x{cells} map: {cell_bound(cells)} of 500 images have a cell whose peak is inside the mask")
+    else:
+        main(sys.argv[1:])
