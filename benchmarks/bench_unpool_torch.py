@@ -15,7 +15,8 @@ Two threads by default (the issue's setting). On a machine shared with other bus
 two-thread timings measure the scheduler more than the op (a parallel region waits for its
 descheduled thread, and every row collapses towards one time slice); ``--threads 1`` then gives
 the steadier ratios. ``--device cuda`` times the same routes on a GPU (each call followed by a
-synchronise; ``--threads`` is then irrelevant).
+synchronise; ``--threads`` is then irrelevant). On the CPU, float16 and bfloat16 tables follow:
+unpool and each of its CPU routes for those types.
 """
 
 from __future__ import annotations
@@ -95,10 +96,7 @@ def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool,
     notes["bandwidth"] = "preallocated output: zero_ + copy_ of n values"
     if FRESH in plain:
         notes[FRESH] = "the page faults a new output costs, for scale"
-    best = {name: float("inf") for name in todo}
-    for _ in range(1 if quick else 5):  # round-robin: a load burst spreads over all rows
-        for name, fn in todo.items():
-            best[name] = min(best[name], measure(fn, repeat=5, min_time=0.02 if quick else 0.05))
+    best = round_robin(todo, quick)
     overlap = " (overlapping)" if sw.overlapping else ""
     cpu_native = native.unpool_kernel(values.dtype) is not None
     where = "" if device.type == "cpu" else f" on {torch.cuda.get_device_name(device)}"
@@ -124,12 +122,59 @@ def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool,
     return table
 
 
+def round_robin(todo: dict[str, Callable[[], object]], quick: bool) -> dict[str, float]:
+    """Each callable's best median time over rounds that visit every row in turn, so a burst of
+    load from other processes spreads over all rows."""
+    best = {name: float("inf") for name in todo}
+    for _ in range(1 if quick else 5):
+        for name, fn in todo.items():
+            best[name] = min(best[name], measure(fn, repeat=5, min_time=0.02 if quick else 0.05))
+    return best
+
+
+def half_table(dtype: torch.dtype, shape: tuple[int, ...], kernel: int, stride: int, quick: bool) -> Table:
+    """float16 or bfloat16 on the CPU: unpool and each of its routes, verified bitwise first."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen).to(dtype)
+    pooled, sw = max_pool_with_switches(x, kernel, stride)
+    values = torch.randn(pooled.shape, generator=gen).to(dtype)
+    out = torch.empty_like(x)
+    n = values.numel()
+    todo: dict[str, Callable[[], object]] = {
+        "bandwidth": lambda: (out.zero_(), out.view(-1)[:n].copy_(values.view(-1))),
+        "convscope unpool": lambda: unpool(values, sw),
+        "route: PyTorch's max-pool backward": lambda: pooling._unpool_by_max_pool_backward(values, sw),
+        "route: scatter_add_": lambda: pooling._unpool_by_scatter_add(values, sw),
+    }
+    if native.unpool_kernel(dtype):
+        todo["route: native C kernel"] = lambda: pooling._unpool_by_native_kernel(values, sw)
+    xg = x.clone().requires_grad_()
+    expected = torch.autograd.grad(F.max_pool2d(xg, kernel, stride), xg, values)[0]
+    notes = {name: "" if torch.equal(fn(), expected) else "differs from the max-pool gradient in the last bit"
+             for name, fn in todo.items() if name != "bandwidth"}
+    notes["bandwidth"] = "preallocated output: zero_ + copy_ of n values"
+    best = round_robin(todo, quick)
+    overlap = " (overlapping)" if sw.overlapping else ""
+    table = Table(f"{str(dtype).removeprefix('torch.')} unpool {list(shape)} -> {list(pooled.shape)}, "
+                  f"{kernel}x{kernel} stride {stride}{overlap}", reference="bandwidth")
+    moved = x.nbytes + values.nbytes + sw.indices.nbytes
+    table.rows += [Row(name, t, x.nbytes + 2 * values.nbytes if name == "bandwidth" else moved, notes[name])
+                   for name, t in best.items()]
+    table.notes.append(f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end; "
+                       "a note marks each route whose result is not bitwise the max-pool gradient.")
+    return table
+
+
 def run(quick: bool, threads: int = 2, device: str = "cpu") -> list[Table]:
     """All tables; ``quick`` shortens the timing loops (for smoke runs, not for numbers)."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return [unpool_table(shape, k, s, quick, torch.device(device)) for shape, k, s in CASES]
+        tables = [unpool_table(shape, k, s, quick, torch.device(device)) for shape, k, s in CASES]
+        if device == "cpu":
+            tables += [half_table(dtype, shape, k, s, quick) for dtype in (torch.bfloat16, torch.float16)
+                       for shape, k, s in (CASES[0], CASES[2])]
+        return tables
     finally:
         torch.set_num_threads(saved)
 

@@ -7,6 +7,7 @@ a window made of padding only).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import unittest.mock
@@ -81,8 +82,10 @@ def check_case(case: dict, device: str = "cpu") -> None:
     assert not torch_rejects(shape, *torch_args), "we accepted a configuration PyTorch mishandles"
     ref_pooled, ref_idx = POOL[x.dim() - 2](x, *torch_args, return_indices=True)
     assert torch.equal(pooled, ref_pooled) and torch.equal(sw.indices, ref_idx)
-    # small integers: every sum is exact in every dtype, so the order of additions cannot matter
-    values = torch.randint(-3, 4, pooled.shape, generator=gen).to(dtype=dtype, device=device)
+    if device == "cpu":  # every CPU route adds in the backward's order, with its rounding: any reals
+        values = torch.randn(pooled.shape, generator=gen).mul_(3).to(dtype)
+    else:  # CUDA's atomic adds: small integers, whose sums are exact in every dtype and any order
+        values = torch.randint(-3, 4, pooled.shape, generator=gen).to(dtype=dtype, device=device)
     values = layout(values, case["layout"])
     expected = autograd_unpool(x, values, *torch_args)
     got = unpool(values, sw)
@@ -107,6 +110,29 @@ def test_unpool_is_the_max_pool_gradient_1d_3d(case: dict, device: str) -> None:
     check_case(case, device)
 
 
+@settings(max_examples=60, deadline=None)
+@given(case=st.sampled_from([1, 2, 3]).flatmap(pool_case))
+def test_unpool_without_the_c_kernel_is_the_max_pool_gradient(case: dict) -> None:
+    """The CPU routes where no C compiler exists (or CONVSCOPE_NATIVE=0, or Windows): bitwise on
+    random reals too, float16 and bfloat16 with overlapping windows included."""
+    with unittest.mock.patch.object(native, "unpool_kernel", lambda dtype: None):
+        check_case(case)
+
+
+@pytest.mark.parametrize(("dtype", "c_kernel", "route"), [
+    (torch.float16, True, "_unpool_by_max_pool_backward"), (torch.float16, False, "_unpool_by_max_pool_backward"),
+    (torch.bfloat16, False, "_unpool_by_max_pool_backward"), (torch.float32, False, "_unpool_by_scatter_add")])
+def test_cpu_route_by_dtype(dtype: torch.dtype, c_kernel: bool, route: str) -> None:
+    """float16, and bfloat16 without the C kernel, take PyTorch's max-pool backward (its rounding,
+    and faster than scatter_add_); float32 without the kernel takes scatter_add_."""
+    pooled, sw = max_pool_with_switches(torch.randn(2, 3, 9, 9).to(dtype), 3, 2)
+    taken = unittest.mock.Mock(wraps=getattr(pooling, route))
+    no_kernel = unittest.mock.patch.object(native, "unpool_kernel", lambda dtype: None)
+    with no_kernel if not c_kernel else contextlib.nullcontext(), unittest.mock.patch.object(pooling, route, taken):
+        unpool(pooled, sw)
+    taken.assert_called_once()
+
+
 def _scatter_add_in_blocks_of_3_planes(values: torch.Tensor, sw: Switches) -> torch.Tensor:
     """The CPU scatter route with cache blocks of three planes (so blocks, and a ragged last one, occur)."""
     plane_bytes = sw.plane_size * values.element_size()
@@ -119,7 +145,8 @@ NATIVE = [pooling._unpool_by_native_kernel] if native.unpool_kernel(torch.float6
 
 
 @pytest.mark.parametrize("route", [pooling._unpool_by_scatter_add, pooling._unpool_by_max_unpool,
-                                   _scatter_add_in_blocks_of_3_planes, *NATIVE])
+                                   _scatter_add_in_blocks_of_3_planes, pooling._unpool_by_max_pool_backward,
+                                   *NATIVE])
 @settings(max_examples=40, deadline=None)
 @given(case=st.sampled_from([1, 2, 3]).flatmap(pool_case))
 def test_every_route_is_the_max_pool_gradient_where_it_is_used(case: dict, route) -> None:

@@ -1,7 +1,7 @@
 """C kernels for the CPU, built at first use with the system's C compiler and loaded with ctypes.
 
 PyTorch's generic ``scatter_add_`` pays a strided, bounds-checked loop per element; the plain C
-loop in ``native_unpool.c`` unpools a zeroed, cache-sized row at a time in 0.65-0.8x its time
+loop in ``native_unpool.c`` unpools a zeroed, cache-sized row at a time in 0.65-0.85x its time
 (benchmarks/bench_unpool_torch.py). The source is plain C with pthreads: ``cc -O2 -shared``
 builds it in well under a second, once per source, compiler and machine; the library lands in
 the cache directory (``$CONVSCOPE_CACHE/native``) as a checksummed entry, and later processes
@@ -37,7 +37,7 @@ SOURCE = Path(__file__).with_name("native_unpool.c")
 FLAGS = ("-O2", "-shared", "-fPIC", "-pthread")  # no -march: the cached library may move between CPUs
 COMPILE_TIMEOUT_S = 120
 _KERNELS = {torch.float32: "convscope_unpool_f32", torch.float64: "convscope_unpool_f64",
-            torch.bfloat16: "convscope_unpool_bf16", torch.float16: "convscope_unpool_f16"}
+            torch.bfloat16: "convscope_unpool_bf16"}  # float16: PyTorch's max-pool backward is faster
 
 UnpoolKernel = Callable[[int, int, int, int, int, int, int, int, int], int]
 """``kernel(out, values, idx, n, plane, pooled, channels, channel_block, threads) -> first bad n or -1``
@@ -45,7 +45,7 @@ UnpoolKernel = Callable[[int, int, int, int, int, int, int, int, int], int]
 
 
 def unpool_kernel(dtype: torch.dtype) -> UnpoolKernel | None:
-    """The C unpooling kernel for ``dtype`` (float16, bfloat16, float32, float64), or None where there is none."""
+    """The C unpooling kernel for ``dtype`` (bfloat16, float32, float64), or None where there is none."""
     lib = _library()[0]
     if lib is None or dtype not in _KERNELS:
         return None

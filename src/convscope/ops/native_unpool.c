@@ -25,8 +25,10 @@ typedef struct {
     int64_t bad; /* first batch row n holding an out-of-range index, or -1 */
 } job_t;
 
-/* float16 and bfloat16 are added as PyTorch adds them: both operands widened to float, the sum
- * rounded back to nearest-even after every addition (c10::Half / c10::BFloat16 arithmetic). */
+/* bfloat16 is added as PyTorch adds it: both operands widened to float, the sum rounded back to
+ * nearest-even after every addition (c10::BFloat16 arithmetic). float16 has no kernel here:
+ * PyTorch's own max-pool backward, with vectorised conversions, is faster than a portable C
+ * conversion (convscope/ops/pooling.py routes it there). */
 static inline float float_from_bits(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
 static inline uint32_t bits_from_float(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
 
@@ -38,29 +40,8 @@ static inline uint16_t float_to_bf16(float f) {
     return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
-/* IEEE half <-> float with round-to-nearest-even, subnormals, infinities and NaN, by exact float
- * scaling (the method of the FP16 library that PyTorch's c10::Half uses). */
-static inline float f16_to_float(uint16_t h) {
-    const uint32_t w = (uint32_t)h << 16, sign = w & 0x80000000u, two_w = w + w;
-    const float normal = float_from_bits((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
-    const float subnormal = float_from_bits((two_w >> 17) | (126u << 23)) - 0.5f;
-    return float_from_bits(sign | bits_from_float(two_w < (1u << 27) ? subnormal : normal));
-}
-
-static inline uint16_t float_to_f16(float f) {
-    const uint32_t w = bits_from_float(f), shl1_w = w + w, sign = w & 0x80000000u;
-    float base = (float_from_bits(w & 0x7FFFFFFFu) * 0x1.0p+112f) * 0x1.0p-110f;
-    uint32_t bias = shl1_w & 0xFF000000u;
-    if (bias < 0x71000000u) bias = 0x71000000u;
-    base = float_from_bits((bias >> 1) + 0x07800000u) + base;
-    const uint32_t bits = bits_from_float(base);
-    const uint32_t nonsign = ((bits >> 13) & 0x7C00u) + (bits & 0x0FFFu);
-    return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
-}
-
 #define ADD_PLAIN(o, v) ((o) += (v))
 #define ADD_BF16(o, v) ((o) = float_to_bf16(bf16_to_float(o) + bf16_to_float(v)))
-#define ADD_F16(o, v) ((o) = float_to_f16(f16_to_float(o) + f16_to_float(v)))
 
 #define SCATTER_ITEMS(T, NAME, ADD)                                                        \
     static void NAME(job_t *job) {                                                         \
@@ -101,7 +82,6 @@ static inline uint16_t float_to_f16(float f) {
 SCATTER_ITEMS(float, items_f32, ADD_PLAIN)
 SCATTER_ITEMS(double, items_f64, ADD_PLAIN)
 SCATTER_ITEMS(uint16_t, items_bf16, ADD_BF16)
-SCATTER_ITEMS(uint16_t, items_f16, ADD_F16)
 
 typedef void (*items_fn)(job_t *);
 
@@ -155,4 +135,3 @@ static int64_t unpool_items(items_fn fn, void *out, const void *values, const in
 ENTRY(convscope_unpool_f32, float, items_f32)
 ENTRY(convscope_unpool_f64, double, items_f64)
 ENTRY(convscope_unpool_bf16, uint16_t, items_bf16)
-ENTRY(convscope_unpool_f16, uint16_t, items_f16)

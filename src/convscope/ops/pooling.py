@@ -14,16 +14,18 @@ halve that, but every consumer (the max-pool backward kernel, ``scatter_add_``, 
 takes int64 only, so each unpool would pay an extra conversion pass (measured in
 benchmarks/bench_unpool_torch.py) to save memory that is small next to the activations.
 
-Unpool route: on CPU, a C kernel (``native.py``, built at first use where a C compiler exists)
-zeroes each plane (channels_last: each sample's ``[plane, C]`` slab, and the result stays
-channels_last) and adds into it while it is in cache, in the max-pool backward's order and, for
-float16/bfloat16, with its rounding after every addition (bitwise equal to it in every dtype; the
-``scatter_add_`` fallback can differ there in the last bit where windows overlap), into an output
-advised for huge pages (see
+Unpool route: on CPU, for float32, float64 and bfloat16, a C kernel (``native.py``, built at first
+use where a C compiler exists) zeroes each plane (channels_last: each sample's ``[plane, C]``
+slab, and the result stays channels_last) and adds into it while it is in cache, in the max-pool
+backward's order and, for bfloat16, with its rounding after every addition (bitwise equal to it),
+into an output advised for huge pages (see
 ``allocation.py``: page faults on a fresh 50 MB output otherwise cost more than the unpooling);
-it takes 0.65-0.8x the time of the ``scatter_add_`` route below on the benchmarked shapes. Otherwise,
-``scatter_add_`` over each flattened plane into a zeroed, huge-page-advised output. On CPU the
-scatter's planes go in blocks of about 4 MiB of output per thread,
+it takes 0.65-0.85x the time of the ``scatter_add_`` route below on the benchmarked shapes.
+float16 (and bfloat16 without the kernel) go to PyTorch's max-pool backward kernel itself:
+``scatter_add_`` rounds their sums differently in the last bit where windows overlap, and takes
+more time (benchmarks/bench_unpool_torch.py). Otherwise, ``scatter_add_`` over each flattened
+plane into a zeroed, huge-page-advised output. On CPU the scatter's planes go in blocks of about
+4 MiB of output per thread,
 each zeroed and then scattered into while it is still in cache (one trip through memory instead
 of two: 5-20% faster on the shapes benchmarked; outputs under 16 MiB, which stay in the
 last-level cache anyway, go in one block); channels_last values scatter over ``[N, plane, C]`` views and their
@@ -141,6 +143,8 @@ def _route(values: torch.Tensor, switches: Switches) -> torch.Tensor:
         return _unpool_by_max_unpool(values, switches)
     if values.device.type == "cpu" and native.unpool_kernel(values.dtype):
         return _unpool_by_native_kernel(values, switches)
+    if values.device.type == "cpu" and values.dtype in (torch.float16, torch.bfloat16):
+        return _unpool_by_max_pool_backward(values, switches)
     return _unpool_by_scatter_add(values, switches)
 
 
@@ -180,8 +184,11 @@ def _check_unpool_args(values: torch.Tensor, switches: Switches) -> None:
                              f"Move the values with values.to('{switches.indices.device}').")
 
 
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}  # by tensor rank
+
+
 def _is_channels_last(t: torch.Tensor) -> bool:
-    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
+    fmt = _CHANNELS_LAST.get(t.dim())
     return fmt is not None and not t.is_contiguous() and t.is_contiguous(memory_format=fmt)
 
 
@@ -196,8 +203,25 @@ def _unpool_by_max_unpool(values: torch.Tensor, sw: Switches) -> torch.Tensor:
     return torch.ops.aten.max_unpool2d(values, idx, spatial)
 
 
+_POOL_BACKWARD = {2: torch.ops.aten.max_pool2d_with_indices_backward, 3: torch.ops.aten.max_pool3d_with_indices_backward}
+
+
+def _unpool_by_max_pool_backward(values: torch.Tensor, sw: Switches) -> torch.Tensor:
+    """PyTorch's own max-pool backward kernel, which reads only the shape and layout of the pooled
+    input (given here as an untouched ``empty``): the CPU route for float16, and for bfloat16
+    without the C kernel (``scatter_add_`` rounds their sums differently, and is slower)."""
+    layout = _CHANNELS_LAST[values.dim()] if _is_channels_last(values) else torch.contiguous_format
+    like = torch.empty(sw.input_shape, dtype=values.dtype, device=values.device, memory_format=layout)
+    geometry = [list(sw.kernel_size), list(sw.stride), list(sw.padding), list(sw.dilation)]
+    if like.dim() == 3:  # 1-D as 2-D with a height of one, as F.max_pool1d pools
+        geometry = [[one, *g] for one, g in zip((1, 1, 0, 1), geometry, strict=True)]
+        return _POOL_BACKWARD[2](values.unsqueeze(2), like.unsqueeze(2), *geometry, sw.ceil_mode,
+                                 sw.indices.unsqueeze(2)).squeeze(2)
+    return _POOL_BACKWARD[like.dim() - 2](values, like, *geometry, sw.ceil_mode, sw.indices)
+
+
 def _unpool_by_native_kernel(values: torch.Tensor, sw: Switches) -> torch.Tensor:
-    """The C kernel of ``native.py`` (any float dtype on the CPU), on NCHW planes or, for
+    """The C kernel of ``native.py`` (float32, float64, bfloat16 on the CPU), on NCHW planes or, for
     channels_last values, on ``[N, plane, C]`` in blocks of channels; the result keeps the layout."""
     kernel = native.unpool_kernel(values.dtype)
     if kernel is None:
