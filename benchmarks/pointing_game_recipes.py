@@ -5,8 +5,9 @@ AdamW, one-cycle schedule, batch 64; options: epochs, learning rate, weight deca
 smoothing, horizontal flips, training-set size, widths, seed) and, outside the zoo's
 architecture, VGG-style variants of it: other heads (global average pool + linear or MLP),
 other kernel sizes, a last block without its max-pool plus an extra conv (CAM's VGG-GAP, a
-16x16 map), Hide-and-Seek (random input patches set to the mean while training) and dropout of
-whole cells of the last map. Prints one JSON line per recipe: held-out accuracy (1,000 Shapes
+16x16 map), Hide-and-Seek (random input patches set to the mean while training), dropout of
+whole cells of the last map, and outlier exposure (shapeless backgrounds trained towards the
+uniform output). Prints one JSON line per recipe: held-out accuracy (1,000 Shapes
 images, seed 2) and the strict pointing game of Grad-CAM at the default layer (the last layer of
 ``features``: ``features.8``, 8x8, in the zoo's architecture) and at the last ReLU (``features.7``,
 16x16) on 500 images of seeds 2 and 3, and the default layer's hits per class (seed 2).
@@ -61,6 +62,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "vgg_gap16_mlp_e6": {"pools": 2, "extra_conv": True, "head": "gap_mlp", "epochs": 6},
     # regularisers meant to spread the evidence over the whole object
     "hide8": {"hide": 8}, "hide16": {"hide": 16}, "cell_drop0.3": {"cell_drop": 0.3}, "cell_drop0.5": {"cell_drop": 0.5},
+    # outlier exposure: each batch also holds backgrounds without a shape, trained towards the uniform output
+    "outliers16": {"outliers": 16}, "outliers32_w1": {"outliers": 32, "outlier_weight": 1.0},
+    "outliers16_e6": {"outliers": 16, "epochs": 6},
 }
 HEADS = ("flatten_mlp", "gap", "gap_mlp")
 
@@ -128,6 +132,19 @@ def _shard(args: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return Shapes(stop, seed=seed).arrays(start, stop)
 
 
+def _background_shard(args: tuple[int, int, int]) -> np.ndarray:
+    seed, start, stop = args
+    data = Shapes(stop, seed=seed)
+    return np.stack([data.sample(i).background for i in range(start, stop)])
+
+
+def backgrounds(n: int, seed: int) -> torch.Tensor:
+    """The normalised backgrounds (each image without its shape) of ``Shapes(n, seed)``."""
+    with Pool(os.cpu_count()) as pool:
+        parts = pool.map(_background_shard, [(seed, a, min(a + 1000, n)) for a in range(0, n, 1000)])
+    return zoo.preset("shapes-vgg").to_tensor(np.concatenate(parts))
+
+
 def shapes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Normalised images, labels and masks of ``Shapes(n, seed)``, drawn in parallel."""
     with Pool(os.cpu_count()) as pool:
@@ -136,8 +153,10 @@ def shapes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     return zoo.preset("shapes-vgg").to_tensor(images), torch.from_numpy(labels), masks
 
 
-def train(recipe: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> nn.Module:
-    """ShapesVGG trained as the zoo trains it, with ``recipe``'s changes."""
+def train(recipe: dict[str, Any], x: torch.Tensor, y: torch.Tensor, shapeless: torch.Tensor | None = None) -> nn.Module:
+    """ShapesVGG trained as the zoo trains it, with ``recipe``'s changes; ``outliers`` recipes
+    draw that many of ``shapeless`` (backgrounds) into each batch, with a cross-entropy to the
+    uniform distribution weighted by ``outlier_weight`` (Hendrycks et al.'s outlier exposure)."""
     torch.manual_seed(recipe.get("seed", 0))
     model = variant(recipe).to(x.device)
     n, batch, epochs, lr = recipe.get("n", 10_000), recipe.get("batch", 64), recipe.get("epochs", 3), recipe.get("lr", 3e-3)
@@ -159,7 +178,13 @@ def train(recipe: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> nn.Module
                 xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
             if recipe.get("hide"):
                 xb = hide_patches(xb, recipe["hide"], gen)
-            loss = loss_fn(model(xb), y[idx])
+            if recipe.get("outliers"):
+                extra = shapeless[torch.randint(len(shapeless), (recipe["outliers"],), generator=gen, device=x.device)]
+                out = model(torch.cat([xb, extra]))
+                loss = loss_fn(out[:len(idx)], y[idx]) - recipe.get("outlier_weight", 0.5) * \
+                    out[len(idx):].log_softmax(1).mean()
+            else:
+                loss = loss_fn(model(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -184,10 +209,11 @@ def main(names: list[str]) -> None:
     chosen = {name: RECIPES[name] for name in names or RECIPES}
     x, y, _ = shapes(max(r.get("n", 10_000) for r in chosen.values()), 1)
     x, y = x.to(device), y.to(device)
+    shapeless = backgrounds(len(x), 1).to(device) if any(r.get("outliers") for r in chosen.values()) else None
     held_out = {seed: shapes(1000 if seed == 2 else 500, seed) for seed in (2, 3)}
     for name, recipe in chosen.items():
         start = time.perf_counter()
-        model = train(recipe, x, y)
+        model = train(recipe, x, y, shapeless)
         xv, yv, _ = held_out[2]
         with torch.no_grad():
             accuracy = float((model(xv.to(device)).argmax(1).cpu() == yv).float().mean())
