@@ -6,8 +6,8 @@ smoothing, horizontal flips, training-set size, widths, seed) and, outside the z
 architecture, VGG-style variants of it: other heads (global average pool + linear or MLP),
 other kernel sizes, a last block without its max-pool plus an extra conv (CAM's VGG-GAP, a
 16x16 map), Hide-and-Seek (random input patches set to the mean while training), dropout of
-whole cells of the last map, and outlier exposure (shapeless backgrounds trained towards the
-uniform output). Prints one JSON line per recipe: held-out accuracy (1,000 Shapes
+whole cells of the last map, outlier exposure (shapeless backgrounds trained towards the
+uniform output) and CutMix. Prints one JSON line per recipe: held-out accuracy (1,000 Shapes
 images, seed 2) and the strict pointing game of Grad-CAM at the default layer (the last layer of
 ``features``: ``features.8``, 8x8, in the zoo's architecture) and at the last ReLU (``features.7``,
 16x16) on 500 images of seeds 2 and 3, and the default layer's hits per class (seed 2).
@@ -65,6 +65,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # outlier exposure: each batch also holds backgrounds without a shape, trained towards the uniform output
     "outliers16": {"outliers": 16}, "outliers32_w1": {"outliers": 32, "outlier_weight": 1.0},
     "outliers16_e6": {"outliers": 16, "epochs": 6},
+    # CutMix: a random box of another image pasted in, the labels mixed by its area
+    "cutmix": {"cutmix": True}, "cutmix_e6": {"cutmix": True, "epochs": 6},
 }
 HEADS = ("flatten_mlp", "gap", "gap_mlp")
 
@@ -114,6 +116,21 @@ def hide_patches(xb: torch.Tensor, patch: int, gen: torch.Generator) -> torch.Te
     side = xb.shape[-1] // patch
     keep = torch.rand(len(xb), 1, side, side, device=xb.device, generator=gen) >= 0.5
     return xb * keep.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+
+
+def cut_mix(xb: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CutMix (Yun et al., 2019): one box, of area ``1 - lam`` with ``lam ~ U(0, 1)``, cut from the
+    batch rolled by one and pasted in; returns the images, the partner rows and ``lam`` (the area
+    share of the original image, after clipping the box to the image)."""
+    h, w = xb.shape[-2:]
+    lam = float(torch.rand((), generator=gen))
+    bh, bw = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
+    cy, cx = (int(torch.randint(n, (), generator=gen)) for n in (h, w))
+    y0, y1, x0, x1 = max(cy - bh // 2, 0), min(cy + bh // 2, h), max(cx - bw // 2, 0), min(cx + bw // 2, w)
+    partner = torch.roll(torch.arange(len(xb), device=xb.device), 1)
+    mixed = xb.clone()
+    mixed[:, :, y0:y1, x0:x1] = xb[partner][:, :, y0:y1, x0:x1]
+    return mixed, partner, 1 - (y1 - y0) * (x1 - x0) / (h * w)
 
 
 def drop_cells(model: nn.Module, p: float, gen: torch.Generator) -> None:
@@ -178,7 +195,11 @@ def train(recipe: dict[str, Any], x: torch.Tensor, y: torch.Tensor, shapeless: t
                 xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
             if recipe.get("hide"):
                 xb = hide_patches(xb, recipe["hide"], gen)
-            if recipe.get("outliers"):
+            if recipe.get("cutmix"):
+                mixed, partner, lam = cut_mix(xb, gen)
+                out = model(mixed)
+                loss = lam * loss_fn(out, y[idx]) + (1 - lam) * loss_fn(out, y[idx][partner])
+            elif recipe.get("outliers"):
                 extra = shapeless[torch.randint(len(shapeless), (recipe["outliers"],), generator=gen, device=x.device)]
                 out = model(torch.cat([xb, extra]))
                 loss = loss_fn(out[:len(idx)], y[idx]) - recipe.get("outlier_weight", 0.5) * \
