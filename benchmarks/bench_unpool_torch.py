@@ -41,13 +41,19 @@ CASES = [  # (input shape, kernel, stride): the two targets, then AlexNet/ZF-sty
 FRESH = "fresh output: empty + zero_ (no unpooling)"
 _NO_RESULT = ("bandwidth", FRESH)  # rows that do not unpool
 WRONG = "WRONG: differs from the max-pool gradient (overwrites shared switches)"
+BANDWIDTH_NOTE = "preallocated output: zero_ + copy_ of n values"
+
+
+def bandwidth(x: torch.Tensor, values: torch.Tensor) -> Callable[[], object]:
+    """The reference row: zero a preallocated output of ``x``'s size and copy ``values`` into it."""
+    out, n = torch.empty_like(x), values.numel()
+    return lambda: (out.zero_(), out.view(-1)[:n].copy_(values.view(-1)))
 
 
 def routes(x: torch.Tensor, values: torch.Tensor, sw: Switches) -> dict[str, Callable[[], object]]:
     """Every way to unpool ``values``, the bandwidth floor first (it is the reference row)."""
     (k, _), (s, _) = sw.kernel_size, sw.stride
-    idx, n = sw.indices, values.numel()
-    out = torch.empty_like(x)
+    idx = sw.indices
     xg = x.clone().requires_grad_()
     graph = F.max_pool2d(xg, k, s)
     idx32 = idx.to(torch.int32)
@@ -68,7 +74,7 @@ def routes(x: torch.Tensor, values: torch.Tensor, sw: Switches) -> dict[str, Cal
         "channels_last: scatter_add_ (no compiler)": lambda: pooling._unpool_by_scatter_add(values_last, sw_last),
     } if x.device.type == "cpu" and native.unpool_kernel(x.dtype) else {}
     return {
-        "bandwidth": lambda: (out.zero_(), out.view(-1)[:n].copy_(values.view(-1))),
+        "bandwidth": bandwidth(x, values),
         "convscope unpool": lambda: unpool(values, sw),
         **cpu_routes,
         "F.max_unpool2d": lambda: F.max_unpool2d(values, idx, k, s, output_size=x.shape[2:]),
@@ -93,7 +99,7 @@ def unpool_table(shape: tuple[int, ...], kernel: int, stride: int, quick: bool,
     same = torch.equal if device.type == "cpu" or not sw.overlapping else \
         (lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=1e-6))
     notes = {name: "" if same(fn(), expected) else WRONG for name, fn in plain.items() if name not in _NO_RESULT}
-    notes["bandwidth"] = "preallocated output: zero_ + copy_ of n values"
+    notes["bandwidth"] = BANDWIDTH_NOTE
     if FRESH in plain:
         notes[FRESH] = "the page faults a new output costs, for scale"
     best = round_robin(todo, quick)
@@ -138,10 +144,8 @@ def half_table(dtype: torch.dtype, shape: tuple[int, ...], kernel: int, stride: 
     x = torch.randn(shape, generator=gen).to(dtype)
     pooled, sw = max_pool_with_switches(x, kernel, stride)
     values = torch.randn(pooled.shape, generator=gen).to(dtype)
-    out = torch.empty_like(x)
-    n = values.numel()
     todo: dict[str, Callable[[], object]] = {
-        "bandwidth": lambda: (out.zero_(), out.view(-1)[:n].copy_(values.view(-1))),
+        "bandwidth": bandwidth(x, values),
         "convscope unpool": lambda: unpool(values, sw),
         "route: PyTorch's max-pool backward": lambda: pooling._unpool_by_max_pool_backward(values, sw),
         "route: scatter_add_": lambda: pooling._unpool_by_scatter_add(values, sw),
@@ -152,7 +156,7 @@ def half_table(dtype: torch.dtype, shape: tuple[int, ...], kernel: int, stride: 
     expected = torch.autograd.grad(F.max_pool2d(xg, kernel, stride), xg, values)[0]
     notes = {name: "" if torch.equal(fn(), expected) else "differs from the max-pool gradient in the last bit"
              for name, fn in todo.items() if name != "bandwidth"}
-    notes["bandwidth"] = "preallocated output: zero_ + copy_ of n values"
+    notes["bandwidth"] = BANDWIDTH_NOTE
     best = round_robin(todo, quick)
     overlap = " (overlapping)" if sw.overlapping else ""
     table = Table(f"{str(dtype).removeprefix('torch.')} unpool {list(shape)} -> {list(pooled.shape)}, "

@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing import Pool
 from typing import Any
 
@@ -74,12 +75,13 @@ HEADS = ("flatten_mlp", "gap", "gap_mlp")
 def variant(recipe: dict[str, Any]) -> ShapesVGG:
     """ShapesVGG (``widths``) with the recipe's ``kernels`` (one odd size per block), ``pools``
     (max-pools after the first ``pools`` blocks), ``extra_conv`` (a last 3x3 conv-relu) and ``head``."""
-    model = ShapesVGG(widths=recipe.get("widths", (16, 32, 64)))
+    widths = recipe.get("widths", (16, 32, 64))
+    model = ShapesVGG(widths=widths)
     kernels, pools = recipe.get("kernels", (3, 3, 3)), recipe.get("pools", 3)
     if kernels != (3, 3, 3) or pools != 3 or recipe.get("extra_conv"):
         layers: list[nn.Module] = []
         cin = 3
-        for block, (k, w) in enumerate(zip(kernels, recipe.get("widths", (16, 32, 64)), strict=True)):
+        for block, (k, w) in enumerate(zip(kernels, widths, strict=True)):
             layers += [nn.Conv2d(cin, w, k, padding=k // 2), nn.ReLU(inplace=True)]
             layers += [nn.MaxPool2d(2)] if block < pools else []
             cin = w
@@ -155,17 +157,20 @@ def _background_shard(args: tuple[int, int, int]) -> np.ndarray:
     return np.stack([data.sample(i).background for i in range(start, stop)])
 
 
+def _in_parallel(shard: Callable[[tuple[int, int, int]], Any], n: int, seed: int) -> list[Any]:
+    """``shard((seed, start, stop))`` over ``Shapes(n, seed)`` in slices of 1,000, one process per core."""
+    with Pool(os.cpu_count()) as pool:
+        return pool.map(shard, [(seed, a, min(a + 1000, n)) for a in range(0, n, 1000)])
+
+
 def backgrounds(n: int, seed: int) -> torch.Tensor:
     """The normalised backgrounds (each image without its shape) of ``Shapes(n, seed)``."""
-    with Pool(os.cpu_count()) as pool:
-        parts = pool.map(_background_shard, [(seed, a, min(a + 1000, n)) for a in range(0, n, 1000)])
-    return zoo.preset("shapes-vgg").to_tensor(np.concatenate(parts))
+    return zoo.preset("shapes-vgg").to_tensor(np.concatenate(_in_parallel(_background_shard, n, seed)))
 
 
 def shapes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Normalised images, labels and masks of ``Shapes(n, seed)``, drawn in parallel."""
-    with Pool(os.cpu_count()) as pool:
-        parts = pool.map(_shard, [(seed, a, min(a + 1000, n)) for a in range(0, n, 1000)])
+    parts = _in_parallel(_shard, n, seed)
     images, masks, labels = (np.concatenate(p) for p in zip(*parts, strict=True))
     return zoo.preset("shapes-vgg").to_tensor(images), torch.from_numpy(labels), masks
 

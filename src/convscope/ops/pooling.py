@@ -25,8 +25,7 @@ float16 (and bfloat16 without the kernel) go to PyTorch's max-pool backward kern
 ``scatter_add_`` rounds their sums differently in the last bit where windows overlap, and takes
 more time (benchmarks/bench_unpool_torch.py). Otherwise, ``scatter_add_`` over each flattened
 plane into a zeroed, huge-page-advised output. On CPU the scatter's planes go in blocks of about
-4 MiB of output per thread,
-each zeroed and then scattered into while it is still in cache (one trip through memory instead
+4 MiB of output per thread, each zeroed and then scattered into while it is still in cache (one trip through memory instead
 of two: 5-20% faster on the shapes benchmarked; outputs under 16 MiB, which stay in the
 last-level cache anyway, go in one block); channels_last values scatter over ``[N, plane, C]`` views and their
 result stays channels_last. On CUDA with windows that cannot overlap every switch is unique, so
@@ -141,10 +140,11 @@ def _route(values: torch.Tensor, switches: Switches) -> torch.Tensor:
     """The fastest exact unpooling for the device and layout (see the module docstring)."""
     if values.device.type == "cuda" and not switches.overlapping and not _is_channels_last(values):
         return _unpool_by_max_unpool(values, switches)
-    if values.device.type == "cpu" and native.unpool_kernel(values.dtype):
-        return _unpool_by_native_kernel(values, switches)
-    if values.device.type == "cpu" and values.dtype in (torch.float16, torch.bfloat16):
-        return _unpool_by_max_pool_backward(values, switches)
+    if values.device.type == "cpu":
+        if native.unpool_kernel(values.dtype):
+            return _unpool_by_native_kernel(values, switches)
+        if values.dtype in (torch.float16, torch.bfloat16):
+            return _unpool_by_max_pool_backward(values, switches)
     return _unpool_by_scatter_add(values, switches)
 
 
