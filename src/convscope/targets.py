@@ -101,9 +101,9 @@ class Target(ABC):
 
 
 def _on_device(index: Tensor, device: torch.device) -> Tensor:
-    """A host index tensor on ``device``; to CUDA by a pinned, asynchronous copy (a copy from
-    ordinary host memory waits for all the work queued on the device first)."""
-    if device.type == "cuda":
+    """``index`` on ``device``; a host tensor goes to CUDA by a pinned, asynchronous copy (a copy
+    from ordinary host memory waits for all the work queued on the device first)."""
+    if device.type == "cuda" and index.device.type == "cpu":
         return index.pin_memory().to(device, non_blocking=True)
     return index.to(device)
 

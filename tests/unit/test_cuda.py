@@ -56,6 +56,18 @@ def test_every_method_gives_the_cpu_maps_on_cuda(method_name: str, model_name: s
         torch.testing.assert_close(got.cpu(), want, rtol=rtol, atol=atol * float(want.abs().max()))
 
 
+@pytest.mark.parametrize("method_name", list(methods()))
+def test_class_targets_may_be_a_tensor_on_the_cpu_or_the_gpu(method_name: str) -> None:
+    model, x = make("tiny_vgg").eval().cuda(), sample("tiny_vgg").cuda()
+    cls, options = methods()[method_name].cls, LIGHT.get(method_name, {})
+    maps = [cls(model, **options).attribute(x, target=labels)
+            for labels in ([0, 3, 1], torch.tensor([0, 3, 1]), torch.tensor([0, 3, 1], device="cuda"))]
+    assert all(m.shape == maps[0].shape and m.device.type == "cuda" for m in maps)
+    rtol, atol = (1e-3, 1e-4) if method_name in LOOSE else (1e-4, 1e-5)
+    for other in maps[1:] if method_name not in ON_DEVICE_DRAWS else []:  # those draw new noise per call
+        torch.testing.assert_close(other, maps[0], rtol=rtol, atol=atol * float(maps[0].abs().max()))
+
+
 def test_smooth_grad_on_cuda_is_the_mean_over_its_cuda_draws() -> None:
     model, x = make("tiny_vgg").eval().cuda(), sample("tiny_vgg").cuda()
     got = SmoothGrad(model, samples=6, noise=0.2, seed=4, max_batch=4).attribute(x, [0, 3, 1])
