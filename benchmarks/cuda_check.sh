@@ -15,7 +15,7 @@ python3 -m pytest -q -p no:cacheprovider tests/unit/test_cuda.py tests/unit/test
 # the same CPU benchmark as on the 2-core machine, at 2 threads, on this quieter CPU
 timeout 120 python3 -m benchmarks.bench_unpool_torch --threads 2 > "$OUT/unpool_cpu2.md" 2>&1
 grep -E "^###|convscope|F.max_unpool2d|bandwidth \|" "$OUT/unpool_cpu2.md"
-for bench in "bench_unpool_torch --device cuda" bench_attribution; do
+for bench in "bench_unpool_torch --device cuda" "bench_rise --device cuda" bench_attribution; do
   name=$(echo "$bench" | cut -d' ' -f1)
   echo "== $bench"
   timeout 150 python3 -m benchmarks.$bench 2>&1 | tee "$OUT/$name.md" | grep -E "^###|convscope|ratio|WRONG" | head -40

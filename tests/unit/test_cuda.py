@@ -17,7 +17,8 @@ from torch import nn
 
 from convscope.deconv import reconstruct
 from convscope.errors import ConvscopeError
-from convscope.methods import IntegratedGradients, SmoothGrad, batching, methods
+from convscope.methods import RISE, IntegratedGradients, SmoothGrad, batching, methods
+from convscope.methods.perturb import rise_masks
 from convscope.targets import Channel, MaxNeuron
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available on this machine")
@@ -66,6 +67,13 @@ def test_class_targets_may_be_a_tensor_on_the_cpu_or_the_gpu(method_name: str) -
     rtol, atol = (1e-3, 1e-4) if method_name in LOOSE else (1e-4, 1e-5)
     for other in maps[1:] if method_name not in ON_DEVICE_DRAWS else []:  # those draw new noise per call
         torch.testing.assert_close(other, maps[0], rtol=rtol, atol=atol * float(maps[0].abs().max()))
+
+
+def test_rise_masks_gathered_on_cuda_are_the_cpu_slices() -> None:
+    draws = RISE(nn.Identity(), masks=50).draws((60, 50))
+    on_cpu, on_gpu = rise_masks(draws[0], draws[1], (60, 50)), rise_masks(draws[0].cuda(), draws[1], (60, 50))
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=0, atol=1e-6)
 
 
 def test_smooth_grad_on_cuda_is_the_mean_over_its_cuda_draws() -> None:

@@ -13,7 +13,14 @@ from torch import nn
 
 from convscope.errors import ConvscopeError
 from convscope.methods import RISE, Occlusion
-from convscope.methods.perturb import WindowMasks, axis_windows, gaussian_blur, windows
+from convscope.methods.perturb import (
+    WindowMasks,
+    axis_windows,
+    gathered_crops,
+    gaussian_blur,
+    rise_masks,
+    windows,
+)
 from convscope.targets import Channel
 
 TINY, X = make("tiny_vgg").eval(), sample("tiny_vgg")
@@ -133,6 +140,25 @@ def test_rise_matches_the_reference_and_keeps_the_global_rng() -> None:
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(got, RISE(TINY, masks=40, cells=4, p=0.4, seed=5, max_batch=9).attribute(X, classes))
     assert not torch.equal(got, RISE(TINY, masks=40, cells=4, p=0.4, seed=6, max_batch=9).attribute(X, classes))
+
+
+@pytest.mark.parametrize("channels, size", [(1, (9, 9)), (3, (7, 12)), (2, (1, 1))])
+def test_gathered_crops_are_the_sliced_crops(channels: int, size: tuple[int, int]) -> None:
+    g = torch.Generator().manual_seed(channels)
+    images = torch.randn(6, channels, size[0] + 5, size[1] + 4, generator=g)
+    shifts = torch.stack([torch.randint(6, (6,), generator=g), torch.randint(5, (6,), generator=g)], 1)
+    sliced = torch.stack([images[i, :, dy:dy + size[0], dx:dx + size[1]] for i, (dy, dx) in enumerate(shifts.tolist())])
+    assert torch.equal(gathered_crops(images, shifts, size), sliced)
+
+
+def test_rise_masks_slice_on_the_cpu_and_gather_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    grid, shifts = (torch.rand(4, 1, 3, 3) < 0.5).float(), torch.tensor([[0, 1], [2, 0], [1, 1], [2, 2]])
+    calls: list[str] = []
+    monkeypatch.setattr("convscope.methods.perturb.gathered_crops",
+                        lambda *a: calls.append(a[0].device.type) or gathered_crops(*a))
+    assert rise_masks(grid, shifts, (7, 8)).shape == (4, 1, 7, 8) and calls == []
+    # the meta device stands in for a GPU here (shapes only); tests/unit/test_cuda.py checks the values
+    assert rise_masks(grid.to("meta"), shifts, (7, 8)).shape == (4, 1, 7, 8) and calls == ["meta"]
 
 
 @pytest.mark.parametrize("make_method", [lambda b: Occlusion(TINY, window=4, stride=4, max_batch=b),

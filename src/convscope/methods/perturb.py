@@ -220,11 +220,27 @@ class Occlusion(Method):
 
 def rise_masks(grid: Tensor, shifts: Tensor, size: tuple[int, int]) -> Tensor:
     """Soft masks ``[b, 1, H, W]``: each coarse ``grid`` [b, 1, s, s] upsampled bilinearly to
-    ``(s + 1)`` cells of ``ceil(H / s)`` px and cropped at its ``shifts`` [b, 2] offset."""
+    ``(s + 1)`` cells of ``ceil(H / s)`` px and cropped at its ``shifts`` [b, 2] (host) offset.
+
+    The crops are slices on the CPU and one gather elsewhere (the faster of the two on each:
+    BENCHMARKS.md, "RISE mask crops"); both copy the same values."""
     s = grid.shape[-1]
     cell_h, cell_w = math.ceil(size[0] / s), math.ceil(size[1] / s)
     up = F.interpolate(grid, size=((s + 1) * cell_h, (s + 1) * cell_w), mode="bilinear", align_corners=False)
+    if up.device.type != "cpu":
+        return gathered_crops(up, shifts, size)
     return torch.stack([up[i, :, dy:dy + size[0], dx:dx + size[1]] for i, (dy, dx) in enumerate(shifts.tolist())])
+
+
+def gathered_crops(images: Tensor, shifts: Tensor, size: tuple[int, int]) -> Tensor:
+    """``images[i, :, dy_i:dy_i + H, dx_i:dx_i + W]`` for every ``i``, as one advanced-indexing
+    gather (one kernel, no host loop): ``[b, C, Hi, Wi]``, ``shifts [b, 2]`` -> ``[b, C, H, W]``."""
+    shifts = shifts.to(images.device)
+    rows = (shifts[:, :1] + torch.arange(size[0], device=images.device))[:, None, :, None]
+    cols = (shifts[:, 1:] + torch.arange(size[1], device=images.device))[:, None, None, :]
+    batch = torch.arange(len(images), device=images.device)[:, None, None, None]
+    channels = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    return images[batch, channels, rows, cols]
 
 
 @register_method("rise", "RISE: score-weighted average of random soft masks")
