@@ -3,15 +3,16 @@
 Trains :class:`convscope.zoo.architectures.ShapesVGG` under each recipe below (the zoo's loop:
 AdamW, one-cycle schedule, batch 64; options: epochs, learning rate, weight decay, label
 smoothing, horizontal flips, training-set size, widths, seed) and, outside the zoo's
-architecture, VGG-style variants of it: other heads (global average pool + linear or MLP),
-other kernel sizes, a last block without its max-pool plus an extra conv (CAM's VGG-GAP, a
-16x16 map), Hide-and-Seek (random input patches set to the mean while training), dropout of
+architecture, VGG-style variants of it: other heads (global average pool + linear or MLP,
+global max pool + MLP), other kernel sizes, two conv-relu pairs per block (VGG's own block), an
+extra conv (after the last max-pool, or instead of it as in CAM's VGG-GAP, a 16x16 map), Hide-and-Seek (random input patches set to the mean while training), dropout of
 whole cells of the last map, outlier exposure (shapeless backgrounds trained towards the
 uniform output) and CutMix. Prints one JSON line per recipe: held-out accuracy (1,000 Shapes
 images, seed 2) and the strict pointing game of Grad-CAM at the default layer (the last layer of
 ``features``: ``features.8``, 8x8, in the zoo's architecture) and at the last ReLU (``features.7``,
 16x16) on 500 images of seeds 2 and 3, and the default layer's hits per class (seed 2).
-Made for a GPU (a few minutes on an H200 for all recipes); on a CPU pass recipe names to run a few.
+Made for a GPU (a few minutes on an H200 for all recipes; several processes can share it, each
+given some of the names); on a CPU pass recipe names to run a few.
 
     python -m benchmarks.pointing_game_recipes [NAME ...]
     python -m benchmarks.pointing_game_recipes --bound   # how many images a perfect 8x8 or 16x16 map could hit
@@ -68,23 +69,47 @@ RECIPES: dict[str, dict[str, Any]] = {
     "outliers16_e6": {"outliers": 16, "epochs": 6},
     # CutMix: a random box of another image pasted in, the labels mixed by its area
     "cutmix": {"cutmix": True}, "cutmix_e6": {"cutmix": True, "epochs": 6},
+    # VGG's own block: two 3x3 conv-relu pairs before each max-pool (receptive field 40 px at 8x8)
+    "vgg2": {"convs": 2}, "vgg2_e6": {"convs": 2, "epochs": 6}, "vgg2_seed1": {"convs": 2, "seed": 1},
+    **{f"vgg2_lr0.001_e{e}": {"convs": 2, "lr": 1e-3, "epochs": e} for e in (3, 6)},
+    **{f"vgg2_gap_mlp_e{e}": {"convs": 2, "head": "gap_mlp", "epochs": e} for e in (6, 10)},
+    "vgg2_gap_mlp_lr0.001_e10": {"convs": 2, "head": "gap_mlp", "lr": 1e-3, "epochs": 10},
+    # one more 3x3 conv-relu at 8x8, after the last max-pool (receptive field 38 px)
+    "extra8": {"extra_conv": True}, "extra8_gap_mlp_e10": {"extra_conv": True, "head": "gap_mlp", "epochs": 10},
+    # the averaging head: longer, other learning rates and seeds, more images, a max-pooling head
+    **{f"gap_mlp_lr{lr:g}_e{e}{s}": {"head": "gap_mlp", "lr": lr, "epochs": e, "seed": k}
+       for lr in (1e-3, 2e-3) for e in (15, 20) for k, s in ((0, ""), (1, "_seed1"))},
+    # how much of the averaging head's localisation is the training seed's: eight seeds per learning rate
+    **{f"gap_mlp_lr{lr:g}_e15_seed{k}": {"head": "gap_mlp", "lr": lr, "epochs": 15, "seed": k}
+       for lr in (1.5e-3, 2e-3, 3e-3) for k in range(2, 8)},
+    **{f"gap_mlp_lr{lr:g}_e15{s}": {"head": "gap_mlp", "lr": lr, "epochs": 15, "seed": k}
+       for lr in (1.5e-3, 3e-3) for k, s in ((0, ""), (1, "_seed1"))},
+    "gap_mlp_e10_seed2": {"head": "gap_mlp", "epochs": 10, "seed": 2},
+    **{f"gap_mlp_lr0.001_e10_seed{k}": {"head": "gap_mlp", "epochs": 10, "lr": 1e-3, "seed": k} for k in (1, 2)},
+    "gap_mlp_n20k_e6": {"head": "gap_mlp", "epochs": 6, "n": 20_000},
+    "gap_mlp_n20k_lr0.001_e6": {"head": "gap_mlp", "epochs": 6, "n": 20_000, "lr": 1e-3},
+    "gap_mlp_cell_drop0.5_e10": {"head": "gap_mlp", "epochs": 10, "cell_drop": 0.5},
+    "wide_gap_mlp_e10": {"head": "gap_mlp", "epochs": 10, "widths": (32, 64, 128)},
+    **{f"gmp_mlp_e{e}": {"head": "gmp_mlp", "epochs": e} for e in (3, 10)},
 }
-HEADS = ("flatten_mlp", "gap", "gap_mlp")
+HEADS = ("flatten_mlp", "gap", "gap_mlp", "gmp_mlp")
 
 
 def variant(recipe: dict[str, Any]) -> ShapesVGG:
-    """ShapesVGG (``widths``) with the recipe's ``kernels`` (one odd size per block), ``pools``
-    (max-pools after the first ``pools`` blocks), ``extra_conv`` (a last 3x3 conv-relu) and ``head``."""
+    """ShapesVGG (``widths``) with the recipe's ``kernels`` (one odd size per block), ``convs``
+    (conv-relu pairs per block), ``pools`` (max-pools after the first ``pools`` blocks),
+    ``extra_conv`` (a last 3x3 conv-relu) and ``head``."""
     widths = recipe.get("widths", (16, 32, 64))
     model = ShapesVGG(widths=widths)
-    kernels, pools = recipe.get("kernels", (3, 3, 3)), recipe.get("pools", 3)
-    if kernels != (3, 3, 3) or pools != 3 or recipe.get("extra_conv"):
+    kernels, pools, convs = recipe.get("kernels", (3, 3, 3)), recipe.get("pools", 3), recipe.get("convs", 1)
+    if kernels != (3, 3, 3) or pools != 3 or convs != 1 or recipe.get("extra_conv"):
         layers: list[nn.Module] = []
         cin = 3
         for block, (k, w) in enumerate(zip(kernels, widths, strict=True)):
-            layers += [nn.Conv2d(cin, w, k, padding=k // 2), nn.ReLU(inplace=True)]
+            for _ in range(convs):
+                layers += [nn.Conv2d(cin, w, k, padding=k // 2), nn.ReLU(inplace=True)]
+                cin = w
             layers += [nn.MaxPool2d(2)] if block < pools else []
-            cin = w
         if recipe.get("extra_conv"):
             layers += [nn.Conv2d(cin, cin, 3, padding=1), nn.ReLU(inplace=True)]
         model.features = nn.Sequential(*layers)
@@ -93,7 +118,7 @@ def variant(recipe: dict[str, Any]) -> ShapesVGG:
 
 def with_head(model: ShapesVGG, head: str, side: int = 8) -> ShapesVGG:
     """``model`` with its classifier swapped: the zoo's flatten + MLP (over a ``side`` x ``side``
-    map), GAP + linear, or GAP + MLP."""
+    map), GAP + linear, GAP + MLP, or global max pool + MLP."""
     width = [m for m in model.features if isinstance(m, nn.Conv2d)][-1].out_channels
     classes = model.classifier[-1].out_features
 
@@ -104,6 +129,8 @@ def with_head(model: ShapesVGG, head: str, side: int = 8) -> ShapesVGG:
         model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes))
     elif head == "gap_mlp":
         model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), *mlp(width))
+    elif head == "gmp_mlp":
+        model.classifier = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), *mlp(width))
     elif head == "flatten_mlp":
         if side != 8:
             model.classifier = nn.Sequential(nn.Flatten(), *mlp(width * side * side))
