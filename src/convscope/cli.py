@@ -165,6 +165,8 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="grad_cam", help="a registered method name, or 'all' (default grad_cam)")
     p.add_argument("--target", type=int, default=None, help="class index to explain (default: the predicted class)")
     p.add_argument("--layer", default=None, help="layer for CAM methods (default: chosen automatically)")
+    p.add_argument("--eigen-smooth", action="store_true",
+                   help="CAM methods: project the weighted maps on their first principal component")
     p.add_argument("--out", default="convscope-explain", help="output folder (default: convscope-explain)")
 
 
@@ -174,7 +176,7 @@ def _explain(args: argparse.Namespace) -> int:
     from convscope.explain import explain
 
     for path in explain(_load(args), args.images, method=args.method, target=args.target, layer=args.layer,
-                        out=Path(args.out)):
+                        eigen_smooth=args.eigen_smooth, out=Path(args.out)):
         print(path)
     return 0
 

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from convscope import render
+from convscope.errors import ConvscopeError
 from convscope.images import load_images
 from convscope.methods import methods as registered
 from convscope.methods.registry import get_method
@@ -51,9 +52,22 @@ def _channels_first(maps: object) -> torch.Tensor:
     return torch.tensor(np.moveaxis(np.asarray(maps), -1, 1))  # a copy: TF's arrays are read-only
 
 
+def _options(cls: type, layer: str | None, eigen_smooth: bool, asked_alone: bool) -> dict[str, object]:
+    """The constructor options of ``cls`` among ``layer`` and ``eigen_smooth`` (the ones it takes)."""
+    takes = inspect.signature(cls.__init__).parameters
+    if eigen_smooth and "eigen_smooth" not in takes and asked_alone:
+        raise ConvscopeError(f"--eigen-smooth applies to the CAM methods; {cls.__name__} has no such option",
+                             "Drop --eigen-smooth, or pick a CAM method such as --method grad_cam.")
+    options: dict[str, object] = {"layer": layer} if layer is not None and "layer" in takes else {}
+    if eigen_smooth and "eigen_smooth" in takes:
+        options["eigen_smooth"] = True
+    return options
+
+
 def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = "grad_cam", target: int | None = None,
-            layer: str | None = None, out: Path = Path("convscope-explain")) -> list[Path]:
-    """Write the overlays (and grids, and maps.json) into ``out``; return the written paths."""
+            layer: str | None = None, eigen_smooth: bool = False, out: Path = Path("convscope-explain")) -> list[Path]:
+    """Write the overlays (and grids, and maps.json) into ``out``; return the written paths.
+    ``eigen_smooth`` applies to the CAM methods (with ``method="all"``, to those only)."""
     names = list(registered()) if method == "all" else [get_method(method).name]
     batch = load_images(images, loaded.preprocess)
     predicted = _predicted(loaded, batch.tensor)
@@ -63,7 +77,7 @@ def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = 
     overlays: dict[str, list[np.ndarray]] = {}
     for name in tqdm(names, desc="explain", disable=len(names) == 1, leave=False):
         cls = get_method(name)
-        kwargs = {"layer": layer} if layer is not None and "layer" in inspect.signature(cls.__init__).parameters else {}
+        kwargs = _options(cls, layer, eigen_smooth, asked_alone=len(names) == 1)
         maps = _channels_first(cls(loaded.model, **kwargs).attribute(batch.tensor, target=targets))
         overlays[name] = []
         for i, image_name in enumerate(batch.names):
@@ -71,7 +85,8 @@ def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = 
             overlays[name].append(picture)
             written.append(render.save_png(out / f"{Path(image_name).stem}-{name}.png", picture))
             meta.setdefault(image_name, []).append({
-                "method": name, "target": int(targets[i]), "shape": list(maps[i].shape),
+                "method": name, "target": int(targets[i]), "eigen_smooth": "eigen_smooth" in kwargs,
+                "shape": list(maps[i].shape),
                 "min": float(maps[i].min()), "max": float(maps[i].max()), "png": written[-1].name})
     if len(names) > 1:
         for i, image_name in enumerate(batch.names):

@@ -51,6 +51,10 @@ EXTRA: dict[str, Build] = {
     "eigen_cam": lambda m: EigenCAM(m),
     "gradient_shap": lambda m: GradientSHAP(m, baselines=0.2, samples=5, noise=0.1, max_batch=4),
     "rise": lambda m: RISE(m, masks=12, cells=3, max_batch=5),
+    # eigen_smooth through the gradient path (per channel and per unit) and the activation path
+    "grad_cam_eigen_smooth": lambda m: GradCAM(m, eigen_smooth=True),
+    "layer_cam_eigen_smooth": lambda m: LayerCAM(m, relu=False, eigen_smooth=True),
+    "ablation_cam_eigen_smooth": lambda m: AblationCAM(m, eigen_smooth=True, max_batch=5),
 }
 
 

@@ -287,6 +287,59 @@ def test_eigen_cam_matches_numpy_svd_and_ignores_the_target() -> None:
     assert close(one, expected, 1e-4) and torch.equal(one, other)
 
 
+def numpy_principal_projection(weighted: Tensor, plain: Tensor) -> Tensor:
+    """eigen_smooth by hand: ``weighted [K, h, w]`` as h*w points, centred, projected on numpy's first
+    right singular vector, the sign taken so that the projection agrees with ``plain [h, w]``."""
+    flat = weighted.reshape(len(weighted), -1).T.double().numpy()
+    flat = flat - flat.mean(axis=0)
+    projection = flat @ np.linalg.svd(flat)[2][0]
+    plain_flat = plain.flatten().double().numpy()
+    if projection @ (plain_flat - plain_flat.mean()) < 0:
+        projection = -projection
+    return torch.from_numpy(projection).float().view(plain.shape)
+
+
+EIGEN_WEIGHTS = {GradCAM: lambda a, g: w_grad_cam(a, g)[:, None, None], HiResCAM: lambda a, g: g,
+                 LayerCAM: lambda a, g: torch.relu(g), XGradCAM: lambda a, g: w_x_grad(a, g)[:, None, None]}
+
+
+@pytest.mark.parametrize("model_name", list(LAYERS))
+@pytest.mark.parametrize("cls", list(EIGEN_WEIGHTS), ids=lambda c: c.__name__)
+def test_eigen_smooth_is_the_numpy_principal_projection_of_the_weighted_maps(cls: type[CAMMethod],
+                                                                            model_name: str) -> None:
+    model, x = make(model_name).eval(), sample(model_name)
+    layer = LAYERS[model_name][0]
+    a, g, _ = naive_acts_grads(model, x, layer, CLASSES)
+    expected = []
+    for n in range(len(x)):
+        weighted = EIGEN_WEIGHTS[cls](a[n], g[n]) * a[n]
+        expected.append(numpy_principal_projection(weighted, weighted.sum(0)))
+    raw = cls(model, layer, upsample=False, relu=False, eigen_smooth=True).attribute(x, CLASSES)
+    assert close(raw, torch.stack(expected)[:, None], 1e-4)  # float32 against float64 SVDs
+    final = cls(model, layer, eigen_smooth=True).attribute(x, CLASSES)
+    assert close(final, F.interpolate(torch.relu(raw), size=x.shape[-2:], mode="bilinear", align_corners=False))
+    assert not close(raw, cls(model, layer, upsample=False, relu=False).attribute(x, CLASSES), 1e-2)
+
+
+def test_eigen_smooth_of_a_single_channel_is_the_centred_map() -> None:
+    # one channel: its only principal direction is that channel, so P1(w A) = w A - mean(w A)
+    model = nn.Sequential(nn.Conv2d(3, 1, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2)).eval()
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    model(x)
+    plain = GradCAM(model, "1", upsample=False, relu=False).attribute(x, [0, 1])
+    smooth = GradCAM(model, "1", upsample=False, relu=False, eigen_smooth=True).attribute(x, [0, 1])
+    assert close(smooth, plain - plain.mean((2, 3), keepdim=True))
+
+
+def test_eigen_smooth_leaves_eigen_cam_as_it_is_and_checks_its_flag() -> None:
+    model, x = make("tiny_vgg").eval(), sample("tiny_vgg")
+    plain = EigenCAM(model, "features.3").attribute(x, 0)
+    assert torch.equal(EigenCAM(model, "features.3", eigen_smooth=True).attribute(x, 0), plain)
+    assert "eigen_smooth=True" in repr(ScoreCAM(model, eigen_smooth=True))
+    with pytest.raises(ConvscopeError, match="eigen_smooth='yes' must be True or False"):
+        GradCAMPlusPlus(model, eigen_smooth="yes")  # type: ignore[arg-type]
+
+
 def test_guided_grad_cam_is_naive_guided_backprop_times_grad_cam() -> None:
     model, x = make("tiny_vgg").eval(), sample("tiny_vgg")
     guided = naive_attribution(model, x, lambda m, t: m(t)[torch.arange(3), torch.tensor(CLASSES)], rule="guided")

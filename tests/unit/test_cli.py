@@ -140,6 +140,30 @@ def test_explain_one_method_and_all(shapes_vgg: torch.nn.Module, tmp_path: Path,
     assert (tmp_path / "all" / "img0-all.png").is_file()
 
 
+def test_explain_with_eigen_smooth(shapes_vgg: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from convscope.data import Shapes
+    from convscope.images import load_images
+    from convscope.methods import GradCAM
+    from convscope.zoo import preset
+
+    Image.fromarray(Shapes(1, seed=9).sample(0).image).save(tmp_path / "img0.png")
+    code, _, err = run_cli(capsys, "explain", "zoo:shapes-vgg", str(tmp_path / "img0.png"), "--method", "grad_cam",
+                           "--target", "2", "--eigen-smooth", "--out", str(tmp_path / "smooth"))
+    assert code == 0, err
+    entry = json.loads((tmp_path / "smooth" / "maps.json").read_text())["img0.png"][0]
+    x = load_images([tmp_path / "img0.png"], preset("shapes-vgg")).tensor
+    want = GradCAM(shapes_vgg, eigen_smooth=True).attribute(x, 2)
+    assert entry["eigen_smooth"] is True and entry["max"] == pytest.approx(float(want.max()), rel=1e-5)
+    assert entry["max"] != pytest.approx(float(GradCAM(shapes_vgg).attribute(x, 2).max()), rel=1e-3)
+    # a method without the option, asked for alone: a clear error, and nothing written
+    code, _, err = run_cli(capsys, "explain", "zoo:shapes-vgg", str(tmp_path / "img0.png"), "--method", "saliency",
+                           "--eigen-smooth", "--out", str(tmp_path / "no"))
+    assert code == 2 and "--eigen-smooth applies to the CAM methods" in " ".join(err.split())
+    assert "Traceback" not in err and not (tmp_path / "no").exists()
+
+
 def test_explain_unknown_method(shapes_vgg: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "explain", "zoo:shapes-vgg", str(_png(tmp_path / "a.png")), "--method", "gradcamm")
     assert code == 2 and "grad_cam" in err and "Traceback" not in err

@@ -5,7 +5,7 @@ its raw (layer-resolution, pre-ReLU) maps are reachable through ``get_cam_image`
 activations and gradients its hooks recorded. Raw maps agree with ours to 1e-5 for GradCAM,
 GradCAM++ (with its ``eps=1e-6``), XGradCAM, HiResCAM, LayerCAM, ScoreCAM (with its
 ``align_corners=True`` masks), AblationCAM (on post-ReLU layers) and EigenCAM (up to the SVD's
-sign, which convscope fixes); end to end, its GradCAM output equals ours normalised the same way.
+sign, which convscope fixes), with and without ``eigen_smooth`` (up to the same sign); end to end, its GradCAM output equals ours normalised the same way.
 Differences by design, shown here: the normalisation itself, Score-CAM's mask interpolation, and
 Ablation-CAM on layers with negative values (it sets a channel to ``min - 1e7``, not 0).
 """
@@ -59,7 +59,8 @@ def close(a: Tensor, b: Tensor, tol: float = 1e-5) -> bool:
     return bool((a - b).abs().max() <= tol * max(float(b.abs().max()), 1e-12))
 
 
-def theirs_raw(name: str, model: nn.Module, layer: str, x: Tensor, classes: list[int]) -> Tensor:
+def theirs_raw(name: str, model: nn.Module, layer: str, x: Tensor, classes: list[int],
+               eigen_smooth: bool = False) -> Tensor:
     """pytorch-grad-cam's raw map [N, 1, h, w]: its own forward/backward, then ``get_cam_image``."""
     model = copy.deepcopy(model)  # it runs .backward() into the parameters and swaps layers
     module = model.get_submodule(layer)
@@ -69,7 +70,7 @@ def theirs_raw(name: str, model: nn.Module, layer: str, x: Tensor, classes: list
         cam(input_tensor=x.clone(), targets=targets)
         acts = cam.activations_and_grads.activations[0].numpy()
         grads = cam.activations_and_grads.gradients[0].numpy() if cam.uses_gradients else None
-        raw = cam.get_cam_image(x.clone(), module, targets, acts, grads, False)
+        raw = cam.get_cam_image(x.clone(), module, targets, acts, grads, eigen_smooth)
     return torch.from_numpy(np.asarray(raw, dtype=np.float32))[:, None]
 
 
@@ -80,10 +81,38 @@ def test_raw_maps_agree(name: str, model_name: str) -> None:
     ours = PAIRS[name][0](model, layer).attribute(x, CLASSES)
     theirs = theirs_raw(name, model, layer, x, CLASSES)
     if name == "eigen_cam":  # the SVD's sign is arbitrary; convscope fixes it, pytorch-grad-cam does not
-        sign = torch.sign((ours * theirs).flatten(1).sum(1)).view(-1, 1, 1, 1)
-        assert close(ours, sign * theirs, 1e-4)  # float32 SVDs by two libraries
+        assert close(ours, signs(ours, theirs) * theirs, 1e-4)  # float32 SVDs by two libraries
     else:
         assert close(ours, theirs)
+
+
+def signs(ours: Tensor, theirs: Tensor) -> Tensor:
+    """Per map, +1 where ``theirs`` correlates with ``ours``, -1 where it anti-correlates."""
+    return torch.sign((ours * theirs).flatten(1).sum(1)).view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_eigen_smooth_raw_maps_agree_up_to_their_sign(name: str, model_name: str) -> None:
+    model, x, layer = make(model_name).eval(), sample(model_name), MODELS[model_name]
+    method = PAIRS[name][0](model, layer)
+    method.eigen_smooth = True
+    ours = method.attribute(x, CLASSES)
+    theirs = theirs_raw(name, model, layer, x, CLASSES, eigen_smooth=True)
+    assert close(ours, signs(ours, theirs) * theirs, 1e-4)  # float32 SVDs by two libraries
+
+
+def test_their_eigen_smooth_sign_can_turn_the_map_around() -> None:
+    # pytorch-grad-cam keeps the sign its SVD returns: on tiny_vgg its Grad-CAM projection
+    # anti-correlates with its own plain Grad-CAM map, so after the ReLU it shows the rest of the
+    # image; convscope's projection agrees in sign with the plain map by construction
+    model, x, layer = make("tiny_vgg").eval(), sample("tiny_vgg"), MODELS["tiny_vgg"]
+    plain = theirs_raw("grad_cam", model, layer, x, CLASSES)
+    theirs = theirs_raw("grad_cam", model, layer, x, CLASSES, eigen_smooth=True)
+    ours = GradCAM(model, layer, upsample=False, relu=False, eigen_smooth=True).attribute(x, CLASSES)
+    centred = plain - plain.mean((2, 3), keepdim=True)
+    assert (signs(centred, theirs) < 0).any()
+    assert (signs(centred, ours) > 0).all()
 
 
 @pytest.mark.parametrize("name", ["grad_cam", "grad_cam_plus_plus", "x_grad_cam", "hires_cam", "layer_cam"])

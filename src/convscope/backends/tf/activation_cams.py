@@ -18,6 +18,7 @@ import tensorflow as tf
 from convscope.backends.tf.batching import Batches
 from convscope.backends.tf.cam import KerasActivationCAM, divide
 from convscope.backends.tf.method import implements
+from convscope.backends.tf.projection import centred, principal_direction
 from convscope.backends.tf.targets import Scorer
 from convscope.methods.cam import AblationCAM, EigenCAM
 
@@ -49,11 +50,12 @@ class KerasAblationCAM(KerasActivationCAM):
 class KerasEigenCAM(KerasActivationCAM):
     """``relu(sum_k v_k (A_k - mean A_k))``, ``v`` the first principal direction with ``sum v >= 0``."""
 
+    eigen_smooth_applies = False  # the map is the projection already
+
     def features(self, acts: tf.Tensor) -> tf.Tensor:
-        return acts - tf.reduce_mean(acts, (1, 2), keepdims=True)
+        return centred(acts)
 
     def layer_weights(self, x: tf.Tensor, rows: tf.Tensor, target: Scorer, layer: str, acts: tf.Tensor) -> tf.Tensor:
         self.scores(x, rows, x, [target], None)  # the target does not enter the map, but it is checked
-        centred = tf.reshape(self.features(acts), [acts.shape[0], -1, acts.shape[-1]])
-        v = tf.linalg.svd(centred, full_matrices=False)[2][:, :, 0]  # [n, K]: first right singular vector
+        v = principal_direction(acts)  # [n, K]: first right singular vector
         return tf.where(tf.reduce_sum(v, 1, keepdims=True) < 0, -v, v)

@@ -1,7 +1,7 @@
 """The CAM family on Keras models: ``map = relu(sum_k w_k A_k)`` over channels-last feature maps.
 
 Same formulas, options and defaults as :mod:`convscope.methods.cam` (``layer``, ``upsample``,
-``relu``, ``max_batch``; ``last_layers`` after each call), laid out NHWC: ``A`` is
+``relu``, ``eigen_smooth``, ``max_batch``; ``last_layers`` after each call), laid out NHWC: ``A`` is
 ``[n, h, w, K]``, weights are ``[n, K]`` or ``[n, h, w, K]``, and maps are ``[N, H, W, L]`` with
 one channel per layer (``L = 1`` for one layer). ReLU comes before the bilinear upsampling with
 half-pixel centres (``align_corners=False``, as in torch). Everything but Score-CAM's masked
@@ -24,6 +24,7 @@ import tensorflow as tf
 from convscope.backends.tf.batching import Batches
 from convscope.backends.tf.method import KerasMethod, Wrt, as_input, concat, implements, rows_of
 from convscope.backends.tf.model import KerasNet, LayerKey
+from convscope.backends.tf.projection import principal_projection
 from convscope.backends.tf.targets import Scorer, score_all
 from convscope.errors import ConvscopeError
 from convscope.methods.batching import MaxBatch
@@ -89,7 +90,8 @@ def finish(maps: list[tf.Tensor], names: Sequence[str], size: Sequence[int] | No
 
 
 def cam_fn(net: KerasNet, weigh: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], scorers: list[Scorer],
-           keys: list[str], size: Sequence[int] | None, use_relu: bool) -> Callable[..., list[tf.Tensor]]:
+           keys: list[str], size: Sequence[int] | None, use_relu: bool,
+           eigen_smooth: bool = False) -> Callable[..., list[tf.Tensor]]:
     """``f(x, rows, feeds)`` -> per target the finished maps ``[n, H, W, L]`` (gradient-weighted CAMs)."""
     layers = tuple(dict.fromkeys([*keys, *(layer for s in scorers for layer in s.layers)]))
 
@@ -101,7 +103,8 @@ def cam_fn(net: KerasNet, weigh: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], sc
         out = []
         for score in scores:
             grads = tape.gradient(score, acts, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            out.append(finish([combine(weigh(a, g), a) for a, g in zip(acts, grads)], keys, size, use_relu))
+            out.append(finish([combine(weigh(a, g), a, eigen_smooth) for a, g in zip(acts, grads)], keys, size,
+                              use_relu))
         return out
 
     return fn
@@ -112,25 +115,30 @@ def acts_fn(net: KerasNet, keys: list[str]) -> Callable[..., list[tf.Tensor]]:
     return lambda x, feeds: [feature_map(net.run(x, keys).acts[k], k) for k in keys]
 
 
-def combine(weights: tf.Tensor, acts: tf.Tensor) -> tf.Tensor:
-    """``sum_k w_k A_k`` as ``[n, h, w, 1]`` (weights per channel ``[n, K]`` or per unit ``[n, h, w, K]``)."""
+def combine(weights: tf.Tensor, acts: tf.Tensor, eigen_smooth: bool = False) -> tf.Tensor:
+    """``sum_k w_k A_k`` as ``[n, h, w, 1]`` (weights per channel ``[n, K]`` or per unit ``[n, h, w, K]``),
+    or with ``eigen_smooth`` the first-principal-component projection of the ``w_k A_k``."""
     if weights.shape.rank == 2:
         weights = weights[:, None, None, :]
-    return tf.reduce_sum(weights * acts, axis=-1, keepdims=True)
+    weighted = weights * acts
+    plain = tf.reduce_sum(weighted, axis=-1, keepdims=True)
+    return principal_projection(weighted, like=plain) if eigen_smooth else plain
 
 
 class KerasCAMMethod(KerasMethod):
     """A class activation map on a Keras model (see :class:`convscope.methods.cam.CAMMethod`)."""
 
     default_relu: ClassVar[bool] = True
+    eigen_smooth_applies: ClassVar[bool] = True  # False for Eigen-CAM, a projection already
 
     def __init__(self, model: keras.Model, layer: LayerSpec = None, *, upsample: bool = True,
-                 relu: bool | None = None, max_batch: MaxBatch = None) -> None:
+                 relu: bool | None = None, eigen_smooth: bool = False, max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
-        check_flag("upsample", upsample), check_flag("relu", relu)
+        check_flag("upsample", upsample), check_flag("relu", relu), check_flag("eigen_smooth", eigen_smooth)
         self.layers = _check_layers(layer)
         self.upsample = upsample
         self.relu = self.default_relu if relu is None else relu
+        self.eigen_smooth = bool(eigen_smooth)
         self.last_layers: tuple[str, ...] = ()
 
     def weights(self, acts: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
@@ -163,9 +171,13 @@ class KerasCAMMethod(KerasMethod):
               size: tuple[int, ...] | None) -> list[tf.Tensor]:
         """Finished maps per target for one chunk."""
         weigh = self._detached().weights
-        net, use_relu = self.net, self.relu
-        key = ("cam", self._config(), tuple(keys), size, use_relu)
-        return self.compiled(key, lambda: cam_fn(net, weigh, scorers, keys, size, use_relu), scorers, x, rows)
+        net, use_relu, smooth = self.net, self.relu, self._smooths()
+        key = ("cam", self._config(), tuple(keys), size, use_relu, smooth)
+        return self.compiled(key, lambda: cam_fn(net, weigh, scorers, keys, size, use_relu, smooth), scorers, x, rows)
+
+    def _smooths(self) -> bool:
+        """Whether the weighted maps are reduced by their principal projection (``eigen_smooth``)."""
+        return self.eigen_smooth and self.eigen_smooth_applies
 
     def _config(self) -> tuple[Any, ...]:
         """What the weighting depends on besides the class (for the compiled-function key)."""
@@ -183,8 +195,9 @@ class KerasCAMMethod(KerasMethod):
         return self._maps(x, rows, scorers, [wrt], None)
 
     def __repr__(self) -> str:
+        smooth = ", eigen_smooth=True" if self.eigen_smooth else ""
         return (f"{type(self).__name__}({self.model.name!r}, layer={self.layers}, upsample={self.upsample}, "
-                f"relu={self.relu}, max_batch={self.max_batch})")
+                f"relu={self.relu}{smooth}, max_batch={self.max_batch})")
 
 
 class KerasActivationCAM(KerasCAMMethod):
@@ -195,8 +208,8 @@ class KerasActivationCAM(KerasCAMMethod):
               size: tuple[int, ...] | None) -> list[tf.Tensor]:
         net = self.net
         acts = self.compiled(("acts", tuple(keys)), lambda: acts_fn(net, keys), [], x)
-        return [finish([combine(self.layer_weights(x, rows, s, k, a), self.features(a)) for k, a in zip(keys, acts)],
-                       keys, size, self.relu) for s in scorers]
+        return [finish([combine(self.layer_weights(x, rows, s, k, a), self.features(a), self._smooths())
+                        for k, a in zip(keys, acts)], keys, size, self.relu) for s in scorers]
 
     def features(self, acts: tf.Tensor) -> tf.Tensor:
         """What the weights multiply: ``A`` itself (Eigen-CAM centres it)."""
@@ -231,8 +244,9 @@ class KerasGradCAMPlusPlus(KerasCAMMethod):
     """``w_k = sum_ij relu(G) a``, ``a = G^2 / (2 G^2 + sum_ij(A_k) G^3 + eps)`` (0 where G is 0)."""
 
     def __init__(self, model: keras.Model, layer: LayerSpec = None, *, upsample: bool = True,
-                 relu: bool | None = None, eps: float = 0.0, max_batch: MaxBatch = None) -> None:
-        super().__init__(model, layer, upsample=upsample, relu=relu, max_batch=max_batch)
+                 relu: bool | None = None, eigen_smooth: bool = False, eps: float = 0.0,
+                 max_batch: MaxBatch = None) -> None:
+        super().__init__(model, layer, upsample=upsample, relu=relu, eigen_smooth=eigen_smooth, max_batch=max_batch)
         self.eps = float(eps)
 
     def _config(self) -> tuple[Any, ...]:

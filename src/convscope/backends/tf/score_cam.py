@@ -51,8 +51,9 @@ class KerasScoreCAM(KerasActivationCAM):
     """``relu(sum_k softmax_k(S(x * M_k)) A_k)``. ``align_corners=True`` agrees with pytorch-grad-cam's masks."""
 
     def __init__(self, model: keras.Model, layer: LayerSpec = None, *, upsample: bool = True,
-                 relu: bool | None = None, align_corners: bool = False, max_batch: MaxBatch = None) -> None:
-        super().__init__(model, layer, upsample=upsample, relu=relu, max_batch=max_batch)
+                 relu: bool | None = None, eigen_smooth: bool = False, align_corners: bool = False,
+                 max_batch: MaxBatch = None) -> None:
+        super().__init__(model, layer, upsample=upsample, relu=relu, eigen_smooth=eigen_smooth, max_batch=max_batch)
         self.align_corners = align_corners
 
     def layer_weights(self, x: tf.Tensor, rows: tf.Tensor, target: Scorer, layer: str, acts: tf.Tensor) -> tf.Tensor:

@@ -8,11 +8,20 @@ the elementwise variants). :meth:`CAMMethod.features` is the second hook point: 
 multiply (``A`` itself unless overridden, as Eigen-CAM does). Then, per layer::
 
     raw = sum_k w_k * F_k                      # [n, 1, h, w], at the layer's resolution
+    raw = P1(w * F)   instead, if eigen_smooth=True (below)
     map = relu(raw)   if the method's ReLU is on (``relu=``; each method documents its default)
     map = bilinear(map, to the input's H x W)  if ``upsample=True`` (the default)
 
 ReLU comes before upsampling, as in the papers and pytorch-grad-cam. Upsampling is bilinear with
 half-pixel centres (``align_corners=False``, what ``cv2.resize`` and PIL do).
+
+``eigen_smooth=True`` (pytorch-grad-cam's option of that name, for every CAM method) replaces the
+sum over channels by ``P1``, the projection of the weighted maps ``w_k F_k`` on their first
+principal component (:func:`~convscope.methods.cam.projection.principal_projection`: centred over
+positions, as pytorch-grad-cam does). That keeps the main pattern of the weighted maps and drops
+the rest, which reads as less noise. The SVD leaves its sign open, and pytorch-grad-cam keeps
+whatever sign its SVD returns, so its map is sometimes the negated projection, cut by the ReLU.
+convscope takes the sign that agrees with the plain sum ``sum_k w_k F_k`` instead.
 
 Layers. ``layer=None`` picks :func:`~convscope.methods.cam.layer.default_layer` (the last layer
 with a spatial output); ``layer="layer4"`` or a module names one; ``layer=["layer3", "layer4"]``
@@ -45,6 +54,7 @@ from convscope.errors import ConvscopeError
 from convscope.methods.base import Method, Wrt, check_input
 from convscope.methods.batching import Batches, MaxBatch
 from convscope.methods.cam.layer import default_layer
+from convscope.methods.cam.projection import principal_projection
 from convscope.methods.options import check_flag
 from convscope.targets import Record, Target, TargetLike, as_targets
 
@@ -128,21 +138,24 @@ class LayerStep:
 class CAMMethod(Method):
     """A class activation map: ``relu(sum_k w_k F_k)`` at one or more layers (see the module doc).
 
-    ``CAMMethod(model, layer=None, *, upsample=True, relu=None, max_batch=None)``; ``relu=None``
-    takes the method's documented default (``default_relu``).
+    ``CAMMethod(model, layer=None, *, upsample=True, relu=None, eigen_smooth=False, max_batch=None)``;
+    ``relu=None`` takes the method's documented default (``default_relu``).
     """
 
     default_relu: ClassVar[bool] = True
+    #: False where the map is a principal projection already (Eigen-CAM): ``eigen_smooth`` changes nothing
+    eigen_smooth_applies: ClassVar[bool] = True
     #: whether :meth:`weights` reads ``dS/dA`` (if not, the forward pass runs without autograd)
     uses_gradients: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, layer: LayerSpec = None, *, upsample: bool = True,
-                 relu: bool | None = None, max_batch: MaxBatch = None) -> None:
+                 relu: bool | None = None, eigen_smooth: bool = False, max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
-        check_flag("upsample", upsample), check_flag("relu", relu)
+        check_flag("upsample", upsample), check_flag("relu", relu), check_flag("eigen_smooth", eigen_smooth)
         self.layers = _check_layers(layer)
         self.upsample = upsample
         self.relu = self.default_relu if relu is None else relu
+        self.eigen_smooth = bool(eigen_smooth)
         self.last_layers: tuple[str, ...] = ()  # the layers of the latest call, chosen or given
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
@@ -212,7 +225,9 @@ class CAMMethod(Method):
         w = self.weights(acts, grads, step)
         if w.dim() == 2:
             w = w[:, :, None, None]
-        return (w * self.features(acts)).sum(1, keepdim=True)
+        weighted = w * self.features(acts)
+        raw = weighted.sum(1, keepdim=True)
+        return principal_projection(weighted, like=raw) if self.eigen_smooth and self.eigen_smooth_applies else raw
 
     def _finish(self, layer_maps: list[Tensor], size: Sequence[int] | None) -> Tensor:
         done = [torch.relu(m) if self.relu else m for m in layer_maps]
@@ -234,5 +249,6 @@ class CAMMethod(Method):
 
     def __repr__(self) -> str:
         layers = None if self.layers is None else [key_name(self.model, k) for k in self.layers]
+        smooth = ", eigen_smooth=True" if self.eigen_smooth else ""
         return (f"{type(self).__name__}({type(self.model).__name__}, layer={layers}, upsample={self.upsample}, "
-                f"relu={self.relu}, max_batch={self.max_batch})")
+                f"relu={self.relu}{smooth}, max_batch={self.max_batch})")

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from convscope.methods.cam.base import CAMMethod, LayerStep
+from convscope.methods.cam.projection import centred, principal_direction
 from convscope.methods.registry import register_method
 
 
@@ -29,11 +30,11 @@ class EigenCAM(CAMMethod):
     """
 
     uses_gradients = False
+    eigen_smooth_applies = False  # the map is the projection already (pytorch-grad-cam ignores the option too)
 
     def features(self, acts: Tensor) -> Tensor:
-        return acts - acts.mean((2, 3), keepdim=True)
+        return centred(acts)
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
-        centred = self.features(acts).flatten(2).transpose(1, 2)  # [n, positions, K]
-        v = torch.linalg.svd(centred, full_matrices=False).Vh[:, 0]  # [n, K]
+        v = principal_direction(acts)  # [n, K]
         return torch.where(v.sum(1, keepdim=True) < 0, -v, v)

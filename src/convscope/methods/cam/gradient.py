@@ -76,8 +76,8 @@ class GradCAMPlusPlus(CAMMethod):
     """
 
     def __init__(self, model: nn.Module, layer: LayerSpec = None, *, upsample: bool = True, relu: bool | None = None,
-                 eps: float = 0.0, max_batch: MaxBatch = None) -> None:
-        super().__init__(model, layer, upsample=upsample, relu=relu, max_batch=max_batch)
+                 eigen_smooth: bool = False, eps: float = 0.0, max_batch: MaxBatch = None) -> None:
+        super().__init__(model, layer, upsample=upsample, relu=relu, eigen_smooth=eigen_smooth, max_batch=max_batch)
         self.eps = float(eps)
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:

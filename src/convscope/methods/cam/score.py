@@ -51,8 +51,8 @@ class ScoreCAM(CAMMethod):
     uses_gradients = False
 
     def __init__(self, model: nn.Module, layer: LayerSpec = None, *, upsample: bool = True, relu: bool | None = None,
-                 align_corners: bool = False, max_batch: MaxBatch = None) -> None:
-        super().__init__(model, layer, upsample=upsample, relu=relu, max_batch=max_batch)
+                 eigen_smooth: bool = False, align_corners: bool = False, max_batch: MaxBatch = None) -> None:
+        super().__init__(model, layer, upsample=upsample, relu=relu, eigen_smooth=eigen_smooth, max_batch=max_batch)
         self.align_corners = align_corners
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
