@@ -167,6 +167,8 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default=None, help="layer for CAM methods (default: chosen automatically)")
     p.add_argument("--eigen-smooth", action="store_true",
                    help="CAM methods: project the weighted maps on their first principal component")
+    p.add_argument("--aug-smooth", action="store_true",
+                   help="average each map over mirrored and rescaled (0.9, 1, 1.1) copies of the images")
     p.add_argument("--out", default="convscope-explain", help="output folder (default: convscope-explain)")
 
 
@@ -176,7 +178,7 @@ def _explain(args: argparse.Namespace) -> int:
     from convscope.explain import explain
 
     for path in explain(_load(args), args.images, method=args.method, target=args.target, layer=args.layer,
-                        eigen_smooth=args.eigen_smooth, out=Path(args.out)):
+                        eigen_smooth=args.eigen_smooth, aug_smooth=args.aug_smooth, out=Path(args.out)):
         print(path)
     return 0
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from convscope import render
 from convscope.errors import ConvscopeError
 from convscope.images import load_images
+from convscope.methods import AugSmooth
 from convscope.methods import methods as registered
 from convscope.methods.registry import get_method
 from convscope.models import LoadedModel
@@ -65,9 +66,11 @@ def _options(cls: type, layer: str | None, eigen_smooth: bool, asked_alone: bool
 
 
 def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = "grad_cam", target: int | None = None,
-            layer: str | None = None, eigen_smooth: bool = False, out: Path = Path("convscope-explain")) -> list[Path]:
+            layer: str | None = None, eigen_smooth: bool = False, aug_smooth: bool = False,
+            out: Path = Path("convscope-explain")) -> list[Path]:
     """Write the overlays (and grids, and maps.json) into ``out``; return the written paths.
-    ``eigen_smooth`` applies to the CAM methods (with ``method="all"``, to those only)."""
+    ``eigen_smooth`` applies to the CAM methods (with ``method="all"``, to those only);
+    ``aug_smooth`` wraps every method in :class:`~convscope.methods.AugSmooth`."""
     names = list(registered()) if method == "all" else [get_method(method).name]
     batch = load_images(images, loaded.preprocess)
     predicted = _predicted(loaded, batch.tensor)
@@ -78,7 +81,8 @@ def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = 
     for name in tqdm(names, desc="explain", disable=len(names) == 1, leave=False):
         cls = get_method(name)
         kwargs = _options(cls, layer, eigen_smooth, asked_alone=len(names) == 1)
-        maps = _channels_first(cls(loaded.model, **kwargs).attribute(batch.tensor, target=targets))
+        method = cls(loaded.model, **kwargs)
+        maps = _channels_first((AugSmooth(method) if aug_smooth else method).attribute(batch.tensor, target=targets))
         overlays[name] = []
         for i, image_name in enumerate(batch.names):
             picture = render.overlay(batch.pixels[i], heat_map(maps[i]), alpha=0.6)
@@ -86,6 +90,7 @@ def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = 
             written.append(render.save_png(out / f"{Path(image_name).stem}-{name}.png", picture))
             meta.setdefault(image_name, []).append({
                 "method": name, "target": int(targets[i]), "eigen_smooth": "eigen_smooth" in kwargs,
+                "aug_smooth": aug_smooth,
                 "shape": list(maps[i].shape),
                 "min": float(maps[i].min()), "max": float(maps[i].max()), "png": written[-1].name})
     if len(names) > 1:

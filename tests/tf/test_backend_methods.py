@@ -147,3 +147,21 @@ def test_the_users_input_is_not_changed(model: keras.Sequential) -> None:
     for method in (Saliency(model), IntegratedGradients(model, steps=4), Occlusion(model, window=5)):
         method.attribute(x, 1)
     np.testing.assert_array_equal(x, X)
+
+
+def test_aug_smooth_averages_gradients_of_mirrored_and_scaled_copies(model: keras.Sequential) -> None:
+    from convscope.errors import ConvscopeError
+    from convscope.methods import AugSmooth
+
+    # Saliency is d logit / d input: at the copy c * mirror(x) take the tape gradient, mirror it back
+    want = np.mean([tape_grads(model, c * (X[:, :, ::-1] if m else X), 3)[1][:, :, ::-1 if m else 1]
+                    for m in (False, True) for c in (0.5, 2.0)], 0)
+    x = X.copy()
+    found = AugSmooth(Saliency(model), factors=(0.5, 2.0)).attribute(x, 3)
+    np.testing.assert_allclose(np.asarray(found), want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(x, X)
+    assert type(AugSmooth(model).method).__name__ == "KerasGradCAM"
+    with pytest.raises(ConvscopeError, match="cannot be mirrored back exactly"):
+        AugSmooth(GradCAM(model, "conv2", upsample=False))
+    with pytest.raises(ConvscopeError, match="needs maps of the input"):
+        AugSmooth(model).attribute(X, 0, wrt="conv2")

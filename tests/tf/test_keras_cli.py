@@ -26,7 +26,7 @@ from PIL import Image  # noqa: E402
 from convscope.cli import main  # noqa: E402
 from convscope.errors import ConvscopeError  # noqa: E402
 from convscope.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from convscope.methods import GradCAM  # noqa: E402
+from convscope.methods import AugSmooth, GradCAM  # noqa: E402
 from convscope.models import load_model  # noqa: E402
 from convscope.tf.layers import layer_names, layer_table, probe_for, resolve_layer  # noqa: E402
 from convscope.tf.models import KerasPreprocess, LoadedKerasModel  # noqa: E402
@@ -115,13 +115,16 @@ def test_explain_grad_cam_end_to_end(saved: tuple[keras.Model, Path], tmp_path: 
     Image.fromarray(pixels).save(tmp_path / "a.png")
     x = ((pixels / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD))[None].astype(np.float32)
     predicted = int(np.argmax(np.asarray(model(x))))
-    for extra, target, layer in (([], predicted, None), (["--target", "2", "--layer", "conv1"], 2, "conv1")):
+    for extra, target, layer in (([], predicted, None), (["--target", "2", "--layer", "conv1"], 2, "conv1"),
+                                 (["--target", "1", "--aug-smooth", "--eigen-smooth"], 1, "smooth")):
         code, out, err = run_cli(capsys, "explain", str(path), str(tmp_path / "a.png"), "--method", "grad_cam",
                                  "--out", str(tmp_path / "out"), *extra)
         assert code == 0, err
         assert out.split() == [str(tmp_path / "out" / "a-grad_cam.png"), str(tmp_path / "out" / "maps.json")]
         meta = json.loads((tmp_path / "out" / "maps.json").read_text())["a.png"][0]
-        cam = np.asarray((GradCAM(model, layer) if layer else GradCAM(model)).attribute(x, target=target))[0]
+        method = AugSmooth(GradCAM(model, eigen_smooth=True)) if layer == "smooth" else \
+            GradCAM(model, layer) if layer else GradCAM(model)
+        cam = np.asarray(method.attribute(x, target=target))[0]
         assert meta["target"] == target and meta["shape"] == [cam.shape[-1], *cam.shape[:-1]]  # NHWC -> CHW
         assert cam.max() > 0
         np.testing.assert_allclose([meta["min"], meta["max"]], [cam.min(), cam.max()], rtol=1e-5, atol=1e-7)

@@ -140,12 +140,12 @@ def test_explain_one_method_and_all(shapes_vgg: torch.nn.Module, tmp_path: Path,
     assert (tmp_path / "all" / "img0-all.png").is_file()
 
 
-def test_explain_with_eigen_smooth(shapes_vgg: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_explain_with_eigen_smooth_and_aug_smooth(shapes_vgg: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
     from convscope.data import Shapes
     from convscope.images import load_images
-    from convscope.methods import GradCAM
+    from convscope.methods import AugSmooth, GradCAM
     from convscope.zoo import preset
 
     Image.fromarray(Shapes(1, seed=9).sample(0).image).save(tmp_path / "img0.png")
@@ -155,8 +155,14 @@ def test_explain_with_eigen_smooth(shapes_vgg: torch.nn.Module, tmp_path: Path, 
     entry = json.loads((tmp_path / "smooth" / "maps.json").read_text())["img0.png"][0]
     x = load_images([tmp_path / "img0.png"], preset("shapes-vgg")).tensor
     want = GradCAM(shapes_vgg, eigen_smooth=True).attribute(x, 2)
-    assert entry["eigen_smooth"] is True and entry["max"] == pytest.approx(float(want.max()), rel=1e-5)
+    assert entry["eigen_smooth"] is True and entry["aug_smooth"] is False
+    assert entry["max"] == pytest.approx(float(want.max()), rel=1e-5)
     assert entry["max"] != pytest.approx(float(GradCAM(shapes_vgg).attribute(x, 2).max()), rel=1e-3)
+    code, _, err = run_cli(capsys, "explain", "zoo:shapes-vgg", str(tmp_path / "img0.png"), "--method", "grad_cam",
+                           "--target", "2", "--aug-smooth", "--eigen-smooth", "--out", str(tmp_path / "both"))
+    entry = json.loads((tmp_path / "both" / "maps.json").read_text())["img0.png"][0]
+    want = AugSmooth(GradCAM(shapes_vgg, eigen_smooth=True)).attribute(x, 2)
+    assert code == 0 and entry["aug_smooth"] is True and entry["max"] == pytest.approx(float(want.max()), rel=1e-5)
     # a method without the option, asked for alone: a clear error, and nothing written
     code, _, err = run_cli(capsys, "explain", "zoo:shapes-vgg", str(tmp_path / "img0.png"), "--method", "saliency",
                            "--eigen-smooth", "--out", str(tmp_path / "no"))

@@ -5,9 +5,12 @@ its raw (layer-resolution, pre-ReLU) maps are reachable through ``get_cam_image`
 activations and gradients its hooks recorded. Raw maps agree with ours to 1e-5 for GradCAM,
 GradCAM++ (with its ``eps=1e-6``), XGradCAM, HiResCAM, LayerCAM, ScoreCAM (with its
 ``align_corners=True`` masks), AblationCAM (on post-ReLU layers) and EigenCAM (up to the SVD's
-sign, which convscope fixes), with and without ``eigen_smooth`` (up to the same sign); end to end, its GradCAM output equals ours normalised the same way.
-Differences by design, shown here: the normalisation itself, Score-CAM's mask interpolation, and
-Ablation-CAM on layers with negative values (it sets a channel to ``min - 1e7``, not 0).
+sign, which convscope fixes), with and without ``eigen_smooth`` (up to the same sign); end to
+end, its GradCAM output equals ours normalised the same way, and its ``aug_smooth`` equals
+:class:`~convscope.methods.AugSmooth` with ``normalise=True``. Differences by design, shown here:
+the normalisation itself (also of each map that ``aug_smooth`` averages), the sign of the
+``eigen_smooth`` projection, Score-CAM's mask interpolation, and Ablation-CAM on layers with
+negative values (it sets a channel to ``min - 1e7``, not 0).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import Tensor, nn
 
 from convscope.methods import (
     AblationCAM,
+    AugSmooth,
     EigenCAM,
     GradCAM,
     GradCAMPlusPlus,
@@ -138,6 +142,21 @@ def test_end_to_end_grad_cam_equals_ours_normalised_the_same_way() -> None:
     assert close(ours[:, 0], theirs)
     # by design they differ from our map: theirs spans [0, 1] per image, ours keeps the scale
     assert not close(GradCAM(model, "layer2").attribute(x, CLASSES)[:, 0], theirs, 1e-2)
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("ours_cls, theirs_name", [(GradCAM, "GradCAM"), (LayerCAM, "LayerCAM")])
+def test_aug_smooth_with_normalised_maps_equals_theirs(ours_cls: type[CAMMethod], theirs_name: str,
+                                                       model_name: str) -> None:
+    model, x, layer = make(model_name).eval(), sample(model_name), MODELS[model_name]
+    clone = copy.deepcopy(model)
+    with getattr(pgc, theirs_name)(model=clone, target_layers=[clone.get_submodule(layer)]) as cam:
+        theirs = torch.from_numpy(cam(input_tensor=x.clone(), targets=[ClassifierOutputTarget(c) for c in CLASSES],
+                                      aug_smooth=True))
+    ours = AugSmooth(ours_cls(model, layer), normalise=True).attribute(x, CLASSES)
+    assert close(ours[:, 0], theirs)
+    # by design, AugSmooth's default averages the maps as they are, which weighs each augmentation by its scale
+    assert not close(pgc_normalise(AugSmooth(ours_cls(model, layer)).attribute(x, CLASSES))[:, 0], theirs, 1e-2)
 
 
 def test_score_cam_mask_interpolation_differs_by_design() -> None:

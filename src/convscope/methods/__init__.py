@@ -27,3 +27,7 @@ from convscope.methods.cam import (  # noqa: E402
 
 __all__ += ["CAM", "AblationCAM", "CAMMethod", "EigenCAM", "GradCAM", "GradCAMPlusPlus", "GuidedGradCAM", "HiResCAM",
             "LayerCAM", "ScoreCAM", "XGradCAM"]
+
+from convscope.methods.augment import AugSmooth  # noqa: E402
+
+__all__ += ["AugSmooth"]

@@ -49,6 +49,7 @@ _MODULES = (
     "convscope.backends.tf.path",
     "convscope.backends.tf.smooth",
     "convscope.backends.tf.perturb",
+    "convscope.backends.tf.augment",
 )
 
 

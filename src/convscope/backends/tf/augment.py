@@ -1,0 +1,69 @@
+"""Augmentation smoothing on Keras models (formulas and options as in :mod:`convscope.methods.augment`):
+the wrapped Keras method's maps averaged over mirrored and rescaled NHWC inputs.
+
+Example::
+
+    AugSmooth(GradCAM(keras_model, "block5_conv3")).attribute(x_nhwc, 3)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from convscope.backends.tf.method import KerasMethod, Wrt, as_input, implements
+from convscope.backends.tf.targets import Scorer
+from convscope.errors import ConvscopeError
+from convscope.methods.augment import AugmentedMean, AugSmooth, refuse_layer_maps
+from convscope.methods.base import Method
+from convscope.methods.cam import GradCAM
+from convscope.targets import TargetLike
+
+
+@implements(AugSmooth)
+class KerasAugSmooth(AugmentedMean, KerasMethod):
+    """:class:`~convscope.methods.AugSmooth` for a Keras method: NHWC inputs and maps, mirrored on
+    the width axis (axis 2)."""
+
+    def __init__(self, method: Any, *, use: type = GradCAM, flips: bool = True,
+                 factors: Sequence[float] = (0.9, 1.0, 1.1), normalise: bool = False) -> None:
+        if not isinstance(method, KerasMethod):
+            if not (isinstance(use, type) and issubclass(use, (Method, KerasMethod))):
+                raise ConvscopeError(f"use={use!r} is not an attribution method class",
+                                     "Pass a class such as GradCAM, or a method instance as the first argument.")
+            method = use(method)  # a Keras model: dispatches to the Keras implementation
+        if not isinstance(method, KerasMethod):
+            raise ConvscopeError(f"{type(method).__name__} is not a method on a Keras model",
+                                 "Wrap a method built on the same Keras model, e.g. AugSmooth(GradCAM(model)).")
+        refuse_layer_maps(method)
+        super().__init__(method.model, max_batch=method.max_batch)
+        self.method = method
+        self._configure(flips, factors, normalise)
+
+    def attribute(self, x: Any, target: TargetLike | None = None, wrt: Wrt = None, *,
+                  targets: Sequence[TargetLike] | None = None) -> tf.Tensor | list[tf.Tensor]:
+        """The averaged maps ``[N, H, W, ...]`` for ``target`` (a list for ``targets=[...]``)."""
+        self._check_wrt(wrt)
+        x = as_input(x)
+        if x.shape.rank != 4:
+            raise ConvscopeError(f"AugSmooth mirrors images, so it needs inputs [N, H, W, C], got shape "
+                                 f"{x.shape.as_list()}", "Pass an image batch.")
+        maps = self._mean(x, target, targets)
+        return maps if targets is not None else maps[0]
+
+    def mirror(self, t: tf.Tensor) -> tf.Tensor:
+        return tf.reverse(t, axis=[2])
+
+    def plane(self, t: tf.Tensor) -> tuple[int, ...]:
+        return tuple(t.shape[1:3])
+
+    def unit_range(self, maps: tf.Tensor) -> tf.Tensor:
+        low = tf.reduce_min(maps, (1, 2), keepdims=True)
+        span = tf.reduce_max(maps, (1, 2), keepdims=True) - low
+        return tf.where(span > 0, (maps - low) / tf.where(span > 0, span, tf.ones_like(span)), tf.zeros_like(maps))
+
+    def _compute(self, x: tf.Tensor, rows: tf.Tensor, scorers: list[Scorer], wrt: str | None) -> list[tf.Tensor]:
+        raise ConvscopeError("AugSmooth runs its wrapped method through attribute(); it cannot be wrapped itself",
+                             "Call AugSmooth(...).attribute(x, target) directly.")
