@@ -232,7 +232,37 @@ def smoothing_table(n: int = 500) -> str:
     lines += ["", "- aug_smooth: the mean over the image and its mirror, each multiplied by 0.9, 1.0 and 1.1 "
               "(six passes); normalised: each map scaled to [0, 1] before the mean, as pytorch-grad-cam does; "
               "both: aug_smooth around the eigen_smooth map"]
+    lines += _pgc_smoothing(model, x, labels, masks)
     return "\n".join(lines) + "\n"
+
+
+def _pgc_smoothing(model: torch.nn.Module, x: torch.Tensor, labels: np.ndarray, masks: np.ndarray) -> list[str]:
+    """pytorch-grad-cam's Grad-CAM with its aug_smooth and eigen_smooth on the same images, when installed."""
+    try:
+        import pytorch_grad_cam as pgc
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError:
+        return ["- pytorch-grad-cam is not installed: its rows are left out"]
+    from convscope.methods import AugSmooth, GradCAM
+    from convscope.methods.cam import default_layer
+    from convscope.metrics import pointing_game
+
+    _quiet_tqdm()
+    targets = [ClassifierOutputTarget(int(c)) for c in labels]
+    found = []
+    for option in ("aug_smooth", "eigen_smooth"):
+        with pgc.GradCAM(model=model, target_layers=[model.get_submodule(default_layer(model, x[:1]))]) as cam:
+            maps = torch.from_numpy(np.concatenate([cam(input_tensor=x[i:i + 100], targets=targets[i:i + 100],
+                                                        **{option: True}) for i in range(0, len(x), 100)]))[:, None]
+        hits = pointing_game(maps, masks)
+        found.append(f"{option} {float(hits.float().mean()):.1%} / "
+                     f"{float(pointing_game(maps, masks, tolerance=TOLERANCE).float().mean()):.1%}")
+        if option == "aug_smooth":
+            ours = AugSmooth(GradCAM(model), normalise=True).attribute(x, torch.from_numpy(labels))
+            found[-1] += (f" (its maps differ from the normalised column's by at most "
+                          f"{float((ours - maps).abs().max()):.1e}, and the hit differs on "
+                          f"{int((pointing_game(ours, masks) != hits).sum())} of {len(x)} images)")
+    return ["- pytorch-grad-cam's Grad-CAM, same images: " + "; ".join(found)]
 
 
 def grad_cam_layers_table(n: int = 500, misses_png: str | None = None) -> str:
