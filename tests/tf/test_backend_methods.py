@@ -165,3 +165,6 @@ def test_aug_smooth_averages_gradients_of_mirrored_and_scaled_copies(model: kera
         AugSmooth(GradCAM(model, "conv2", upsample=False))
     with pytest.raises(ConvscopeError, match="needs maps of the input"):
         AugSmooth(model).attribute(X, 0, wrt="conv2")
+    for wrapper in (AugSmooth, SmoothGrad):
+        with pytest.raises(ConvscopeError, match="use=<class 'int'> is not an attribution method class"):
+            wrapper(model, use=int)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from convscope.backends.torch.probes import LayerKey
 from convscope.backends.torch.session import Session
 from convscope.errors import ConvscopeError
-from convscope.methods.base import Method, Rows, Wrt, check_input
+from convscope.methods.base import Method, Rows, Wrt, check_input, wrapped_method
 from convscope.methods.cam import GradCAM
 from convscope.methods.options import check_flag
 from convscope.targets import Target, TargetLike
@@ -124,11 +124,7 @@ class AugSmooth(AugmentedMean, Method):
 
     def __init__(self, method: Method | nn.Module, *, use: type[Method] = GradCAM, flips: bool = True,
                  factors: Sequence[float] = (0.9, 1.0, 1.1), normalise: bool = False) -> None:
-        if not isinstance(method, Method):
-            if not (isinstance(use, type) and issubclass(use, Method)):
-                raise ConvscopeError(f"use={use!r} is not an attribution method class",
-                                     "Pass a class such as GradCAM, or a method instance as the first argument.")
-            method = use(method)
+        method = wrapped_method(method, use, (Method,), "GradCAM")
         refuse_layer_maps(method)
         super().__init__(method.model, max_batch=method.max_batch)
         self.method = method

@@ -166,6 +166,18 @@ class Attributed:
         return [torch.cat([p[i] for p in parts]) for i in range(len(targets))]
 
 
+def wrapped_method(method: Any, use: Any, kinds: tuple[type, ...], example: str) -> Any:
+    """What a wrapper (noise tunnel, AugSmooth) wraps: ``method`` if it is an instance of ``kinds``,
+    else ``use(method)`` for a model (a Keras model dispatches to Keras), with a clear error when
+    ``use`` is not a method class (``example`` names one)."""
+    if isinstance(method, kinds):
+        return method
+    if not (isinstance(use, type) and issubclass(use, (Method, *kinds))):
+        raise ConvscopeError(f"use={use!r} is not an attribution method class",
+                             f"Pass a class such as {example}, or a method instance as the first argument.")
+    return use(method)
+
+
 class Method(ABC):
     """An attribution method over ``model``: ``Method(model, max_batch=...).attribute(x, target)``.
 

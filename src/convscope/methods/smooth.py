@@ -29,8 +29,7 @@ from torch import Tensor, nn
 
 from convscope.backends.torch.probes import LayerKey
 from convscope.backends.torch.session import Session
-from convscope.errors import ConvscopeError
-from convscope.methods.base import MaxBatch, Method, Rows, row_index
+from convscope.methods.base import MaxBatch, Method, Rows, row_index, wrapped_method
 from convscope.methods.batching import Batches, expansion_rows
 from convscope.methods.draws import gaussian_draws
 from convscope.methods.gradient import Saliency
@@ -55,11 +54,7 @@ class NoiseTunnel(Method):
 
     def __init__(self, method: Method | nn.Module, *, use: type[Method] = Saliency, samples: int = 32,
                  noise: float = 0.15, seed: int = 0, max_batch: MaxBatch = None) -> None:
-        if not isinstance(method, Method):
-            if not (isinstance(use, type) and issubclass(use, Method)):
-                raise ConvscopeError(f"use={use!r} is not an attribution method class",
-                                     "Pass a class such as GuidedBackprop, or a method instance as the first argument.")
-            method = use(method)
+        method = wrapped_method(method, use, (Method,), "GuidedBackprop")
         super().__init__(method.model, max_batch=max_batch if max_batch is not None else method.max_batch)
         check_samples(samples), check_noise(noise, example=0.15)
         self.method = copy.copy(method)  # our max_batch on a copy: the caller's object stays as it was

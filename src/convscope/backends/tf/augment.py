@@ -13,11 +13,16 @@ from typing import Any
 
 import tensorflow as tf
 
-from convscope.backends.tf.method import KerasMethod, Wrt, as_input, implements
+from convscope.backends.tf.method import (
+    KerasMethod,
+    Wrt,
+    as_input,
+    implements,
+    keras_wrapped,
+)
 from convscope.backends.tf.targets import Scorer
 from convscope.errors import ConvscopeError
 from convscope.methods.augment import AugmentedMean, AugSmooth, refuse_layer_maps
-from convscope.methods.base import Method
 from convscope.methods.cam import GradCAM
 from convscope.targets import TargetLike
 
@@ -29,14 +34,7 @@ class KerasAugSmooth(AugmentedMean, KerasMethod):
 
     def __init__(self, method: Any, *, use: type = GradCAM, flips: bool = True,
                  factors: Sequence[float] = (0.9, 1.0, 1.1), normalise: bool = False) -> None:
-        if not isinstance(method, KerasMethod):
-            if not (isinstance(use, type) and issubclass(use, (Method, KerasMethod))):
-                raise ConvscopeError(f"use={use!r} is not an attribution method class",
-                                     "Pass a class such as GradCAM, or a method instance as the first argument.")
-            method = use(method)  # a Keras model: dispatches to the Keras implementation
-        if not isinstance(method, KerasMethod):
-            raise ConvscopeError(f"{type(method).__name__} is not a method on a Keras model",
-                                 "Wrap a method built on the same Keras model, e.g. AugSmooth(GradCAM(model)).")
+        method = keras_wrapped(method, use, "GradCAM", "AugSmooth(GradCAM(model))")
         refuse_layer_maps(method)
         super().__init__(method.model, max_batch=method.max_batch)
         self.method = method

@@ -128,6 +128,18 @@ class Chunk:
         return tf.constant(int(self.sample[-1]) - self.first + 1, tf.int32)
 
 
+def keras_wrapped(method: Any, use: type, example: str, wrapping: str) -> KerasMethod:
+    """What a Keras wrapper wraps (:func:`convscope.methods.base.wrapped_method`), which must be a
+    method on a Keras model (``wrapping`` shows how to build one)."""
+    from convscope.methods.base import wrapped_method
+
+    method = wrapped_method(method, use, (KerasMethod,), example)
+    if not isinstance(method, KerasMethod):
+        raise ConvscopeError(f"{type(method).__name__} is not a method on a Keras model",
+                             f"Wrap a method built on the same Keras model, e.g. {wrapping}.")
+    return method
+
+
 class KerasMethod(ABC):
     """An attribution method on a Keras model: ``Method(model, max_batch=...).attribute(x, target, wrt)``."""
 

@@ -21,11 +21,9 @@ import tensorflow as tf
 import torch
 
 from convscope.backends.tf.layout import channels_first_shape, channels_last
-from convscope.backends.tf.method import Chunk, KerasMethod, implements
+from convscope.backends.tf.method import Chunk, KerasMethod, implements, keras_wrapped
 from convscope.backends.tf.path import input_range
 from convscope.backends.tf.targets import Scorer
-from convscope.errors import ConvscopeError
-from convscope.methods.base import Method
 from convscope.methods.batching import MaxBatch
 from convscope.methods.draws import gaussian_draws
 from convscope.methods.gradient import Saliency
@@ -47,14 +45,7 @@ class KerasNoiseTunnel(KerasMethod):
 
     def __init__(self, method: Any, *, use: type = Saliency, samples: int = 32, noise: float = 0.15,
                  seed: int = 0, max_batch: MaxBatch = None) -> None:
-        if not isinstance(method, KerasMethod):
-            if not (isinstance(use, type) and issubclass(use, (Method, KerasMethod))):
-                raise ConvscopeError(f"use={use!r} is not an attribution method class",
-                                     "Pass a class such as GuidedBackprop, or a method instance as the first argument.")
-            method = use(method)  # a Keras model: dispatches to the Keras implementation
-        if not isinstance(method, KerasMethod):
-            raise ConvscopeError(f"{type(method).__name__} is not a method on a Keras model",
-                                 "Wrap a method built on the same Keras model, e.g. SmoothGrad(Saliency(model)).")
+        method = keras_wrapped(method, use, "GuidedBackprop", "SmoothGrad(Saliency(model))")
         super().__init__(method.model, max_batch=max_batch if max_batch is not None else method.max_batch)
         check_samples(samples), check_noise(noise, example=0.15)
         self.method = copy.copy(method)  # our max_batch on a copy: the caller's object stays as it was
