@@ -17,7 +17,16 @@ from torch import nn
 
 from convscope.deconv import reconstruct
 from convscope.errors import ConvscopeError
-from convscope.methods import RISE, IntegratedGradients, SmoothGrad, batching, methods
+from convscope.methods import (
+    RISE,
+    AugSmooth,
+    GradCAM,
+    IntegratedGradients,
+    Saliency,
+    SmoothGrad,
+    batching,
+    methods,
+)
 from convscope.methods.perturb import rise_masks
 from convscope.targets import Channel, MaxNeuron
 
@@ -67,6 +76,18 @@ def test_class_targets_may_be_a_tensor_on_the_cpu_or_the_gpu(method_name: str) -
     rtol, atol = (1e-3, 1e-4) if method_name in LOOSE else (1e-4, 1e-5)
     for other in maps[1:] if method_name not in ON_DEVICE_DRAWS else []:  # those draw new noise per call
         torch.testing.assert_close(other, maps[0], rtol=rtol, atol=atol * float(maps[0].abs().max()))
+
+
+@pytest.mark.parametrize("build", [lambda m: GradCAM(m, "features", eigen_smooth=True),
+                                   lambda m: AugSmooth(GradCAM(m, "features", eigen_smooth=True)),
+                                   lambda m: AugSmooth(Saliency(m), normalise=True)],
+                         ids=["eigen_smooth", "aug_smooth_of_eigen_smooth", "aug_smooth_normalised"])
+def test_cam_smoothing_on_cuda_gives_the_cpu_maps(build) -> None:
+    cpu_model, x = make("tiny_vgg").eval(), sample("tiny_vgg")
+    on_cpu = build(cpu_model).attribute(x, [0, 3, 1])
+    on_gpu = build(make("tiny_vgg").eval().cuda()).attribute(x.cuda(), [0, 3, 1])
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-4, atol=1e-5 * float(on_cpu.abs().max()))
 
 
 def test_rise_masks_gathered_on_cuda_are_the_cpu_slices() -> None:
