@@ -64,8 +64,8 @@ def implementation_of(cls: type) -> type:
 
 
 def supported_names() -> list[str]:
-    """Registry names of the methods with a Keras implementation."""
-    return [cls.name for cls in _IMPLEMENTATIONS]
+    """Registry names of the methods with a Keras implementation (wrappers such as AugSmooth have none)."""
+    return [cls.name for cls in _IMPLEMENTATIONS if cls.name]
 
 
 def as_input(x: object) -> tf.Tensor:
