@@ -24,12 +24,14 @@ Example::
 
 from __future__ import annotations
 
+import numbers
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -373,22 +375,30 @@ def _combine(op: Callable[[Tensor, Tensor], Tensor], symbol: str, left: object, 
     return _Combined(op, symbol, a, b)
 
 
-TargetLike = Target | int | Sequence[int] | Tensor | Callable[[Tensor], Tensor]
+TargetLike = Target | int | Sequence[int] | Tensor | np.ndarray | Callable[[Tensor], Tensor]
+
+
+def _is_index(value: object) -> bool:
+    """A class index: a Python or numpy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def as_target(value: TargetLike) -> Target:
-    """The API edge: a Target stays, an int / list of ints / int tensor becomes :class:`Class`,
-    a callable becomes :class:`FunctionTarget`.
+    """The API edge: a Target stays, an int / list of ints / int tensor or numpy array (numpy
+    integers too) becomes :class:`Class`, a callable becomes :class:`FunctionTarget`.
 
     Example: ``as_target(3)`` -> ``Class(3)``; ``as_target([3, 0])`` -> ``Class([3, 0])``.
     """
     if isinstance(value, Target):
         return value
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         raise ConvscopeError(f"target={value!r} is not a target", "Pass a class index, a Target or a callable.")
-    if isinstance(value, (int, Tensor)) or (isinstance(value, (list, tuple)) and value
-                                            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iu":
+        return Class(torch.from_numpy(value.astype(np.int64)))
+    if isinstance(value, Tensor) or _is_index(value):
         return Class(value)  # type: ignore[arg-type]
+    if isinstance(value, (list, tuple)) and value and all(_is_index(v) for v in value):
+        return Class([int(v) for v in value])
     if callable(value):
         return FunctionTarget(value)
     raise ConvscopeError(f"target={value!r} is not something convscope can explain",

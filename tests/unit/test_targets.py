@@ -3,6 +3,7 @@ many targets per forward pass."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -114,7 +115,11 @@ def test_api_edge_conversion() -> None:
     assert isinstance(as_target(lambda out: out[:, 0]), FunctionTarget)
     t = Channel("x", 0)
     assert as_target(t) is t
-    for bad in ("3", 2.5, True, [1.5], None):
+    # numpy labels, as Shapes.arrays() and np.argmax give them
+    assert as_target(np.int64(4)).index.tolist() == 4
+    assert as_target(np.array([2, 0], dtype=np.uint8)).index.tolist() == [2, 0]
+    assert as_target([np.int64(1), np.int32(5)]).index.tolist() == [1, 5]
+    for bad in ("3", 2.5, True, [1.5], None, np.bool_(True), np.array([0.5, 1.0]), [np.int64(1), True]):
         with pytest.raises(ConvscopeError):
             as_target(bad)  # type: ignore[arg-type]
     with pytest.raises(ConvscopeError, match="cannot combine"):
