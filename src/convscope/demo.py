@@ -134,23 +134,27 @@ def section_methods(ctx: DemoContext) -> tuple[str, list[Item]] | None:
         from convscope.methods import registry
     except ImportError:
         return None
-    rows, row_labels = [], []
+    from convscope.methods import AugSmooth, GradCAM
+
+    rows = []
     predicted = ctx.model(ctx.x).argmax(1).tolist()
-    specs = list(registry.methods().values())
-    for spec in tqdm(specs, desc="demo: attribution methods", leave=False):
-        method = spec.cls(ctx.model)
+    builders = {name: spec.cls for name, spec in registry.methods().items()}
+    builders |= {"grad_cam+eigen_smooth": lambda m: GradCAM(m, eigen_smooth=True),
+                 "grad_cam+aug_smooth": lambda m: AugSmooth(GradCAM(m))}
+    for name, build in tqdm(builders.items(), desc="demo: attribution methods", leave=False):
+        method = build(ctx.model)
         maps = method.attribute(ctx.x, target=predicted)
         heat = [render.normalize(render.reduce_channels(m.detach().numpy(), "abs-sum", channel_axis=0)
                                  if m.dim() == 3 else m.detach().numpy(), mode="positive", percentile=99.5)
                 for m in maps]
         rows += [render.overlay(px, h, alpha=0.6) for px, h in zip(ctx.pixels, heat)]
-        row_labels.append(spec.name)
-    labels = [f"{spec.name}: {ctx.class_names[p]}" for spec in specs for p in predicted]
+    labels = [f"{name}: {ctx.class_names[p]}" for name in builders for p in predicted]
     sheet = ctx.save("methods", render.grid(rows, labels=labels, ncols=len(ctx.labels), tile_size=(160, 160),
                                             interpolation="nearest"), "methods x images")
     return "Attribution methods", [
         "Every registered method explaining the predicted class of each image (|attribution| summed over colour, "
-        "clipped at the 99.5th percentile, over the image).",
+        "clipped at the 99.5th percentile, over the image), then Grad-CAM with eigen_smooth and with AugSmooth "
+        "(mirrored and rescaled inputs).",
         sheet,
     ]
 
