@@ -55,6 +55,7 @@ EXTRA: dict[str, Build] = {
     "grad_cam_eigen_smooth": lambda m: GradCAM(m, eigen_smooth=True),
     "layer_cam_eigen_smooth": lambda m: LayerCAM(m, relu=False, eigen_smooth=True),
     "ablation_cam_eigen_smooth": lambda m: AblationCAM(m, eigen_smooth=True, max_batch=5),
+    "guided_grad_cam_eigen_smooth": lambda m: GuidedGradCAM(m, eigen_smooth=True),
     # augmentation smoothing of a CAM (mirrored on the width axis of each layout) and of a gradient map
     "aug_smooth": lambda m: AugSmooth(GradCAM(m)),
     "aug_smooth_saliency": lambda m: AugSmooth(Saliency(m), factors=(1.0, 1.2), normalise=True),

@@ -28,6 +28,7 @@ from convscope.methods import (
     EigenCAM,
     GradCAM,
     GradCAMPlusPlus,
+    GuidedBackprop,
     GuidedGradCAM,
     HiResCAM,
     LayerCAM,
@@ -329,6 +330,14 @@ def test_eigen_smooth_of_a_single_channel_is_the_centred_map() -> None:
     plain = GradCAM(model, "1", upsample=False, relu=False).attribute(x, [0, 1])
     smooth = GradCAM(model, "1", upsample=False, relu=False, eigen_smooth=True).attribute(x, [0, 1])
     assert close(smooth, plain - plain.mean((2, 3), keepdim=True))
+
+
+def test_guided_grad_cam_passes_eigen_smooth_to_its_grad_cam() -> None:
+    model, x = make("tiny_vgg").eval(), sample("tiny_vgg")
+    guided = GuidedBackprop(model).attribute(x, CLASSES)
+    cam = GradCAM(model, "features", eigen_smooth=True).attribute(x, CLASSES)
+    assert close(GuidedGradCAM(model, "features", eigen_smooth=True).attribute(x, CLASSES), guided * cam)
+    assert not close(GuidedGradCAM(model, "features").attribute(x, CLASSES), guided * cam, 1e-2)
 
 
 def test_eigen_smooth_leaves_eigen_cam_as_it_is_and_checks_its_flag() -> None:

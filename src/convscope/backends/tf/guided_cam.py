@@ -29,14 +29,14 @@ class KerasGuidedGradCAM(KerasMethod):
     """``GuidedBackprop(x) * bilinear(GradCAM(x))`` at one Grad-CAM ``layer`` (None: chosen);
     ``last_layers`` names it after a call."""
 
-    def __init__(self, model: keras.Model, layer: str | keras.Layer | None = None, *,
+    def __init__(self, model: keras.Model, layer: str | keras.Layer | None = None, *, eigen_smooth: bool = False,
                  max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
         if layer is not None and not isinstance(layer, (str, keras.Layer)):
             raise ConvscopeError(f"layer={layer!r} is not one layer name or layer",
                                  "Guided Grad-CAM uses one layer, e.g. layer='block5_conv3'.")
         self.guided = KerasGuidedBackprop(model, max_batch=max_batch)
-        self.grad_cam = KerasGradCAM(model, layer, upsample=False, max_batch=max_batch)
+        self.grad_cam = KerasGradCAM(model, layer, upsample=False, eigen_smooth=eigen_smooth, max_batch=max_batch)
 
     @property
     def last_layers(self) -> tuple[str, ...]:

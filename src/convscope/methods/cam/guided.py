@@ -34,17 +34,19 @@ from convscope.targets import Target, TargetLike
 class GuidedGradCAM(Method):
     """``GuidedBackprop(x) * bilinear(GradCAM(x))`` at one Grad-CAM ``layer`` (None: chosen, see
     :func:`~convscope.methods.cam.layer.default_layer`); ``last_layers`` names it after a call.
+    ``eigen_smooth`` goes to the Grad-CAM factor.
 
     Example: ``GuidedGradCAM(model).attribute(x, targets=[3, 5])``.
     """
 
-    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, *, max_batch: MaxBatch = None) -> None:
+    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, *, eigen_smooth: bool = False,
+                 max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
         if layer is not None and not isinstance(layer, (str, nn.Module)):
             raise ConvscopeError(f"layer={layer!r} is not one layer name or module",
                                  "Guided Grad-CAM uses one layer, e.g. layer='layer4'.")
         self.guided = GuidedBackprop(model, max_batch=max_batch)
-        self.grad_cam = GradCAM(model, layer, upsample=False, max_batch=max_batch)
+        self.grad_cam = GradCAM(model, layer, upsample=False, eigen_smooth=eigen_smooth, max_batch=max_batch)
 
     @property
     def last_layers(self) -> tuple[str, ...]:
