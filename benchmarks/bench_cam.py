@@ -1,7 +1,8 @@
-"""CAM methods side by side with pytorch-grad-cam: Score-CAM and Grad-CAM.
+"""CAM methods side by side with pytorch-grad-cam: Score-CAM, Grad-CAM and Grad-CAM's aug_smooth.
 
 Score-CAM on torchvision ResNet-18 (``weights=None``, eval mode, layer ``layer4``, 224x224) and on
-the zoo's shapes-resnet (layer ``layer3``, 64x64 Shapes images); Grad-CAM on the same. Both
+the zoo's shapes-resnet (layer ``layer3``, 64x64 Shapes images); Grad-CAM and Grad-CAM with
+``aug_smooth`` (ours: ``AugSmooth(GradCAM(...), normalise=True)``) on the same. Both
 libraries get the same model, input, targets and batch size (pytorch-grad-cam's
 ``ScoreCAM.batch_size`` = our ``max_batch``), and their maps are checked to agree (pytorch-grad-cam's
 normalised, cv2-resized output vs ours normalised the same way). Score-CAM also runs as ``convscope, exact_forward()``: every masked
@@ -50,10 +51,16 @@ def _pair(kind: str, model: torch.nn.Module, layer: str, x: torch.Tensor, classe
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from convscope.methods import GradCAM, ScoreCAM
+    from convscope.methods import AugSmooth, GradCAM, ScoreCAM
 
     theirs_model = copy.deepcopy(model)  # pytorch-grad-cam runs .backward() into the parameters
     targets = [ClassifierOutputTarget(c) for c in classes]
+    size = (x.shape[-2], x.shape[-1])
+    if kind == "aug_smooth":  # Grad-CAM over the image and its mirror times 0.9, 1.0, 1.1; maps normalised first
+        cam = pgc.GradCAM(model=theirs_model, target_layers=[theirs_model.get_submodule(layer)])
+        smooth = AugSmooth(GradCAM(model, layer, max_batch=max_batch), normalise=True)
+        return (lambda: cam(input_tensor=x, targets=targets, aug_smooth=True)), \
+            (lambda: smooth.attribute(x, classes)[:, 0].numpy())
     if kind == "score_cam":
         cam = pgc.ScoreCAM(model=theirs_model, target_layers=[theirs_model.get_submodule(layer)])
         cam.batch_size = max_batch
@@ -61,7 +68,6 @@ def _pair(kind: str, model: torch.nn.Module, layer: str, x: torch.Tensor, classe
     else:
         cam = pgc.GradCAM(model=theirs_model, target_layers=[theirs_model.get_submodule(layer)])
         ours = GradCAM(model, layer, upsample=False, max_batch=max_batch)
-    size = (x.shape[-2], x.shape[-1])
     return (lambda: cam(input_tensor=x, targets=targets)), (lambda: _as_pgc(ours.attribute(x, classes), size))
 
 
@@ -143,7 +149,7 @@ def run(quick: bool) -> list[Table]:
     clock = time.process_time
     tables = []
     for name, model, layer, x, classes, max_batch in _cases(quick):
-        for kind in ("score_cam", "grad_cam"):
+        for kind in ("score_cam", "grad_cam", "aug_smooth"):
             theirs, ours = _pair(kind, model, layer, x, classes, max_batch)
             agree = float(np.abs(theirs() - ours()).max())
             shape = ", ".join(map(str, x.shape))
