@@ -379,8 +379,8 @@ TargetLike = Target | int | Sequence[int] | Tensor | np.ndarray | Callable[[Tens
 
 
 def _is_index(value: object) -> bool:
-    """A class index: a Python or numpy integer, not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    """A class index: a Python or numpy integer, not a bool (numpy's bool is no ``Integral``)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def as_target(value: TargetLike) -> Target:

@@ -29,13 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from convscope.backends.torch.probes import LayerKey
-from convscope.backends.torch.session import Session
 from convscope.errors import ConvscopeError
-from convscope.methods.base import Method, Rows, Wrt, check_input, wrapped_method
+from convscope.methods.base import Method, check_input, wrapped_method
 from convscope.methods.cam import GradCAM
 from convscope.methods.options import check_flag
-from convscope.targets import Target, TargetLike
+from convscope.targets import TargetLike
 
 
 def check_factors(factors: Sequence[float]) -> tuple[float, ...]:
@@ -63,9 +61,28 @@ class AugmentedMean:
     factors: tuple[float, ...]
     normalise: bool
 
-    def _configure(self, flips: bool, factors: Sequence[float], normalise: bool) -> None:
+    def _configure(self, method: Any, flips: bool, factors: Sequence[float], normalise: bool) -> None:
+        refuse_layer_maps(method)
         check_flag("flips", flips), check_flag("normalise", normalise)
-        self.flips, self.normalise, self.factors = bool(flips), bool(normalise), check_factors(factors)
+        self.method, self.flips, self.normalise, self.factors = method, bool(flips), bool(normalise), \
+            check_factors(factors)
+
+    def attribute(self, x: Any, target: TargetLike | None = None, wrt: Any = None, *,
+                  targets: Sequence[TargetLike] | None = None) -> Any:
+        """The averaged maps for ``target`` (a list of them for ``targets=[...]``), at the input's size."""
+        if wrt is not None and not (isinstance(wrt, str) and wrt == "input"):
+            raise ConvscopeError(f"AugSmooth mirrors maps back, which needs maps of the input; got wrt={wrt!r}",
+                                 "Leave wrt unset, or attribute to the layer without AugSmooth.")
+        maps = self._mean(self.images(x), target, targets)
+        return maps if targets is not None else maps[0]
+
+    def _compute(self, *args: Any, **kwargs: Any) -> list[Any]:
+        raise ConvscopeError("AugSmooth runs its wrapped method through attribute(); it cannot be wrapped itself",
+                             "Call AugSmooth(...).attribute(x, target) directly.")
+
+    def images(self, x: Any) -> Any:
+        """``x`` as the backend's image batch, else a clear error."""
+        raise NotImplementedError
 
     def mirror(self, t: Any) -> Any:
         """``t`` (an input or a map) mirrored left to right."""
@@ -104,11 +121,6 @@ class AugmentedMean:
         m = self.mirror(m) if mirrored else m
         return self.unit_range(m) if self.normalise else m
 
-    def _check_wrt(self, wrt: Any) -> None:
-        if wrt is not None and not (isinstance(wrt, str) and wrt == "input"):
-            raise ConvscopeError(f"AugSmooth mirrors maps back, which needs maps of the input; got wrt={wrt!r}",
-                                 "Leave wrt unset, or attribute to the layer without AugSmooth.")
-
     def __repr__(self) -> str:
         return (f"AugSmooth({self.method!r}, flips={self.flips}, factors={self.factors}, "
                 f"normalise={self.normalise})")
@@ -125,21 +137,15 @@ class AugSmooth(AugmentedMean, Method):
     def __init__(self, method: Method | nn.Module, *, use: type[Method] = GradCAM, flips: bool = True,
                  factors: Sequence[float] = (0.9, 1.0, 1.1), normalise: bool = False) -> None:
         method = wrapped_method(method, use, (Method,), "GradCAM")
-        refuse_layer_maps(method)
         super().__init__(method.model, max_batch=method.max_batch)
-        self.method = method
-        self._configure(flips, factors, normalise)
+        self._configure(method, flips, factors, normalise)
 
-    def attribute(self, x: Tensor, target: TargetLike | None = None, wrt: Wrt = None, *,  # type: ignore[override]
-                  targets: Sequence[TargetLike] | None = None) -> Tensor | list[Tensor]:
-        """The averaged maps for ``target`` (a list of them for ``targets=[...]``), at the input's size."""
-        self._check_wrt(wrt)
+    def images(self, x: Tensor) -> Tensor:
         x = check_input(x)
         if x.dim() < 3:
             raise ConvscopeError(f"AugSmooth mirrors images, so it needs inputs [N, C, H, W], got shape {list(x.shape)}",
                                  "Pass an image batch.")
-        maps = self._mean(x, target, targets)
-        return maps if targets is not None else maps[0]
+        return x
 
     def mirror(self, t: Tensor) -> Tensor:
         return t.flip(-1)
@@ -149,11 +155,6 @@ class AugSmooth(AugmentedMean, Method):
 
     def unit_range(self, maps: Tensor) -> Tensor:
         return unit_range(maps)
-
-    def _compute(self, session: Session, x: Tensor, rows: Rows, targets: list[Target],
-                 wrt: LayerKey | None) -> list[Tensor]:
-        raise ConvscopeError("AugSmooth runs its wrapped method through attribute(); it cannot be wrapped itself",
-                             "Call AugSmooth(...).attribute(x, target) directly.")
 
 
 def refuse_layer_maps(method: Any) -> None:

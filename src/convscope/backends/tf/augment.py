@@ -15,16 +15,13 @@ import tensorflow as tf
 
 from convscope.backends.tf.method import (
     KerasMethod,
-    Wrt,
     as_input,
     implements,
     keras_wrapped,
 )
-from convscope.backends.tf.targets import Scorer
 from convscope.errors import ConvscopeError
-from convscope.methods.augment import AugmentedMean, AugSmooth, refuse_layer_maps
+from convscope.methods.augment import AugmentedMean, AugSmooth
 from convscope.methods.cam import GradCAM
-from convscope.targets import TargetLike
 
 
 @implements(AugSmooth)
@@ -35,21 +32,15 @@ class KerasAugSmooth(AugmentedMean, KerasMethod):
     def __init__(self, method: Any, *, use: type = GradCAM, flips: bool = True,
                  factors: Sequence[float] = (0.9, 1.0, 1.1), normalise: bool = False) -> None:
         method = keras_wrapped(method, use, "GradCAM", "AugSmooth(GradCAM(model))")
-        refuse_layer_maps(method)
         super().__init__(method.model, max_batch=method.max_batch)
-        self.method = method
-        self._configure(flips, factors, normalise)
+        self._configure(method, flips, factors, normalise)
 
-    def attribute(self, x: Any, target: TargetLike | None = None, wrt: Wrt = None, *,
-                  targets: Sequence[TargetLike] | None = None) -> tf.Tensor | list[tf.Tensor]:
-        """The averaged maps ``[N, H, W, ...]`` for ``target`` (a list for ``targets=[...]``)."""
-        self._check_wrt(wrt)
+    def images(self, x: Any) -> tf.Tensor:
         x = as_input(x)
         if x.shape.rank != 4:
             raise ConvscopeError(f"AugSmooth mirrors images, so it needs inputs [N, H, W, C], got shape "
                                  f"{x.shape.as_list()}", "Pass an image batch.")
-        maps = self._mean(x, target, targets)
-        return maps if targets is not None else maps[0]
+        return x
 
     def mirror(self, t: tf.Tensor) -> tf.Tensor:
         return tf.reverse(t, axis=[2])
@@ -61,7 +52,3 @@ class KerasAugSmooth(AugmentedMean, KerasMethod):
         low = tf.reduce_min(maps, (1, 2), keepdims=True)
         span = tf.reduce_max(maps, (1, 2), keepdims=True) - low
         return tf.where(span > 0, (maps - low) / tf.where(span > 0, span, tf.ones_like(span)), tf.zeros_like(maps))
-
-    def _compute(self, x: tf.Tensor, rows: tf.Tensor, scorers: list[Scorer], wrt: str | None) -> list[tf.Tensor]:
-        raise ConvscopeError("AugSmooth runs its wrapped method through attribute(); it cannot be wrapped itself",
-                             "Call AugSmooth(...).attribute(x, target) directly.")

@@ -89,11 +89,10 @@ def as_input(x: object) -> tf.Tensor:
 
 
 def _plain(target: Any) -> Any:
-    """Integer numpy / tf values as Python ints or lists (the API edge then makes a Class)."""
-    if isinstance(target, np.integer):
-        return int(target)
-    if (isinstance(target, np.ndarray) or tf.is_tensor(target)) and np.asarray(target).dtype.kind in "iu":
-        return np.asarray(target).tolist()
+    """An integer tf tensor as a numpy array (the API edge, :func:`~convscope.targets.as_target`,
+    makes a Class of numpy and Python integers)."""
+    if tf.is_tensor(target) and np.asarray(target).dtype.kind in "iu":
+        return np.asarray(target)
     return target
 
 

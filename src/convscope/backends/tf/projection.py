@@ -19,13 +19,18 @@ def centred(t: tf.Tensor) -> tf.Tensor:
 
 def principal_direction(t: tf.Tensor) -> tf.Tensor:
     """The first right singular vector ``[n, K]`` of each sample's centred ``t`` (as ``[h * w, K]``)."""
-    flat = tf.reshape(centred(t), [tf.shape(t)[0], -1, t.shape[-1]])
-    return tf.linalg.svd(flat, full_matrices=False)[2][:, :, 0]
+    return _direction(centred(t))
+
+
+def _direction(f: tf.Tensor) -> tf.Tensor:
+    """:func:`principal_direction` of maps ``f`` that are centred already."""
+    return tf.linalg.svd(tf.reshape(f, [tf.shape(f)[0], -1, f.shape[-1]]), full_matrices=False)[2][:, :, 0]
 
 
 def principal_projection(t: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     """``F v`` ``[n, h, w, 1]``, the sign chosen per sample so that it does not anti-correlate with
     ``like [n, h, w, 1]``."""
-    projection = tf.reduce_sum(principal_direction(t)[:, None, None, :] * centred(t), -1, keepdims=True)
+    f = centred(t)
+    projection = tf.reduce_sum(_direction(f)[:, None, None, :] * f, -1, keepdims=True)
     agreement = tf.reduce_sum(projection * centred(like), (1, 2, 3), keepdims=True)
     return tf.where(agreement < 0, -projection, projection)

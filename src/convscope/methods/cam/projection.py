@@ -25,12 +25,18 @@ def centred(t: Tensor) -> Tensor:
 def principal_direction(t: Tensor) -> Tensor:
     """The first right singular vector ``[n, K]`` of each sample's centred ``t [n, K, h, w]``
     (as ``[h * w, K]``), with the sign the SVD routine gives."""
-    return torch.linalg.svd(centred(t).flatten(2).transpose(1, 2), full_matrices=False).Vh[:, 0]
+    return _direction(centred(t))
+
+
+def _direction(f: Tensor) -> Tensor:
+    """:func:`principal_direction` of maps ``f`` that are centred already."""
+    return torch.linalg.svd(f.flatten(2).transpose(1, 2), full_matrices=False).Vh[:, 0]
 
 
 def principal_projection(t: Tensor, like: Tensor) -> Tensor:
     """``F v`` ``[n, 1, h, w]`` (see the module doc), its sign chosen per sample so that it does not
     anti-correlate with ``like [n, 1, h, w]``: ``sum_ij (F v)_ij (like_ij - mean like) >= 0``."""
-    projection = (principal_direction(t)[:, :, None, None] * centred(t)).sum(1, keepdim=True)
+    f = centred(t)
+    projection = (_direction(f)[:, :, None, None] * f).sum(1, keepdim=True)
     agreement = (projection * centred(like)).sum((1, 2, 3), keepdim=True)
     return torch.where(agreement < 0, -projection, projection)
