@@ -2,7 +2,9 @@
 
 ``import convscope`` is cheap: it never imports TensorFlow, torchvision or matplotlib.
 Public names are resolved lazily on first use (PEP 562), so ``convscope.zoo`` or
-``convscope.ops`` cost nothing until touched.
+``convscope.ops`` cost nothing until touched. Every registered attribution method is a top-level
+name too (``convscope.IntegratedGradients``, ``from convscope import GradCAM``), found in the
+method registry on first use.
 
 Example::
 
@@ -50,18 +52,27 @@ _LAZY: dict[str, str | None] = {
     "RuleMap": "convscope.rules",
     "GuidedReLU": "convscope.rules",
     "DeconvReLU": "convscope.rules",
-    "Saliency": "convscope.methods",
-    "InputXGradient": "convscope.methods",
-    "DeconvNet": "convscope.methods",
-    "GuidedBackprop": "convscope.methods",
     "get_method": "convscope.methods",
     "exact_forward": "convscope.backends.torch.inference",
 }
 
 
+def _registered(name: str) -> Any:
+    """The registered method class called ``name``, else None (dunder names never look)."""
+    if name.startswith("_"):
+        return None
+    from convscope.methods.registry import by_class_name
+
+    return by_class_name(name)
+
+
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
-        raise AttributeError(f"module 'convscope' has no attribute {name!r}")
+        found = _registered(name)
+        if found is None:
+            raise AttributeError(f"module 'convscope' has no attribute {name!r}")
+        globals()[name] = found
+        return found
     where = _LAZY[name]
     if where is None:
         value: Any = importlib.import_module(f"convscope.{name}")
@@ -72,7 +83,9 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    from convscope.methods.registry import methods
+
+    return sorted(set(globals()) | set(_LAZY) | {info.cls.__name__ for info in methods().values()})
 
 
 __all__ = sorted(_LAZY)

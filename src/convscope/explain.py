@@ -14,7 +14,6 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 from convscope import render
 from convscope.errors import ConvscopeError
 from convscope.images import load_images
-from convscope.methods import AugSmooth
+from convscope.methods import AugSmooth, Method
 from convscope.methods import methods as registered
 from convscope.methods.registry import get_method
 from convscope.models import LoadedModel
@@ -53,9 +52,9 @@ def _channels_first(maps: object) -> torch.Tensor:
     return torch.tensor(np.moveaxis(np.asarray(maps), -1, 1))  # a copy: TF's arrays are read-only
 
 
-def _options(cls: type, layer: str | None, eigen_smooth: bool, asked_alone: bool) -> dict[str, object]:
-    """The constructor options of ``cls`` among ``layer`` and ``eigen_smooth`` (the ones it takes)."""
-    takes = inspect.signature(cls.__init__).parameters
+def _options(cls: type[Method], layer: str | None, eigen_smooth: bool, asked_alone: bool) -> dict[str, object]:
+    """The options of ``cls`` among ``layer`` and ``eigen_smooth`` (the ones it declares it takes)."""
+    takes = cls.options
     if eigen_smooth and "eigen_smooth" not in takes and asked_alone:
         raise ConvscopeError(f"--eigen-smooth applies to the CAM methods; {cls.__name__} has no such option",
                              "Drop --eigen-smooth, or pick a CAM method such as --method grad_cam.")

@@ -118,6 +118,10 @@ class RuleMap:
         """True when every ReLU gets the plain gradient (then no rule needs applying at all)."""
         return all(isinstance(r, Gradient) for r in self.rules())
 
+    def key(self) -> tuple[object, ...]:
+        """A hashable description (compiled functions are cached by it); ``()`` for plain gradients."""
+        return () if self.is_gradient else (self.default, tuple(self.layers.items()))
+
     def rules(self) -> Iterator[BackwardRule]:
         """The default rule, then each per-layer rule."""
         yield self.default

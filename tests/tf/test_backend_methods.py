@@ -160,7 +160,8 @@ def test_aug_smooth_averages_gradients_of_mirrored_and_scaled_copies(model: kera
     found = AugSmooth(Saliency(model), factors=(0.5, 2.0)).attribute(x, 3)
     np.testing.assert_allclose(np.asarray(found), want, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(x, X)
-    assert type(AugSmooth(model).method).__name__ == "KerasGradCAM"
+    wrapped = AugSmooth(model).method
+    assert type(wrapped) is GradCAM and wrapped.backend.name == "tf"
     with pytest.raises(ConvscopeError, match="cannot be mirrored back exactly"):
         AugSmooth(GradCAM(model, "conv2", upsample=False))
     with pytest.raises(ConvscopeError, match="needs maps of the input"):

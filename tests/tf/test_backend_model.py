@@ -59,17 +59,22 @@ def seed(model: keras.Model, target: object, layer: str) -> np.ndarray:
     return np.asarray(Saliency(model).attribute(X, target, wrt=layer))
 
 
-def test_the_same_classes_dispatch_to_keras(model: keras.Model) -> None:
+def test_the_same_classes_run_on_keras(model: keras.Model) -> None:
     method = Saliency(model)
-    assert isinstance(method, Saliency) and isinstance(method, Method)
-    assert type(method).__module__ == "convscope.backends.tf.gradient"
+    assert type(method) is Saliency and method.backend.name == "tf"
     assert isinstance(SmoothGrad(method, samples=2), SmoothGrad)
 
-    class MySaliency(Saliency):
-        pass
+    class MySaliency(Saliency):  # a user's subclass runs on Keras too: the method is written once
+        def combine(self, value, grad):  # noqa: ANN001, ANN202
+            return 2 * grad
 
-    with pytest.raises(ConvscopeError, match="MySaliency has no Keras implementation.*saliency"):
-        MySaliency(model)
+    np.testing.assert_allclose(np.asarray(MySaliency(model).attribute(X, 1)), 2 * np.asarray(method.attribute(X, 1)))
+
+    class TorchOnly(Saliency):
+        frameworks = ("torch",)
+
+    with pytest.raises(ConvscopeError, match="TorchOnly runs on torch models only, not on a tf model"):
+        TorchOnly(model)
 
 
 def test_importing_convscope_methods_does_not_import_tensorflow() -> None:

@@ -9,8 +9,9 @@ import torch
 from nets import make, sample
 from torch import nn
 
+from convscope.backends.torch import batching
 from convscope.errors import ConvscopeError
-from convscope.methods import IntegratedGradients, Occlusion, Saliency, SmoothGrad, batching
+from convscope.methods import IntegratedGradients, Occlusion, Saliency, SmoothGrad
 from convscope.methods.base import check_max_batch, chunks
 from convscope.methods.batching import AllocationMeter, Batches, is_out_of_memory
 

@@ -15,6 +15,7 @@ import torch
 from nets import make, sample
 from torch import nn
 
+from convscope.backends.torch import batching
 from convscope.deconv import reconstruct
 from convscope.errors import ConvscopeError
 from convscope.methods import (
@@ -24,7 +25,6 @@ from convscope.methods import (
     IntegratedGradients,
     Saliency,
     SmoothGrad,
-    batching,
     methods,
 )
 from convscope.methods.perturb import rise_masks

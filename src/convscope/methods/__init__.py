@@ -1,5 +1,10 @@
 """Attribution methods over one template (:class:`Method`), found by name in a registry.
 
+Each method is written once and runs on PyTorch and Keras models (:mod:`convscope.backends.protocol`).
+A method registered with :func:`register_method` (yours too) is also an attribute here and at the
+top level (``convscope.MyMethod``), an option of ``convscope explain --method`` and a row of the
+demo's methods sheet: see ``docs/adding-a-method.md``.
+
 Example::
 
     from convscope.methods import GuidedBackprop, get_method
@@ -9,7 +14,7 @@ Example::
 
 from convscope.methods.base import Method
 from convscope.methods.gradient import DeconvNet, GradientMethod, GuidedBackprop, InputXGradient, Saliency
-from convscope.methods.registry import MethodInfo, get_method, methods, register_method
+from convscope.methods.registry import MethodInfo, by_class_name, get_method, methods, register_method
 
 __all__ = ["DeconvNet", "GradientMethod", "GuidedBackprop", "InputXGradient", "Method", "MethodInfo", "Saliency",
            "get_method", "methods", "register_method"]
@@ -31,3 +36,11 @@ __all__ += ["CAM", "AblationCAM", "CAMMethod", "EigenCAM", "GradCAM", "GradCAMPl
 from convscope.methods.augment import AugSmooth  # noqa: E402
 
 __all__ += ["AugSmooth"]
+
+
+def __getattr__(name: str) -> type[Method]:
+    """A method registered outside this package, by its class name."""
+    found = by_class_name(name)
+    if found is None:
+        raise AttributeError(f"module 'convscope.methods' has no attribute {name!r}")
+    return found

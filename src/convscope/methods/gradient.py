@@ -18,12 +18,11 @@ Example::
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from typing import Any
 
-from convscope.backends.torch.probes import LayerKey
-from convscope.backends.torch.session import Session
-from convscope.methods.base import Method
+from convscope.backends.protocol import Engine, Tensor
+from convscope.backends.torch.batching import MaxBatch
+from convscope.methods.base import Method, Rows
 from convscope.methods.registry import register_method
 from convscope.rules import BackwardRule, DeconvReLU, Gradient, GuidedReLU, RuleMap, as_rule_map
 from convscope.targets import Target
@@ -34,10 +33,10 @@ class GradientMethod(Method):
 
     default_rule: BackwardRule = Gradient()
 
-    def __init__(self, model: nn.Module, *, max_batch: int | None = None,
-                 rules: RuleMap | BackwardRule | None = None) -> None:
+    def __init__(self, model: Any, *, max_batch: MaxBatch = None, rules: RuleMap | BackwardRule | None = None) -> None:
         super().__init__(model, max_batch=max_batch)
         self.rules = as_rule_map(rules, self.default_rule)
+        self.backend.accepts_rules(self.rules)
 
     def _rules(self) -> RuleMap | None:
         return self.rules
@@ -46,19 +45,14 @@ class GradientMethod(Method):
         """The map from the attributed tensor's value and the signal reaching it."""
         return grad
 
-    def _compute(self, session: Session, x: Tensor, rows: slice, targets: list[Target],
-                 wrt: LayerKey | None) -> list[Tensor]:
-        run = session.forward(x, rows)
-        base = run.input if wrt is None else run.record.acts[wrt]
-        maps = []
-        for i, target in enumerate(targets):
-            score = target.score(run.record)
-            grad = None
-            if score.requires_grad:
-                (grad,) = torch.autograd.grad(score.sum(), base, retain_graph=i < len(targets) - 1,
-                                              allow_unused=True)
-            maps.append(self.combine(base.detach(), torch.zeros_like(base) if grad is None else grad))
-        return maps
+    def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:
+        return engine.compiled(("gradient", self.rules.key()), self._maps)(x, rows)
+
+    def _maps(self, engine: Engine, x: Tensor, rows: Rows) -> list[Tensor]:
+        """One backward pass per target through the forward pass of the chunk ``x``."""
+        run = engine.forward(x, rows, grad=True, rules=self.rules)
+        value = run.value
+        return [self.combine(engine.ops.detach(value), run.gradients(i, [value])[0]) for i in range(len(run.scores))]
 
 
 @register_method("saliency", "gradient of the target w.r.t. the input (or a layer)")

@@ -26,33 +26,27 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor as TorchTensor
 
-from convscope.backends.torch.probes import LayerKey
-from convscope.backends.torch.session import Session
+from convscope.backends.protocol import Chunk, Engine, Ops, Tensor
+from convscope.backends.torch.batching import MaxBatch
 from convscope.errors import ConvscopeError
-from convscope.methods.base import (
-    Attributed,
-    MaxBatch,
-    Method,
-    Rows,
-    Wrt,
-    gradients,
-    row_index,
-)
-from convscope.methods.batching import Batches, expansion_rows
-from convscope.methods.draws import gaussian_draws
+from convscope.methods.base import Method, Rows, Wrt
 from convscope.methods.options import check_noise, check_samples
 from convscope.methods.registry import register_method
+from convscope.methods.smooth import input_range
 from convscope.targets import Target, TargetLike
+
+__all__ = ["RULES", "GradientSHAP", "IntegratedGradients", "as_baseline", "input_range", "quadrature"]
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gauss_legendre")
 
 
-def quadrature(rule: str, steps: int) -> tuple[Tensor, Tensor]:
+def quadrature(rule: str, steps: int) -> tuple[TorchTensor, TorchTensor]:
     """Nodes ``alpha`` in [0, 1] and weights ``w`` (float64) of ``rule`` with ``steps`` points.
 
     riemann_left ``alpha_k = k/n``; right ``(k+1)/n``; middle ``(k+1/2)/n``; all ``w_k = 1/n``;
@@ -78,39 +72,46 @@ def quadrature(rule: str, steps: int) -> tuple[Tensor, Tensor]:
     return (k + offset) / steps, weights
 
 
-def as_baseline(baseline: float | Tensor, x: Tensor, rows: Tensor, what: str = "baseline") -> Tensor:
-    """``baseline`` as ``[1 or len(x), *x.shape[1:]]`` on ``x``'s device: a number, one sample's
-    shape (shared by all), or one per sample of the user's batch (picked by ``rows``)."""
+def as_baseline(baseline: Any, x: Tensor, ops: Ops, what: str = "baseline") -> Tensor:
+    """``baseline`` as ``[1 or len(x), *x.shape[1:]]`` like ``x``: a number, one sample's shape
+    (shared by all), or one per sample."""
+    shape = list(x.shape[1:])
     if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full((1, *x.shape[1:]), float(baseline), dtype=x.dtype, device=x.device)
-    if isinstance(baseline, Tensor):
-        b = baseline.to(x.device, x.dtype)
-        if b.shape == x.shape[1:]:
-            b = b.unsqueeze(0)
-        if b.dim() == x.dim() and b.shape[1:] == x.shape[1:] and b.shape[0] == 1:
+        return ops.full([1, *shape], float(baseline), like=x)
+    b = ops.convert(baseline, x)
+    if b is not None:
+        if list(b.shape) == shape:
+            b = b[None]
+        if ops.rank(b) == ops.rank(x) and list(b.shape[1:]) == shape and int(b.shape[0]) in (1, int(x.shape[0])):
             return b
-        if b.dim() == x.dim() and b.shape[1:] == x.shape[1:] and b.shape[0] > int(rows.max()):
-            return b[rows.to(b.device)]
-    shape = list(baseline.shape) if isinstance(baseline, Tensor) else type(baseline).__name__
-    raise ConvscopeError(f"the {what} {shape} does not fit an input of shape {list(x.shape)}",
-                         f"Give a number, a tensor shaped like one sample {list(x.shape[1:])}, or one per "
-                         f"sample {list(x.shape)}.")
+    found = list(np.shape(baseline)) if hasattr(baseline, "shape") else type(baseline).__name__
+    raise ConvscopeError(f"the {what} {found} does not fit an input of shape {list(x.shape)}",
+                         f"Give a number, an array shaped like one sample {shape}, or one per sample {list(x.shape)}.")
 
 
-def _scaled(weights: Tensor, like: Tensor) -> Tensor:
-    return weights.to(like.device, like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+def path_gradients(method: Method, engine: Engine, x: Tensor, start: Tensor, end: Tensor, alpha: Tensor,
+                   weight: Tensor, rows: Rows) -> list[Tensor]:
+    """``weight * ds/da`` at ``start + alpha (end - start)`` for each target (one row per path
+    point), compiled as one function per chunk."""
+    return engine.compiled(("path",), method._path_point)(x, start, end, alpha, weight, rows)  # type: ignore[attr-defined]
 
 
-def path_gradients(space: Attributed, x: Tensor, rows: Tensor, start: Tensor, end: Tensor, alpha: Tensor,
-                   targets: list[Target]) -> list[Tensor]:
-    """``ds/da`` at ``start + alpha (end - start)`` for each target (one row per path point)."""
-    point = start + _scaled(alpha, end) * (end - start)
-    run = space.forward(x, rows, point, grad=True)
-    return gradients(run, targets)
+class PathMethod(Method):
+    """A method summing weighted gradients at points of straight paths (IG, GradientSHAP)."""
+
+    expands = True
+
+    def _path_point(self, engine: Engine, x: Tensor, start: Tensor, end: Tensor, alpha: Tensor, weight: Tensor,
+                    rows: Rows) -> list[Tensor]:
+        ops = engine.ops
+        point = start + ops.per_row(alpha, end) * (end - start)
+        run = engine.forward(x, rows, grad=True, replace=(engine.wrt, point))
+        grads = [run.gradients(i, [run.value])[0] for i in range(len(run.scores))]
+        return [g * ops.per_row(weight, g) for g in grads]
 
 
 @register_method("integrated_gradients", "integrated gradients: (x - baseline) * path-averaged gradient")
-class IntegratedGradients(Method):
+class IntegratedGradients(PathMethod):
     """``(x - b) * sum_k w_k ds/da(b + alpha_k (x - b))``: see the module docstring.
 
     Defaults: 32 Gauss-Legendre steps (exact for polynomial paths of degree < 64) and a zero
@@ -118,65 +119,51 @@ class IntegratedGradients(Method):
     Example: ``IntegratedGradients(model, steps=50, baseline=blurred).attribute(x, 3)``.
     """
 
-    expands = True
-
-    def __init__(self, model: nn.Module, *, steps: int = 32, rule: str = "gauss_legendre",
-                 baseline: float | Tensor = 0.0, max_batch: MaxBatch = None) -> None:
+    def __init__(self, model: Any, *, steps: int = 32, rule: str = "gauss_legendre",
+                 baseline: Any = 0.0, max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
         self.alpha, self.weights = quadrature(rule, steps)  # validates early
         self.steps, self.rule, self.baseline = steps, rule, baseline
 
-    def _endpoints(self, space: Attributed, x: Tensor, rows: Tensor, batches: Batches) -> tuple[Tensor, Tensor]:
+    def _endpoints(self, engine: Engine, x: Tensor, rows: Rows) -> tuple[Tensor, Tensor]:
         """The attributed tensor at ``x`` and at the baseline (``[1 or N, ...]``)."""
-        base = as_baseline(self.baseline, x, rows)
-        return space.values(x, rows, batches), space.values(base, rows[:base.shape[0]], batches)
+        base = as_baseline(self.baseline, x, engine.ops)
+        return engine.values(x, rows), engine.values(base, rows[:int(base.shape[0])])
 
-    def _compute(self, session: Session, x: Tensor, rows: Rows, targets: list[Target],
-                 wrt: LayerKey | None) -> list[Tensor]:
-        space, batches, glob = Attributed(session, wrt), Batches(self.max_batch, x.device), row_index(rows, len(x))
-        value, base = self._endpoints(space, x, glob, batches)
-        steps = self.steps
-        sums = [torch.zeros_like(value) for _ in targets]
+    def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:
+        ops = engine.ops
+        value, base = self._endpoints(engine, x, rows)
+        alpha = ops.constant(self.alpha.numpy(), like=value)
+        weights = ops.constant(self.weights.numpy(), like=value)
 
-        alpha, weights = self.alpha.to(value.device), self.weights.to(value.device)
+        def evaluate(c: Chunk) -> list[Tensor]:
+            start = ops.take(base, c.sample) if int(base.shape[0]) > 1 else base
+            return path_gradients(self, engine, ops.take(x, c.sample), start, ops.take(value, c.sample),
+                                  ops.take(alpha, c.k), ops.take(weights, c.k), engine.take_rows(rows, c))
 
-        def evaluate(items: slice) -> tuple[Tensor, list[Tensor]]:
-            host, sample, k = expansion_rows(items, steps, value.device)
-            start = base[sample] if base.shape[0] > 1 else base
-            grads = path_gradients(space, x[sample], glob[host], start, value[sample], alpha[k], targets)
-            return sample, [g * _scaled(weights[k], g) for g in grads]
-
-        for _, (sample, grads) in batches.map(len(x) * steps, evaluate):
-            for total, g in zip(sums, grads):
-                total.index_add_(0, sample.to(total.device), g)
+        sums = engine.accumulate(int(x.shape[0]), self.steps, evaluate, like=value)
         return [(value - base) * total for total in sums]
 
-    def attribute_with_delta(self, x: Tensor, target: TargetLike | None = None, wrt: Wrt = None, *,
-                             targets: Sequence[TargetLike] | None = None
-                             ) -> tuple[Tensor, Tensor] | list[tuple[Tensor, Tensor]]:
+    def attribute_with_delta(self, x: Any, target: TargetLike | None = None, wrt: Wrt = None, *,
+                             targets: Sequence[TargetLike] | None = None) -> Any:
         """``(maps, delta)`` with ``delta_n = sum(maps_n) - (s(x_n) - s(b_n))`` (a pair per target
         with ``targets=[...]``): the completeness gap, which shrinks as ``steps`` grows."""
 
-        def body(session: Session, xs: Tensor, found: list[Target], layer: LayerKey | None
-                 ) -> list[tuple[Tensor, Tensor]]:
-            maps = self._attribute(session, xs, found, layer)
-            space, batches, glob = Attributed(session, layer), Batches(self.max_batch, xs.device), torch.arange(len(xs))
-            value, base = self._endpoints(space, xs, glob, batches)
-            at_x = space.scores(xs, glob, value, found, batches)
-            at_b = space.scores(xs, glob, base.expand_as(value), found, batches)
-            return [(m, m.reshape(len(xs), -1).sum(1) - (sx - sb)) for m, sx, sb in zip(maps, at_x, at_b)]
+        def body(engine: Engine, xs: Tensor, found: list[Target], layer: Any) -> list[tuple[Tensor, Tensor]]:
+            ops = engine.ops
+            maps = self._attribute(engine, xs, found, layer)
+            rows = engine.rows(slice(0, int(xs.shape[0])))
+            value, base = self._endpoints(engine, xs, rows)
+            at_x = engine.scores(xs, rows, value)
+            at_b = engine.scores(xs, rows, base + ops.zeros_like(value))
+            axes = tuple(range(1, ops.rank(xs if layer is None else value)))
+            return [(m, ops.sum(m, axes) - (sx - sb)) for m, sx, sb in zip(maps, at_x, at_b)]
 
         return self._run(x, target, wrt, targets, body)
 
 
-def input_range(x: Tensor) -> Tensor:
-    """``max - min`` of each sample, shaped ``[N, 1, ...]`` to scale noise per sample."""
-    flat = x.detach().reshape(x.shape[0], -1)
-    return (flat.amax(1) - flat.amin(1)).reshape(-1, *([1] * (x.dim() - 1)))
-
-
 @register_method("gradient_shap", "GradientSHAP: expected (x - baseline) * gradient at random path points")
-class GradientSHAP(Method):
+class GradientSHAP(PathMethod):
     """``mean_k (x + eps_k - b_k) * ds/da(b_k + alpha_k (x + eps_k - b_k))`` over ``samples`` draws.
 
     ``baselines``: a number or a tensor ``[B, *sample_shape]`` to draw ``b_k`` from (default: one
@@ -189,50 +176,45 @@ class GradientSHAP(Method):
     ``GradientSHAP(model, baselines=backgrounds, samples=64, noise=0.1).attribute(x, 3)``.
     """
 
-    expands = True
-
-    def __init__(self, model: nn.Module, *, baselines: float | Tensor = 0.0, samples: int = 32,
+    def __init__(self, model: Any, *, baselines: Any = 0.0, samples: int = 32,
                  noise: float = 0.0, seed: int = 0, max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
         check_samples(samples), check_noise(noise, example=0.1)
         self.baselines, self.samples, self.noise, self.seed = baselines, samples, noise, seed
 
-    def draws(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The baseline distribution ``[B, ...]`` with the drawn indices and alphas, and the noise."""
+    def draws(self, x: Tensor, engine: Engine) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The drawn baselines ``[K, ...]`` and alphas ``[K]``, and the noise (None without)."""
+        ops = engine.ops
         bank = self.baselines
-        if not isinstance(bank, Tensor):
-            bank = torch.full((1, *x.shape[1:]), float(bank))
-        if bank.dim() != x.dim() or bank.shape[1:] != x.shape[1:]:
-            raise ConvscopeError(f"baselines of shape {list(bank.shape)} are not a batch of samples like the "
-                                 f"input {list(x.shape)}",
-                                 f"Pass a number or a tensor [B, {', '.join(map(str, x.shape[1:]))}] to draw from.")
-        bank = bank.to(x.device, x.dtype)
+        if isinstance(bank, (int, float)) and not isinstance(bank, bool):
+            bank = ops.full([1, *x.shape[1:]], float(bank), like=x)
+        converted = ops.convert(bank, x)
+        if converted is None or ops.rank(converted) != ops.rank(x) or list(converted.shape[1:]) != list(x.shape[1:]):
+            shape = list(np.shape(bank)) if hasattr(bank, "shape") else type(bank).__name__
+            raise ConvscopeError(f"baselines of shape {shape} are not a batch of samples like the input "
+                                 f"{list(x.shape)}",
+                                 f"Pass a number or an array [B, {', '.join(str(int(d)) for d in x.shape[1:])}] "
+                                 "to draw from.")
         g = torch.Generator().manual_seed(self.seed)
-        pick = torch.randint(bank.shape[0], (self.samples,), generator=g)
+        pick = torch.randint(int(converted.shape[0]), (self.samples,), generator=g)
         alpha = torch.rand(self.samples, generator=g, dtype=torch.float64)
-        eps = gaussian_draws(self.samples, x.shape[1:], self.seed + 1, like=x) if self.noise > 0 else None
-        return bank[pick.to(bank.device)], alpha, eps
+        eps = engine.gaussian(self.samples, x, self.seed + 1) if self.noise > 0 else None
+        return ops.take(converted, ops.constant(pick.numpy(), like=converted)), ops.constant(alpha.numpy(), like=x), eps
 
-    def _compute(self, session: Session, x: Tensor, rows: Rows, targets: list[Target],
-                 wrt: LayerKey | None) -> list[Tensor]:
-        space, batches, glob = Attributed(session, wrt), Batches(self.max_batch, x.device), row_index(rows, len(x))
-        baselines, alpha, eps = self.draws(x)
-        alpha = alpha.to(x.device)  # indexed by device rows below
-        sigma = self.noise * input_range(x)
-        draws = self.samples
-        sums: list[Tensor] = []
+    def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:
+        ops = engine.ops
+        baselines, alpha, eps = self.draws(x, engine)
+        sigma = self.noise * input_range(x, ops)
+        ones = ops.full([self.samples], 1.0, like=x)
 
-        def evaluate(items: slice) -> tuple[Tensor, list[Tensor]]:
-            host, sample, k = expansion_rows(items, draws, x.device)
-            noisy = x[sample] if eps is None else x[sample] + sigma[sample] * eps[k]
-            end = space.values(noisy, glob[host], Batches(None))
-            start = space.values(baselines[k], glob[host], Batches(None))
-            grads = path_gradients(space, noisy, glob[host], start, end, alpha[k], targets)
-            return sample, [(end - start) * g for g in grads]
+        def evaluate(c: Chunk) -> list[Tensor]:
+            noisy = ops.take(x, c.sample)
+            if eps is not None:
+                noisy = noisy + ops.take(sigma, c.sample) * ops.take(eps, c.k)
+            r = engine.take_rows(rows, c)
+            end, start = engine.values(noisy, r), engine.values(ops.take(baselines, c.k), r)
+            grads = path_gradients(self, engine, noisy, start, end, ops.take(alpha, c.k), ops.take(ones, c.k), r)
+            return [(end - start) * g for g in grads]
 
-        for _, (sample, parts) in batches.map(len(x) * draws, evaluate):
-            if not sums:
-                sums = [torch.zeros(len(x), *p.shape[1:], dtype=p.dtype, device=p.device) for p in parts]
-            for total, p in zip(sums, parts):
-                total.index_add_(0, sample.to(total.device), p)
-        return [total / draws for total in sums]
+        sums = engine.accumulate(int(x.shape[0]), self.samples, evaluate, like=x)
+        return [total / self.samples for total in sums]

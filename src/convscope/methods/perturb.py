@@ -14,7 +14,8 @@ grid of Bernoulli(``p``) cells, bilinearly upsampled and randomly shifted by les
 
     RISE(x) = 1 / (M p) * sum_m s(x * mask_m + fill * (1 - mask_m)) * mask_m
 
-Both work on ``[N, C, H, W]`` tensors: the input, or a layer's output with ``wrt=layer``.
+Both work on image batches (``[N, C, H, W]``; Keras: ``[N, H, W, C]``): the input, or a layer's
+output with ``wrt=layer``. Windows and masks are planned channels-first, once for both backends.
 
 Example::
 
@@ -26,58 +27,57 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor as TorchTensor
 
-from convscope.backends.torch.probes import LayerKey
-from convscope.backends.torch.session import Session
+from convscope.backends.protocol import Chunk, Engine, Ops, Tensor
+from convscope.backends.torch.batching import MaxBatch
 from convscope.errors import ConvscopeError
-from convscope.methods.base import Attributed, MaxBatch, Method, Rows, row_index
-from convscope.methods.batching import Batches, expansion_rows
+from convscope.methods.base import Method, Rows, numel
 from convscope.methods.registry import register_method
 from convscope.targets import Target
 
-Fill = float | Tensor | Literal["blur"]
+Fill = Any  # a number, an array broadcastable to one sample, or "blur"
 Size = int | Sequence[int]
 
 
-def check_image(value: Tensor, method: str) -> None:
-    """A clear error unless ``value`` is ``[N, C, H, W]``."""
-    if value.dim() != 4:
-        raise ConvscopeError(f"{method} needs [N, C, H, W] tensors, got {list(value.shape)}",
+def check_image(value: Tensor, method: str, ops: Ops, layout: str) -> None:
+    """A clear error unless ``value`` is a batch of images."""
+    if ops.rank(value) != 4:
+        raise ConvscopeError(f"{method} needs {layout} tensors, got {list(value.shape)}",
                              "Attribute to an image input or to a convolutional layer (wrt='...').")
 
 
-def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+def gaussian_blur(x: TorchTensor, sigma: float) -> TorchTensor:
     """Each channel of ``x`` [N, C, H, W] blurred by a Gaussian of std ``sigma`` (reflected edges)."""
-    radius = max(1, min(math.ceil(3 * sigma), min(x.shape[2:]) - 1))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    c = x.shape[1]
-    out = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(out, kernel.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(out, kernel.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    from convscope.backends.torch import tensors
+
+    return tensors.gaussian_blur(x, sigma)
 
 
-def fill_values(fill: Fill, value: Tensor, sigma: float) -> Tensor:
-    """What replaces the occluded parts, broadcastable to ``value`` [N, C, H, W]."""
+def fill_values(fill: Fill, value: Tensor, sigma: float, ops: Ops | None = None) -> Tensor:
+    """What replaces the occluded parts, shaped like ``value`` (a batch of images)."""
+    if ops is None:
+        from convscope.backends.torch import tensors as ops
     if isinstance(fill, str):
         if fill != "blur":
             raise ConvscopeError(f"fill={fill!r} is not supported", "Use a number, a tensor or 'blur'.")
-        return gaussian_blur(value, sigma)
-    if isinstance(fill, Tensor):
-        f = fill.to(value.device, value.dtype)
-        try:
-            torch.broadcast_shapes(f.shape, value.shape[1:])
-        except RuntimeError:
-            raise ConvscopeError(f"the fill {list(f.shape)} does not broadcast to one sample {list(value.shape[1:])}",
-                                 "Give a number or a tensor shaped like one sample (or broadcastable).") from None
-        return f.unsqueeze(0)
-    return torch.tensor(float(fill), dtype=value.dtype, device=value.device).reshape(1, 1, 1, 1)
+        return ops.gaussian_blur(value, sigma)
+    if isinstance(fill, (int, float)) and not isinstance(fill, bool):
+        return ops.full(list(value.shape), float(fill), like=value)
+    f = ops.convert(fill, value)
+    try:
+        if f is None:
+            raise ValueError
+        return f[None] + ops.zeros_like(value)
+    except Exception:  # noqa: BLE001 - any broadcasting failure of either framework
+        shape = list(np.shape(fill)) if hasattr(fill, "shape") else type(fill).__name__
+        raise ConvscopeError(f"the fill {shape} does not broadcast to one sample {list(value.shape[1:])}",
+                             "Give a number or a tensor shaped like one sample (or broadcastable).") from None
 
 
 def _per_dim(size: Size | None, dims: int, name: str) -> tuple[int, ...] | None:
@@ -119,44 +119,54 @@ def windows(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) 
     return grid
 
 
+def interval_masks(intervals: list[slice]) -> np.ndarray:
+    """``[len(intervals), size]`` float: row ``i`` is 1 on interval ``i``."""
+    size = max(s.stop for s in intervals)
+    mask = np.zeros((len(intervals), size), np.float32)
+    for i, interval in enumerate(intervals):
+        mask[i, interval] = 1
+    return mask
+
+
 class WindowMasks:
-    """The occlusion windows as boolean masks, made on the device a batch at a time.
+    """The occlusion windows as masks, made on the device a batch at a time.
 
     Window ``k`` (in :func:`windows` order) covers ``A[k0] x B[k1] x C[k2]`` with ``(k0, k1, k2)``
-    its row-major index over the per-dimension intervals, so its mask is the outer product of
-    three interval masks: one broadcast ``&`` per batch instead of one slice write per window.
+    its row-major index over the per-dimension intervals (channels, rows, columns), so its mask is
+    the outer product of three interval masks (:meth:`~convscope.backends.protocol.Ops.outer`): one
+    broadcast product per batch instead of one slice write per window.
 
     Example::
 
-        masks = WindowMasks(axis_windows([3, 8, 8], [3, 4, 4], [3, 2, 2]), x.device)
-        masks(torch.arange(5))  # [5, 3, 8, 8] bool, window k's cells True
+        masks = WindowMasks(axis_windows([3, 8, 8], [3, 4, 4], [3, 2, 2]), ops, like=x)
+        masks(torch.arange(5))  # [5, 3, 8, 8], window k's cells 1
     """
 
-    def __init__(self, axes: list[list[slice]], device: torch.device) -> None:
-        sizes = [max(s.stop for s in dim) for dim in axes]
+    def __init__(self, axes: list[list[slice]], ops: Ops, like: Tensor) -> None:
+        self.ops = ops
         self.counts = [len(dim) for dim in axes]
-        self.axes = []
-        for dim, size in zip(axes, sizes, strict=True):
-            mask = torch.zeros(len(dim), size, dtype=torch.bool)
-            for i, interval in enumerate(dim):
-                mask[i, interval] = True
-            self.axes.append(mask.to(device))
+        self.tables = [interval_masks(dim) for dim in axes]
+        self.axes = [ops.constant(t, like=like) for t in self.tables]
 
     def __len__(self) -> int:
         return math.prod(self.counts)
 
-    def __call__(self, k: Tensor) -> Tensor:
-        """``[len(k), C, H, W]``: the masks of windows ``k``."""
-        c_count, h_count, w_count = self.counts
-        k = k.to(self.axes[0].device)
-        a, b, c = self.axes
-        return (a[k // (h_count * w_count)][:, :, None, None] & b[(k // w_count) % h_count][:, None, :, None]
-                & c[k % w_count][:, None, None, :])
+    def split(self, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Window ``k``'s index along each axis."""
+        _, h_count, w_count = self.counts
+        return k // (h_count * w_count), (k // w_count) % h_count, k % w_count
 
-    def coverage(self) -> Tensor:
-        """``[C, H, W]``: how many windows cover each position."""
-        a, b, c = (m.to(torch.float64).sum(0) for m in self.axes)  # per axis: windows covering each index
-        return a[:, None, None] * b[None, :, None] * c[None, None, :]
+    def __call__(self, k: Tensor) -> Tensor:
+        """The masks of windows ``k``, a batch of the tensor's shape."""
+        a, b, c = self.axes
+        ka, kb, kc = self.split(k)
+        return self.ops.outer(self.ops.take(a, ka), self.ops.take(b, kb), self.ops.take(c, kc))
+
+    def coverage(self, like: Tensor) -> Tensor:
+        """How many windows cover each position, shaped like one sample (float64 counts cast)."""
+        a, b, c = (t.astype(np.float64).sum(0)[None] for t in self.tables)
+        ops = self.ops
+        return ops.outer(ops.constant(a, like), ops.constant(b, like), ops.constant(c, like))[0]
 
 
 @register_method("occlusion", "occlusion: score drop when a sliding window is filled")
@@ -172,7 +182,7 @@ class Occlusion(Method):
 
     expands = True
 
-    def __init__(self, model: nn.Module, *, window: Size | None = None, stride: Size | None = None,
+    def __init__(self, model: Any, *, window: Size | None = None, stride: Size | None = None,
                  fill: Fill = 0.0, sigma: float | None = None, max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
         self.window, self.stride = _per_dim(window, 2, "window"), _per_dim(stride, 2, "stride")
@@ -189,33 +199,38 @@ class Occlusion(Method):
         stride = stride if len(stride) == 3 else (window[0], *stride)
         return axis_windows(shape, window, stride)
 
-    def _compute(self, session: Session, x: Tensor, rows: Rows, targets: list[Target],
-                 wrt: LayerKey | None) -> list[Tensor]:
-        space, batches, glob = Attributed(session, wrt), Batches(self.max_batch, x.device), row_index(rows, len(x))
-        value = space.values(x, glob, batches)
-        check_image(value, "Occlusion")
-        plan = self.plan(value.shape[1:])
+    def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:
+        ops = engine.ops
+        value = engine.values(x, rows)
+        check_image(value, "Occlusion", ops, self.backend.image_layout)
+        plan = self.plan((int(value.shape[ops.channel_axis]), *ops.spatial_shape(value)))
         sigma = self.sigma or max(max(s.stop - s.start for s in (plan[1][0], plan[2][0])) / 4, 0.5)
-        fill = fill_values(self.fill, value, sigma).expand_as(value)
-        masks = WindowMasks(plan, value.device)
+        fill = fill_values(self.fill, value, sigma, ops)
+        masks = WindowMasks(plan, ops, like=value)
         n_windows = len(masks)
-        space.evaluate_on_twin(len(x) * (n_windows + 1) * x[0].numel())
-        clean = space.scores(x, glob, value, targets, batches)
-        sums = [torch.zeros_like(value) for _ in targets]
+        engine.evaluations(int(x.shape[0]) * (n_windows + 1) * numel(x))
+        clean = engine.scores(x, rows, value)
+        drops = engine.compiled(("occlusion",), self._drops)
 
-        def evaluate(items: slice) -> tuple[Tensor, Tensor, list[Tensor]]:
-            host, on, window = expansion_rows(items, n_windows, value.device)
-            covered = masks(window)
-            occluded = torch.where(covered, fill[on], value[on])
-            record = space.forward(x[on], glob[host], occluded, grad=False).record
-            return on, covered, [t.score(record).detach() for t in targets]
+        def evaluate(c: Chunk) -> list[Tensor]:
+            ka, kb, kc = masks.split(c.k)
+            a, b, cc = masks.axes
+            return drops(ops.take(x, c.sample), ops.take(value, c.sample), ops.take(fill, c.sample),
+                         ops.take(a, ka), ops.take(b, kb), ops.take(cc, kc), engine.take_rows(rows, c),
+                         [ops.take(s, c.sample) for s in clean])
 
-        clean = [c.to(value.device, value.dtype) for c in clean]
-        for _, (on, covered, scores) in batches.map(len(x) * n_windows, evaluate):
-            for total, base, score in zip(sums, clean, scores):
-                drop = base[on] - score.to(value.device, value.dtype)
-                total.index_add_(0, on, drop.reshape(-1, 1, 1, 1) * covered)
-        return [total / masks.coverage().to(value) for total in sums]
+        sums = engine.accumulate(int(x.shape[0]), n_windows, evaluate, like=value)
+        coverage = masks.coverage(value)
+        return [total / coverage for total in sums]
+
+    def _drops(self, engine: Engine, x: Tensor, value: Tensor, fill: Tensor, a: Tensor, b: Tensor, c: Tensor,
+               rows: Rows, clean: list[Tensor]) -> list[Tensor]:
+        """Per target ``(s(x) - s(x_w)) * mask_w`` for the occluded inputs of one chunk."""
+        ops = engine.ops
+        covered = ops.outer(a, b, c)
+        occluded = ops.where(covered > 0, fill, value)
+        scores = engine.forward(x, rows, replace=(engine.wrt, occluded), fast=True).scores
+        return [ops.per_row(base - ops.detach(s), covered) * covered for base, s in zip(clean, scores)]
 
 
 def rise_masks(grid: Tensor, shifts: Tensor, size: tuple[int, int]) -> Tensor:
@@ -256,7 +271,7 @@ class RISE(Method):
 
     expands = True
 
-    def __init__(self, model: nn.Module, *, masks: int = 512, cells: int = 7, p: float = 0.5, fill: float = 0.0,
+    def __init__(self, model: Any, *, masks: int = 512, cells: int = 7, p: float = 0.5, fill: float = 0.0,
                  seed: int = 0, max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
         for name, v in (("masks", masks), ("cells", cells)):
@@ -266,7 +281,7 @@ class RISE(Method):
             raise ConvscopeError(f"p={p!r} must be in (0, 1]", "p is the chance that a cell is kept, e.g. 0.5.")
         self.masks, self.cells, self.p, self.fill, self.seed = masks, cells, p, fill, seed
 
-    def draws(self, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def draws(self, size: tuple[int, int]) -> tuple[TorchTensor, TorchTensor]:
         """The coarse grids ``[M, 1, cells, cells]`` and shifts ``[M, 2]`` for images of ``size``."""
         g = torch.Generator().manual_seed(self.seed)
         grid = (torch.rand(self.masks, 1, self.cells, self.cells, generator=g) < self.p).float()
@@ -275,27 +290,28 @@ class RISE(Method):
                               torch.randint(cell[1], (self.masks,), generator=g)], 1)
         return grid, shifts
 
-    def _compute(self, session: Session, x: Tensor, rows: Rows, targets: list[Target],
-                 wrt: LayerKey | None) -> list[Tensor]:
-        space, batches, glob = Attributed(session, wrt), Batches(self.max_batch, x.device), row_index(rows, len(x))
-        value = space.values(x, glob, batches)
-        check_image(value, "RISE")
-        space.evaluate_on_twin(len(x) * self.masks * x[0].numel())
-        size = (value.shape[2], value.shape[3])
+    def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:
+        ops = engine.ops
+        value = engine.values(x, rows)
+        check_image(value, "RISE", ops, self.backend.image_layout)
+        engine.evaluations(int(x.shape[0]) * self.masks * numel(x))
+        size = ops.spatial_shape(value)
         grid, shifts = self.draws(size)
-        grid = grid.to(value)
-        sums = [torch.zeros(len(x), 1, *size, dtype=value.dtype, device=value.device) for _ in targets]
+        grid = grid.to(engine.plan_device)
         count = self.masks
+        weighted = engine.compiled(("rise",), self._weighted)
 
-        def evaluate(items: slice) -> tuple[Tensor, Tensor, list[Tensor]]:
-            idx = torch.arange(items.start, items.stop)
-            sample, m = idx // count, idx % count
-            mask = rise_masks(grid[m.to(grid.device)], shifts[m], size)
-            masked = self.fill + (value[sample] - self.fill) * mask
-            record = space.forward(x[sample], glob[sample], masked, grad=False).record
-            return sample, mask, [t.score(record).detach() for t in targets]
+        def evaluate(c: Chunk) -> list[Tensor]:
+            k = torch.from_numpy(c.host_k)
+            mask = engine.plan(rise_masks(grid[k.to(grid.device)], shifts[k], size), like=value)
+            return weighted(ops.take(x, c.sample), ops.take(value, c.sample), mask, engine.take_rows(rows, c))
 
-        for _, (sample, mask, scores) in batches.map(len(x) * count, evaluate):
-            for total, score in zip(sums, scores):
-                total.index_add_(0, sample.to(total.device), score.reshape(-1, 1, 1, 1).to(mask) * mask)
-        return [(total / (count * self.p)).expand_as(value).clone() for total in sums]
+        sums = engine.accumulate(int(x.shape[0]), count, evaluate, like=value)
+        return [total / (count * self.p) + ops.zeros_like(value) for total in sums]
+
+    def _weighted(self, engine: Engine, x: Tensor, value: Tensor, mask: Tensor, rows: Rows) -> list[Tensor]:
+        """Per target ``s(fill + (value - fill) * mask) * mask`` for one chunk of masks."""
+        ops = engine.ops
+        masked = self.fill + (value - self.fill) * mask
+        scores = engine.forward(x, rows, replace=(engine.wrt, masked), fast=True).scores
+        return [ops.per_row(ops.detach(s), mask) * mask for s in scores]

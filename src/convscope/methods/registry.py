@@ -26,14 +26,6 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound="type[Method]")
 
-# modules whose import registers the built-in methods (later method families add theirs here)
-_BUILTIN = (
-    "convscope.methods.gradient",
-    "convscope.methods.path",
-    "convscope.methods.smooth",
-    "convscope.methods.perturb",
-    "convscope.methods.cam",
-)
 _SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 
 
@@ -66,14 +58,18 @@ def register_method(name: str, description: str) -> Callable[[M], M]:
 
 
 def _load_builtin() -> None:
-    for module in _BUILTIN:
-        importlib.import_module(module)
+    importlib.import_module("convscope.methods")  # its import registers every built-in method
 
 
 def methods() -> dict[str, MethodInfo]:
     """Every registered method by name, in registration order."""
     _load_builtin()
     return dict(_REGISTRY)
+
+
+def by_class_name(name: str) -> type[Method] | None:
+    """The registered method whose class is called ``name`` (None if there is none)."""
+    return next((info.cls for info in methods().values() if info.cls.__name__ == name), None)
 
 
 def _squashed(name: str) -> str:

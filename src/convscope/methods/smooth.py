@@ -11,7 +11,10 @@ value range, as in Smilkov et al. 2017)::
 The draws are ``torch.randn(K, *sample_shape)`` from ``torch.Generator(x.device).manual_seed(seed)``
 (:func:`~convscope.methods.draws.gaussian_draws`): the same for every sample, so a sample's map
 never depends on the rest of the batch or on ``max_batch``, and the global random state is
-untouched. They are made on the input's device (CPU and CUDA draws differ).
+untouched. They are made on the input's device (CPU and CUDA draws differ); a Keras model gets
+the CPU draws of the channels-first sample moved to channels-last, so it sees its PyTorch twin's noise.
+
+A noise tunnel wraps any method, CAM methods included (their maps keep the CAM's shape).
 
 Example::
 
@@ -23,24 +26,48 @@ Example::
 from __future__ import annotations
 
 import copy
+from typing import Any
 
-import torch
-from torch import Tensor, nn
-
-from convscope.backends.torch.probes import LayerKey
-from convscope.backends.torch.session import Session
-from convscope.methods.base import MaxBatch, Method, Rows, row_index, wrapped_method
-from convscope.methods.batching import Batches, expansion_rows
-from convscope.methods.draws import gaussian_draws
+from convscope.backends.protocol import Chunk, Engine, Ops, Tensor
+from convscope.backends.torch.batching import MaxBatch
+from convscope.methods.base import Method, Rows, wrapped_method
 from convscope.methods.gradient import Saliency
 from convscope.methods.options import check_noise, check_samples
-from convscope.methods.path import input_range
 from convscope.methods.registry import register_method
 from convscope.rules import RuleMap
 from convscope.targets import Target
 
 
-class NoiseTunnel(Method):
+def input_range(x: Tensor, ops: Ops | None = None) -> Tensor:
+    """``max - min`` of each sample, shaped ``[N, 1, ...]`` to scale noise per sample."""
+    if ops is None:
+        from convscope.backends.torch import tensors as ops
+    axes = tuple(range(1, ops.rank(x)))
+    return ops.amax(ops.detach(x), axes, keepdims=True) - ops.amin(ops.detach(x), axes, keepdims=True)
+
+
+class Wrapper(Method):
+    """A method around another one (``self.method``), in the same engine: it prepares, records
+    and applies the rules the wrapped method asks for."""
+
+    method: Method
+
+    def _prepare(self, x: Tensor, wrt: Any) -> None:
+        self.method._prepare(x, wrt)
+
+    def _layers(self) -> tuple[Any, ...]:
+        return self.method._layers()
+
+    def _rules(self) -> RuleMap | None:
+        return self.method._rules()
+
+    @property
+    def last_layers(self) -> tuple[str, ...]:
+        """The wrapped method's layers of the latest call (CAM methods)."""
+        return getattr(self.method, "last_layers", ())
+
+
+class NoiseTunnel(Wrapper):
     """The wrapped method's maps over ``samples`` noisy copies, reduced by :meth:`reduce`.
 
     ``method`` is a :class:`Method` instance, or a model (then ``use`` names the method class
@@ -52,46 +79,34 @@ class NoiseTunnel(Method):
     expands = True
     squares = False  # whether reduce needs the mean of the squared maps
 
-    def __init__(self, method: Method | nn.Module, *, use: type[Method] = Saliency, samples: int = 32,
+    def __init__(self, method: Method | Any, *, use: type[Method] = Saliency, samples: int = 32,
                  noise: float = 0.15, seed: int = 0, max_batch: MaxBatch = None) -> None:
-        method = wrapped_method(method, use, (Method,), "GuidedBackprop")
+        method = wrapped_method(method, use, "GuidedBackprop")
         super().__init__(method.model, max_batch=max_batch if max_batch is not None else method.max_batch)
         check_samples(samples), check_noise(noise, example=0.15)
         self.method = copy.copy(method)  # our max_batch on a copy: the caller's object stays as it was
         self.method.max_batch = self.max_batch
         self.samples, self.noise, self.seed = samples, noise, seed
 
-    def _rules(self) -> RuleMap | None:
-        return self.method._rules()
-
     def reduce(self, mean: Tensor, mean_sq: Tensor | None) -> Tensor:
         """The map from the mean (and mean square) of the noisy maps."""
         return mean
 
-    def _compute(self, session: Session, x: Tensor, rows: Rows, targets: list[Target],
-                 wrt: LayerKey | None) -> list[Tensor]:
-        glob, draws = row_index(rows, len(x)), self.samples
-        eps = gaussian_draws(draws, x.shape[1:], self.seed, like=x)
-        sigma = self.noise * input_range(x)
-        batches = Batches(draws if self.method.expands else self.max_batch, x.device)
-        sums: list[Tensor] = []
-        squares: list[Tensor] = []
+    def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:
+        ops, draws = engine.ops, self.samples
+        eps = engine.gaussian(draws, x, self.seed)
+        sigma = self.noise * input_range(x, ops)
 
-        def evaluate(items: slice) -> tuple[Tensor, list[Tensor]]:
-            host, sample, k = expansion_rows(items, draws, x.device)
-            noisy = x[sample] + sigma[sample] * eps[k]
-            return sample, self.method._compute(session, noisy, glob[host], targets, wrt)
+        def evaluate(c: Chunk) -> list[Tensor]:
+            noisy = ops.take(x, c.sample) + ops.take(sigma, c.sample) * ops.take(eps, c.k)
+            maps = self.method._compute(engine, noisy, engine.take_rows(rows, c), targets, wrt)
+            return maps + [m * m for m in maps] if self.squares else maps
 
-        for _, (sample, maps) in batches.map(len(x) * draws, evaluate):
-            if not sums:
-                sums = [torch.zeros(len(x), *m.shape[1:], dtype=m.dtype, device=m.device) for m in maps]
-                squares = [torch.zeros_like(s) for s in sums] if self.squares else []
-            index = sample.to(sums[0].device)
-            for i, m in enumerate(maps):
-                sums[i].index_add_(0, index, m)
-                if self.squares:
-                    squares[i].index_add_(0, index, m * m)
-        return [self.reduce(s / draws, squares[i] / draws if self.squares else None) for i, s in enumerate(sums)]
+        sums = engine.accumulate(int(x.shape[0]), draws, evaluate, like=x,
+                                 **({"max_batch": draws} if self.method.expands else {}))
+        count = len(targets)
+        return [self.reduce(s / draws, sums[count + i] / draws if self.squares else None)
+                for i, s in enumerate(sums[:count])]
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.method!r}, samples={self.samples}, noise={self.noise}, "

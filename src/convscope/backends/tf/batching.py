@@ -13,41 +13,22 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TypeVar
-
 import tensorflow as tf
 
-from convscope.errors import ConvscopeError
-from convscope.methods.batching import MaxBatch
-
-T = TypeVar("T")
+from convscope.backends.torch import batching
+from convscope.backends.torch.batching import MaxBatch
 
 AUTO_START = 32  # samples per evaluation that "auto" tries first
 
 
-class Batches:
-    """Runs ``fn`` over consecutive slices of ``range(total)`` of at most ``max_batch`` items."""
+class Batches(batching.Batches):
+    """Runs ``fn`` over consecutive slices of ``range(total)`` of at most ``max_batch`` items
+    (the PyTorch loop, with TensorFlow's out-of-memory error and no allocation meter)."""
 
     def __init__(self, max_batch: MaxBatch) -> None:
-        self.auto = max_batch == "auto"
-        self.size: int | None = AUTO_START if self.auto else max_batch  # type: ignore[assignment]
+        super().__init__(max_batch)
+        if self.auto:
+            self.size = AUTO_START
 
-    def map(self, total: int, fn: Callable[[slice], T]) -> Iterator[tuple[slice, T]]:
-        """Yield ``(rows, fn(rows))`` for slices covering ``range(total)`` in order."""
-        start = 0
-        while start < total:
-            size = total - start if self.size is None else min(self.size, total - start)
-            rows = slice(start, start + size)
-            try:
-                result = fn(rows)
-            except tf.errors.ResourceExhaustedError as error:
-                if not self.auto:
-                    raise
-                if size <= 1:
-                    raise ConvscopeError("out of memory even with one sample per model evaluation",
-                                         "Free memory (smaller model or input, fewer targets).") from error
-                self.size = size // 2
-                continue
-            yield rows, result
-            start = rows.stop
+    def _out_of_memory(self, error: BaseException) -> bool:
+        return isinstance(error, tf.errors.ResourceExhaustedError)

@@ -98,16 +98,18 @@ class Session:
         """The model's module for a probed layer key."""
         return self.probes.modules[key]
 
-    def forward(self, x: Tensor, rows: slice, *, grad: bool = True) -> Forward:
-        """Run the model on a copy of ``x`` (a leaf that requires grad when ``grad``)."""
+    def forward(self, x: Tensor, rows: slice | Tensor, *, grad: bool = True, rules: RuleMap | None = None) -> Forward:
+        """Run the model on a copy of ``x`` (a leaf that requires grad when ``grad``), with ``rules``
+        (default: the session's) applied at every ReLU."""
         leaf = x.detach().clone()
         if grad:
             leaf.requires_grad_()
         self.probes.reset()
         self.probes.stop_when_seen = self.stop_early and self._whole_pass_seen
-        rules = apply_rules(self.model, self.rules) if self.rules is not None else nullcontext()
+        active = self.rules if rules is None else None if rules.is_gradient else rules
+        scope = apply_rules(self.model, active) if active is not None else nullcontext()
         try:
-            with torch.set_grad_enabled(grad), rules:
+            with torch.set_grad_enabled(grad), scope:
                 output = call_model(self.model, leaf)
         except SeenAll:  # every probed layer has run: the rest of the model cannot change the record
             output = leaf.new_empty((leaf.shape[0], 0))  # a placeholder with the batch size, dtype, device

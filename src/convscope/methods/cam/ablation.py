@@ -19,34 +19,9 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import torch
-from torch import Tensor, nn
-
-from convscope.errors import ConvscopeError
+from convscope.backends.protocol import Tensor
 from convscope.methods.cam.base import CAMMethod, LayerStep
 from convscope.methods.registry import register_method
-
-
-@contextmanager
-def replaced_output(module: nn.Module, values: Tensor) -> Iterator[None]:
-    """Within the block, ``module`` returns ``values`` instead of its output (a hook run before any
-    other, so probes on the module record ``values``); removed on exit."""
-
-    def hook(_module: nn.Module, _inputs: object, output: object) -> Tensor:
-        if not isinstance(output, Tensor) or output.shape != values.shape:
-            shape = list(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise ConvscopeError(f"the ablated layer produced {shape}, expected {list(values.shape)}",
-                                 "Ablation needs a layer that runs once per forward pass with a fixed output shape.")
-        return values
-
-    handle = module.register_forward_hook(hook, prepend=True)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 @register_method("ablation_cam", "Ablation-CAM: feature maps weighted by the relative score drop when each is zeroed")
@@ -59,20 +34,21 @@ class AblationCAM(CAMMethod):
     uses_gradients = False
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
-        ablated = step.score[:, None].repeat(1, acts.shape[1])
-        samples, channels = acts.flatten(2).ne(0).any(2).nonzero(as_tuple=True)  # zeroing a zero channel: no change
-        step.evaluations(len(samples))
-        module = step.session.inference().module(step.layer)  # where score_of evaluates
+        ops = step.ops
+        score = step.score[:, None]
+        ablated = score + ops.zeros(ops.amax(acts, ops.space(acts)).shape, like=score)
+        live = ops.amax(ops.abs(acts), ops.space(acts)) > 0  # zeroing a zero channel: no change
+        samples, channels = ops.nonzero(live)
+        step.evaluations(int(samples.shape[0]))
+        depth = int(acts.shape[ops.channel_axis])
 
         def ablated_scores(part: slice) -> Tensor:
-            i, k = samples[part], channels[part]
-            values = acts[i].clone()
-            values[torch.arange(len(i), device=values.device), k] = 0
-            with replaced_output(module, values):
-                return step.score_of(step.x[i], i)
+            i, k = samples[part.start:part.stop], channels[part.start:part.stop]
+            values = ops.take(acts, i) * ops.per_channel(1 - ops.one_hot(k, depth, like=acts), acts)
+            return step.score_of(ops.take(step.x, i), i, replace=(step.layer, values))
 
-        for part, found in step.batches().map(len(samples), ablated_scores):
-            ablated[samples[part], channels[part]] = found
-        score = step.score[:, None]
+        found = [s for _, s in step.batches().map(int(samples.shape[0]), ablated_scores)]
+        if found:
+            ablated = ops.scatter(ablated, samples, channels, ops.cat(found))
         drop = score - ablated
-        return torch.where(score != 0, drop / torch.where(score != 0, score, torch.ones_like(score)), drop)
+        return ops.where(score != 0, ops.divide(drop, score + ops.zeros_like(drop)), drop)

@@ -1,8 +1,10 @@
 """The CAM family's template: ``map = relu(sum_k w_k * F_k)`` over the feature maps of one layer.
 
-``A`` is the layer's output ``[n, K, h, w]``, ``G = dS/dA`` the gradient of the target's score
-``S`` (taken with ``torch.autograd.grad`` on the recorded tensor; no parameter's ``.grad`` is
-touched). A method writes one step, :meth:`CAMMethod.weights`, returning either one weight per
+``A`` is the layer's output (``[n, K, h, w]`` on PyTorch, ``[n, h, w, K]`` on Keras), ``G = dS/dA``
+the gradient of the target's score ``S`` (taken on the recorded tensor; no parameter's ``.grad``
+is touched). The family is written once against the backend protocol
+(:mod:`convscope.backends.protocol`): the gradient-weighted maps of a chunk come from one
+compiled function on Keras. A method writes one step, :meth:`CAMMethod.weights`, returning either one weight per
 channel ``[n, K]`` (Grad-CAM and friends) or one per unit ``[n, K, h, w]`` (HiResCAM, LayerCAM:
 the elementwise variants). :meth:`CAMMethod.features` is the second hook point: what the weights
 multiply (``A`` itself unless overridden, as Eigen-CAM does). Then, per layer::
@@ -42,40 +44,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, overload
+from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-
-from convscope.backends.torch.probes import LayerKey, key_name
-from convscope.backends.torch.session import Session
+from convscope.backends.protocol import Engine, Ops, Tensor
+from convscope.backends.torch.batching import MaxBatch
 from convscope.errors import ConvscopeError
-from convscope.methods.base import Method, Wrt, check_input
-from convscope.methods.batching import Batches, MaxBatch
-from convscope.methods.cam.layer import default_layer
+from convscope.methods.base import Method, Rows, numel
 from convscope.methods.cam.projection import principal_projection
 from convscope.methods.options import check_flag
-from convscope.targets import Record, Target, TargetLike, as_targets
+from convscope.targets import Target
 
-LayerSpec = str | nn.Module | Sequence[str | nn.Module] | None
+LayerSpec = Any  # a layer name or object, a non-empty list of them, or None
 
 
 def upsample(maps: Tensor, size: Sequence[int], *, align_corners: bool = False) -> Tensor:
-    """Bilinear resize of ``[N, C, h, w]`` maps to ``size`` (half-pixel centres unless ``align_corners``).
+    """Bilinear resize of ``[N, C, h, w]`` torch maps to ``size`` (half-pixel centres unless ``align_corners``).
 
     Example: ``upsample(raw, x.shape[-2:])``.
     """
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=align_corners)
+    from convscope.backends.torch import tensors
+
+    return tensors.resize(maps, size, align_corners=align_corners)
 
 
-def _check_layers(layer: LayerSpec) -> tuple[LayerKey, ...] | None:
+def _check_layers(layer: LayerSpec, kinds: tuple[type, ...]) -> tuple[Any, ...] | None:
     if layer is None:
         return None
-    keys = (layer,) if isinstance(layer, (str, nn.Module)) else tuple(layer) if isinstance(layer, Sequence) else None
-    if not keys or any(not isinstance(k, (str, nn.Module)) for k in keys):
+    keys = (layer,) if isinstance(layer, kinds) else tuple(layer) if isinstance(layer, Sequence) else None
+    if not keys or any(not isinstance(k, kinds) for k in keys):
         raise ConvscopeError(f"layer={layer!r} is not a layer name, a module, or a non-empty list of them",
                              "Write layer='layer4', layer=model.layer4 or layer=['layer3', 'layer4'].")
     if len(set(keys)) != len(keys):
@@ -83,56 +79,44 @@ def _check_layers(layer: LayerSpec) -> tuple[LayerKey, ...] | None:
     return keys
 
 
-def _feature_map(act: Tensor, name: str) -> Tensor:
-    if act.dim() != 4:
-        raise ConvscopeError(f"layer {name!r} outputs shape {list(act.shape)}, not a feature map [N, C, h, w]",
-                             "Class activation maps weight the channels of a convolutional layer; pick one "
-                             "(or leave layer=None to use the last layer with a spatial output).")
-    return act
-
-
 @dataclass(frozen=True)
 class LayerStep:
-    """What a weighting may use besides ``A`` and ``dS/dA``: the open session, this chunk's input
-    ``x`` (rows ``rows`` of the full batch), the ``target``, the ``layer``, the target's ``score``
-    on ``x`` (detached, ``[n]``) and ``max_batch`` (the most samples per model evaluation)."""
+    """What a weighting may use besides ``A`` and ``dS/dA``: the ``engine``, this chunk's input
+    ``x`` (rows ``rows`` of the full batch), the target (``index`` among the call's targets), the
+    ``layer`` and the target's ``score`` on ``x`` (detached, ``[n]``)."""
 
-    session: Session
+    engine: Engine
     x: Tensor
-    rows: slice
+    rows: Rows
+    index: int
     target: Target
-    layer: LayerKey
+    layer: Any
     score: Tensor
-    max_batch: MaxBatch
 
-    def batches(self) -> Batches:
+    @property
+    def ops(self) -> Ops:
+        return self.engine.ops
+
+    def batches(self) -> Any:
         """Splits expanded evaluations into chunks of at most ``max_batch`` samples."""
-        return Batches(self.max_batch, self.x.device)
+        return self.engine.batches()
 
     def evaluations(self, count: int) -> None:
-        """Announce ``count`` masked or ablated evaluations of this chunk's inputs, so the session
-        decides once whether they run on its inference twin (see ``Session.inference``)."""
-        self.session.inference(work=count * self.x[0].numel())
+        """Announce ``count`` masked or ablated evaluations of this chunk's inputs, so the engine
+        decides once whether they run on a faster copy of the model."""
+        self.engine.evaluations(count * numel(self.x))
 
-    def score_of(self, inputs: Tensor, samples: Tensor) -> Tensor:
+    def score_of(self, inputs: Tensor, samples: Tensor, replace: tuple[Any, Tensor] | None = None) -> Tensor:
         """The target's score (no gradients) for ``inputs``, whose row j is a variant of this
-        chunk's sample ``samples[j]`` (so per-sample targets pick that sample's class); evaluated
-        on the session's inference twin."""
-        run = self.session.inference().forward(inputs, self.rows, grad=False)
-        rows = torch.arange(self.rows.start, self.rows.stop)[samples.cpu()]
-        return self.target.score(Record(run.record.output, run.record.acts, rows=rows)).detach()  # type: ignore[arg-type]
+        chunk's sample ``samples[j]`` (so per-sample targets pick that sample's class);
+        ``replace=(layer, values)`` sets that layer's output."""
+        rows = self.ops.take(self.rows, samples)
+        return self.engine.evaluate(inputs, rows, replace=replace, targets=[self.target])[0]
 
     def shared_score(self, one: Tensor) -> Tensor:
         """The target's score ``[n]`` when every sample of the chunk is replaced by the single
         input ``one`` ``[1, ...]``: one model evaluation, shared."""
-        run = self.session.inference().forward(one, self.rows, grad=False)
-        n = self.x.shape[0]
-
-        def spread(t: Tensor) -> Tensor:
-            return t.expand(n, *t.shape[1:])
-
-        record = Record(spread(run.record.output), {k: spread(v) for k, v in run.record.acts.items()}, self.rows)
-        return self.target.score(record).detach()
+        return self.engine.evaluate(one, self.rows, targets=[self.target], spread=True)[0]
 
 
 class CAMMethod(Method):
@@ -142,113 +126,130 @@ class CAMMethod(Method):
     ``relu=None`` takes the method's documented default (``default_relu``).
     """
 
+    options = frozenset({"layer", "eigen_smooth"})
     default_relu: ClassVar[bool] = True
     #: False where the map is a principal projection already (Eigen-CAM): ``eigen_smooth`` changes nothing
     eigen_smooth_applies: ClassVar[bool] = True
-    #: whether :meth:`weights` reads ``dS/dA`` (if not, the forward pass runs without autograd)
+    #: whether :meth:`weights` reads ``dS/dA`` (if not, the forward pass runs without gradients)
     uses_gradients: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, layer: LayerSpec = None, *, upsample: bool = True,
+    def __init__(self, model: Any, layer: LayerSpec = None, *, upsample: bool = True,
                  relu: bool | None = None, eigen_smooth: bool = False, max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
         check_flag("upsample", upsample), check_flag("relu", relu), check_flag("eigen_smooth", eigen_smooth)
-        self.layers = _check_layers(layer)
+        self.layers = _check_layers(layer, self.backend.layer_types)
         self.upsample = upsample
         self.relu = self.default_relu if relu is None else relu
         self.eigen_smooth = bool(eigen_smooth)
         self.last_layers: tuple[str, ...] = ()  # the layers of the latest call, chosen or given
+        self._keys: tuple[Any, ...] = ()
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
-        """The weights ``[n, K]`` (per channel) or ``[n, K, h, w]`` (per unit) of ``features(acts)``.
+        """The weights ``[n, K]`` (per channel) or shaped like ``acts`` (per unit) of ``features(acts)``.
 
         ``acts`` is ``A`` detached; ``grads`` is ``dS/dA`` (None when ``uses_gradients`` is False).
         """
         raise NotImplementedError
 
-    def features(self, acts: Tensor) -> Tensor:
+    def features(self, acts: Tensor, ops: Ops) -> Tensor:
         """What the weights multiply: ``A`` itself (Eigen-CAM centres it)."""
         return acts
 
-    @overload
-    def attribute(self, x: Tensor, target: TargetLike, wrt: Wrt = None) -> Tensor: ...
+    def _config(self) -> tuple[Any, ...]:
+        """What the weighting depends on besides the class (part of the compiled function's key)."""
+        return ()
 
-    @overload
-    def attribute(self, x: Tensor, target: None = None, wrt: Wrt = None, *,
-                  targets: Sequence[TargetLike]) -> list[Tensor]: ...
+    def _prepare(self, x: Tensor, wrt: Any) -> None:
+        backend = self.backend
+        if len(x.shape) != 4:
+            raise ConvscopeError(f"class activation maps need an image batch {backend.image_layout}, got shape "
+                                 f"{list(x.shape)}", "Pass images with a batch dimension, e.g. one image with a "
+                                 "leading axis of size 1.")
+        if wrt is not None:
+            keys = [wrt]
+        elif self.layers is not None:
+            keys = list(self.layers)
+        else:
+            keys = [backend.default_layer(self.model, x)]
+        self._keys = tuple(backend.feature_key(self.model, k) for k in keys)
+        self.last_layers = tuple(backend.layer_name(self.model, k) for k in self._keys)
 
-    def attribute(self, x: Tensor, target: TargetLike | None = None, wrt: Wrt = None, *,
-                  targets: Sequence[TargetLike] | None = None) -> Tensor | list[Tensor]:
-        """Maps ``[N, L, H, W]`` (one channel per layer; ``L = 1`` for one layer) for ``target``,
-        or a list of them for ``targets=[...]``. ``wrt=layer``: that layer's raw-resolution map."""
-        x = check_input(x)
-        if x.dim() != 4:
-            raise ConvscopeError(f"class activation maps need an image batch [N, C, H, W], got shape {list(x.shape)}",
-                                 "Pass images with a batch dimension, e.g. x.unsqueeze(0) for one image.")
-        found, many = as_targets(target, targets, x.shape[0])
-        keys = self._layer_keys(x, wrt)
-        with Session(self.model, layers=[*keys, *(k for t in found for k in t.layers())]) as session:
-            self.last_layers = tuple(key_name(self.model, k) for k in keys)
-            batches = Batches(self.max_batch, x.device)
-            parts = [part for _, part in batches.map(x.shape[0], lambda r: self._maps(session, x[r], r, found, keys))]
-        size = x.shape[-2:] if self.upsample and wrt in (None, "input") else None
-        maps = [self._finish([torch.cat([p[t][i] for p in parts]) for i in range(len(keys))], size)
-                for t in range(len(found))]
-        return maps if many else maps[0]
+    def _layers(self) -> tuple[Any, ...]:
+        return self._keys
 
-    def _layer_keys(self, x: Tensor, wrt: Wrt) -> list[LayerKey]:
-        if wrt is not None and wrt != "input":
-            return [wrt]
-        return list(self.layers) if self.layers is not None else [default_layer(self.model, x)]
+    def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:
+        """Maps ``[n, L, H, W]`` (Keras: ``[n, H, W, L]``), one channel per layer, per target;
+        ``wrt=layer``: that layer's map at its own resolution."""
+        if self.uses_gradients:
+            key = ("cam", self._config(), self._keys, self.upsample, self.relu, self._smooths())
+            return engine.compiled(key, self._gradient_maps)(x, rows)
+        return self._activation_maps(engine, x, rows, targets)
 
-    def _maps(self, session: Session, x: Tensor, rows: slice, targets: list[Target],
-              keys: list[LayerKey]) -> list[list[Tensor]]:
-        """Raw maps ``[n, 1, h, w]`` (before ReLU and upsampling), per target, per layer."""
-        run = session.forward(x, rows, grad=self.uses_gradients)
-        acts = [_feature_map(run.record.acts[k], key_name(self.model, k)) for k in keys]
+    def _size(self, engine: Engine, x: Tensor) -> tuple[int, ...] | None:
+        return engine.ops.spatial_shape(x) if self.upsample and engine.wrt is None else None
+
+    def _gradient_maps(self, engine: Engine, x: Tensor, rows: Rows) -> list[Tensor]:
+        """Finished maps per target for one chunk, from one forward pass and one backward pass per target."""
+        ops = engine.ops
+        run = engine.forward(x, rows, grad=True)
+        acts = [self._feature_map(ops, run.act(k), k) for k in self._keys]
         out = []
-        for i, target in enumerate(targets):
-            score = target.score(run.record)
-            grads = self._gradients(score, acts, keep_graph=i < len(targets) - 1)
-            steps = [LayerStep(session, x, rows, target, k, score.detach(), self.max_batch) for k in keys]
-            out.append([self._combine(a.detach(), g, s) for a, g, s in zip(acts, grads, steps)])
+        for i in range(len(run.scores)):
+            grads = run.gradients(i, acts)
+            steps = [LayerStep(engine, x, rows, i, None, k, ops.detach(run.scores[i])) for k in self._keys]  # type: ignore[arg-type]
+            out.append(self._finish(ops, [self._combine(ops.detach(a), g, s) for a, g, s in zip(acts, grads, steps)],
+                                    self._size(engine, x)))
         return out
 
-    def _gradients(self, score: Tensor, acts: list[Tensor], keep_graph: bool) -> list[Tensor | None]:
-        if not self.uses_gradients:
-            return [None] * len(acts)
-        if not score.requires_grad:  # the score does not depend on these layers
-            return [torch.zeros_like(a) for a in acts]
-        grads = torch.autograd.grad(score.sum(), acts, retain_graph=keep_graph, allow_unused=True)
-        return [torch.zeros_like(a) if g is None else g for a, g in zip(acts, grads)]
+    def _acts(self, engine: Engine, x: Tensor, rows: Rows) -> tuple[list[Tensor], list[Tensor]]:
+        """The feature maps of the layers and the targets' scores (no gradients)."""
+        ops = engine.ops
+        run = engine.forward(x, rows)
+        return ([ops.detach(self._feature_map(ops, run.act(k), k)) for k in self._keys],
+                [ops.detach(s) for s in run.scores])
+
+    def _activation_maps(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target]) -> list[Tensor]:
+        """Finished maps per target, the weights computed outside the compiled forward pass (they
+        may evaluate the model)."""
+        acts, scores = engine.compiled(("acts", self._keys), self._acts)(x, rows)
+        size = self._size(engine, x)
+        return [self._finish(engine.ops, [self._combine(a, None, LayerStep(engine, x, rows, i, t, k, scores[i]))
+                                          for k, a in zip(self._keys, acts)], size)
+                for i, t in enumerate(targets)]
+
+    def _feature_map(self, ops: Ops, act: Tensor, key: Any) -> Tensor:
+        if ops.rank(act) != 4:
+            raise ConvscopeError(f"layer {self.backend.layer_name(self.model, key)!r} outputs shape "
+                                 f"{list(act.shape)}, not a feature map {self.backend.feature_layout}",
+                                 "Class activation maps weight the channels of a convolutional layer; pick one "
+                                 "(or leave layer=None to use the last layer with a spatial output).")
+        return act
+
+    def _smooths(self) -> bool:
+        """Whether the weighted maps are reduced by their principal projection (``eigen_smooth``)."""
+        return self.eigen_smooth and self.eigen_smooth_applies
 
     def _combine(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
+        ops = step.ops
         w = self.weights(acts, grads, step)
-        if w.dim() == 2:
-            w = w[:, :, None, None]
-        weighted = w * self.features(acts)
-        raw = weighted.sum(1, keepdim=True)
-        return principal_projection(weighted, like=raw) if self.eigen_smooth and self.eigen_smooth_applies else raw
+        if ops.rank(w) == 2:
+            w = ops.per_channel(w, acts)
+        weighted = w * self.features(acts, ops)
+        raw = ops.sum(weighted, ops.channel_axis, keepdims=True)
+        return principal_projection(ops, weighted, like=raw) if self._smooths() else raw
 
-    def _finish(self, layer_maps: list[Tensor], size: Sequence[int] | None) -> Tensor:
-        done = [torch.relu(m) if self.relu else m for m in layer_maps]
+    def _finish(self, ops: Ops, layer_maps: list[Tensor], size: Sequence[int] | None) -> Tensor:
+        done = [ops.relu(m) if self.relu else m for m in layer_maps]
         if size is not None:
-            done = [upsample(m, size) for m in done]
+            done = [ops.resize(m, size) for m in done]
         if len({tuple(m.shape) for m in done}) > 1:
-            shapes = ", ".join(f"{n}: {list(m.shape[-2:])}" for n, m in zip(self.last_layers, done))
+            shapes = ", ".join(f"{n}: {list(ops.spatial_shape(m))}" for n, m in zip(self.last_layers, done))
             raise ConvscopeError(f"the layers' maps have different resolutions ({shapes}) and upsample=False",
                                  "Use upsample=True to stack them at the input's size, or one method per layer.")
-        return torch.cat(done, dim=1)
-
-    def _compute(self, session: Session, x: Tensor, rows: slice, targets: list[Target],
-                 wrt: LayerKey | None) -> list[Tensor]:
-        """Method's single-layer contract: the raw maps of the recorded layer ``wrt`` for one chunk
-        (``attribute`` itself calls :meth:`_maps` with every layer of the call)."""
-        if wrt is None:
-            raise ConvscopeError("a CAM method needs a layer", "Pass wrt='layer4' (a layer the session records).")
-        return [m[0] for m in self._maps(session, x, rows, targets, [wrt])]
+        return ops.cat(done, ops.channel_axis)
 
     def __repr__(self) -> str:
-        layers = None if self.layers is None else [key_name(self.model, k) for k in self.layers]
+        layers = None if self.layers is None else [self.backend.layer_name(self.model, k) for k in self.layers]
         smooth = ", eigen_smooth=True" if self.eigen_smooth else ""
-        return (f"{type(self).__name__}({type(self.model).__name__}, layer={layers}, upsample={self.upsample}, "
+        return (f"{type(self).__name__}({self._model_name()}, layer={layers}, upsample={self.upsample}, "
                 f"relu={self.relu}{smooth}, max_batch={self.max_batch})")

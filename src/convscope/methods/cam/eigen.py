@@ -14,9 +14,7 @@ Example::
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
+from convscope.backends.protocol import Ops, Tensor
 from convscope.methods.cam.base import CAMMethod, LayerStep
 from convscope.methods.cam.projection import centred, principal_direction
 from convscope.methods.registry import register_method
@@ -32,9 +30,10 @@ class EigenCAM(CAMMethod):
     uses_gradients = False
     eigen_smooth_applies = False  # the map is the projection already (pytorch-grad-cam ignores the option too)
 
-    def features(self, acts: Tensor) -> Tensor:
-        return centred(acts)
+    def features(self, acts: Tensor, ops: Ops) -> Tensor:
+        return centred(ops, acts)
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
-        v = principal_direction(acts)  # [n, K]
-        return torch.where(v.sum(1, keepdim=True) < 0, -v, v)
+        ops = step.ops
+        v = principal_direction(ops, acts)  # [n, K]
+        return ops.where(ops.sum(v, 1, keepdims=True) < 0, -v, v)

@@ -23,20 +23,12 @@ Example::
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from typing import Any
 
-from convscope.methods.batching import MaxBatch
+from convscope.backends.protocol import Tensor
+from convscope.backends.torch.batching import MaxBatch
 from convscope.methods.cam.base import CAMMethod, LayerSpec, LayerStep
 from convscope.methods.registry import register_method
-
-_SPACE = (2, 3)
-
-
-def _divide(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den`` where ``den != 0``, else 0."""
-    nonzero = den != 0
-    return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
 @register_method("cam", "class activation map: feature maps weighted by the head's weights (sum of gradients)")
@@ -51,7 +43,7 @@ class CAM(CAMMethod):
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
         assert grads is not None
-        return grads.sum(_SPACE)
+        return step.ops.sum(grads, step.ops.space(grads))
 
 
 @register_method("grad_cam", "Grad-CAM: feature maps weighted by their mean gradient, then ReLU")
@@ -63,7 +55,7 @@ class GradCAM(CAMMethod):
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
         assert grads is not None
-        return grads.mean(_SPACE)
+        return step.ops.mean(grads, step.ops.space(grads))
 
 
 @register_method("grad_cam_plus_plus", "Grad-CAM++: positive gradients weighted by second-order alphas, then ReLU")
@@ -75,17 +67,21 @@ class GradCAMPlusPlus(CAMMethod):
     (``G^2 ~ 1e-6``). Example: ``GradCAMPlusPlus(model, eps=1e-6).attribute(x, 3)``.
     """
 
-    def __init__(self, model: nn.Module, layer: LayerSpec = None, *, upsample: bool = True, relu: bool | None = None,
+    def __init__(self, model: Any, layer: LayerSpec = None, *, upsample: bool = True, relu: bool | None = None,
                  eigen_smooth: bool = False, eps: float = 0.0, max_batch: MaxBatch = None) -> None:
         super().__init__(model, layer, upsample=upsample, relu=relu, eigen_smooth=eigen_smooth, max_batch=max_batch)
         self.eps = float(eps)
 
+    def _config(self) -> tuple[Any, ...]:
+        return (self.eps,)
+
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
         assert grads is not None
+        ops, space = step.ops, step.ops.space(grads)
         g2 = grads * grads
-        den = 2 * g2 + acts.sum(_SPACE, keepdim=True) * g2 * grads + self.eps
-        alpha = torch.where(grads != 0, _divide(g2, den), torch.zeros_like(g2))
-        return (torch.relu(grads) * alpha).sum(_SPACE)
+        den = 2 * g2 + ops.sum(acts, space, keepdims=True) * g2 * grads + self.eps
+        alpha = ops.where(grads != 0, ops.divide(g2, den), ops.zeros_like(g2))
+        return ops.sum(ops.relu(grads) * alpha, space)
 
 
 @register_method("x_grad_cam", "XGrad-CAM: gradients averaged with the activations as weights, then ReLU")
@@ -98,7 +94,8 @@ class XGradCAM(CAMMethod):
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
         assert grads is not None
-        return _divide((grads * acts).sum(_SPACE), acts.sum(_SPACE))
+        ops, space = step.ops, step.ops.space(grads)
+        return ops.divide(ops.sum(grads * acts, space), ops.sum(acts, space))
 
 
 @register_method("hires_cam", "HiResCAM: feature maps times their gradient, unit by unit, summed over channels")
@@ -123,4 +120,4 @@ class LayerCAM(CAMMethod):
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
         assert grads is not None
-        return torch.relu(grads)
+        return step.ops.relu(grads)

@@ -13,21 +13,16 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import overload
+from typing import Any
 
-from torch import Tensor, nn
-
-from convscope.backends.torch.probes import LayerKey
-from convscope.backends.torch.session import Session
+from convscope.backends.protocol import Engine, Tensor
+from convscope.backends.torch.batching import MaxBatch
 from convscope.errors import ConvscopeError
-from convscope.methods.base import Method, Wrt
-from convscope.methods.batching import MaxBatch
-from convscope.methods.cam.base import upsample
+from convscope.methods.base import Method, Rows
 from convscope.methods.cam.gradient import GradCAM
 from convscope.methods.gradient import GuidedBackprop
 from convscope.methods.registry import register_method
-from convscope.targets import Target, TargetLike
+from convscope.targets import Target
 
 
 @register_method("guided_grad_cam", "Guided Grad-CAM: guided backprop times the upsampled Grad-CAM map")
@@ -39,10 +34,12 @@ class GuidedGradCAM(Method):
     Example: ``GuidedGradCAM(model).attribute(x, targets=[3, 5])``.
     """
 
-    def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, *, eigen_smooth: bool = False,
+    options = frozenset({"layer", "eigen_smooth"})
+
+    def __init__(self, model: Any, layer: Any = None, *, eigen_smooth: bool = False,
                  max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
-        if layer is not None and not isinstance(layer, (str, nn.Module)):
+        if layer is not None and not isinstance(layer, self.backend.layer_types):
             raise ConvscopeError(f"layer={layer!r} is not one layer name or module",
                                  "Guided Grad-CAM uses one layer, e.g. layer='layer4'.")
         self.guided = GuidedBackprop(model, max_batch=max_batch)
@@ -53,28 +50,22 @@ class GuidedGradCAM(Method):
         """The Grad-CAM layer of the latest call."""
         return self.grad_cam.last_layers
 
-    @overload
-    def attribute(self, x: Tensor, target: TargetLike, wrt: Wrt = None) -> Tensor: ...
+    def _prepare(self, x: Tensor, wrt: Any) -> None:
+        self.grad_cam._prepare(x, None)
 
-    @overload
-    def attribute(self, x: Tensor, target: None = None, wrt: Wrt = None, *,
-                  targets: Sequence[TargetLike]) -> list[Tensor]: ...
+    def _layers(self) -> tuple[Any, ...]:
+        return self.grad_cam._layers()
 
-    def attribute(self, x: Tensor, target: TargetLike | None = None, wrt: Wrt = None, *,
-                  targets: Sequence[TargetLike] | None = None) -> Tensor | list[Tensor]:
+    def _rules(self) -> Any:
+        return self.guided._rules()
+
+    def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:
         """Guided backprop (to the input, or to layer ``wrt``) times the resized Grad-CAM map."""
-        many = targets is not None
-        guided = self.guided.attribute(x, target, wrt, targets=targets)  # type: ignore[call-overload]
-        cams = self.grad_cam.attribute(x, target, targets=targets)  # type: ignore[call-overload]
-        guided, cams = (guided, cams) if many else ([guided], [cams])
-        if guided[0].dim() != 4:
+        ops = engine.ops
+        guided = self.guided._compute(engine, x, rows, targets, wrt)
+        if ops.rank(guided[0]) != 4:
             raise ConvscopeError(f"wrt={wrt!r} has output shape {list(guided[0].shape)}, not a feature map",
                                  "Guided Grad-CAM resizes the Grad-CAM map to the attributed tensor: use the "
                                  "input (wrt=None) or a convolutional layer.")
-        maps = [g * upsample(c, g.shape[-2:]) for g, c in zip(guided, cams)]
-        return maps if many else maps[0]
-
-    def _compute(self, session: Session, x: Tensor, rows: slice, targets: list[Target],
-                 wrt: LayerKey | None) -> list[Tensor]:
-        # unreachable: attribute composes two methods, each with its own session and rules
-        raise NotImplementedError("GuidedGradCAM.attribute composes GuidedBackprop and GradCAM")
+        cams = self.grad_cam._compute(engine, x, rows, targets, wrt)
+        return [g * ops.resize(c, ops.spatial_shape(g)) for g, c in zip(guided, cams)]

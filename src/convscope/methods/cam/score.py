@@ -23,21 +23,26 @@ Example::
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from functools import partial
+from typing import Any
 
-from convscope.methods.batching import MaxBatch
+from convscope.backends.protocol import Engine, Ops, Tensor
+from convscope.backends.torch.batching import MaxBatch
+from convscope.methods.base import Rows
 from convscope.methods.cam.base import CAMMethod, LayerSpec, LayerStep, upsample
 from convscope.methods.registry import register_method
 
+__all__ = ["ScoreCAM", "minmax", "upsample"]
 
-def minmax(maps: Tensor) -> Tensor:
-    """Each ``[h, w]`` map of ``[N, 1, h, w]`` scaled to [0, 1]; a constant map becomes 0."""
-    flat = maps.flatten(1)
-    low, high = flat.amin(1), flat.amax(1)
-    span = high - low
-    scaled = (flat - low[:, None]) / torch.where(span > 0, span, torch.ones_like(span))[:, None]
-    return torch.where((span > 0)[:, None], scaled, torch.zeros_like(scaled)).view_as(maps)
+
+def minmax(maps: Tensor, ops: Ops | None = None) -> Tensor:
+    """Each map of a batch of one-channel maps scaled to [0, 1]; a constant map becomes 0."""
+    if ops is None:
+        from convscope.backends.torch import tensors as ops
+    axes = tuple(range(1, ops.rank(maps)))
+    low = ops.amin(maps, axes, keepdims=True)
+    span = ops.amax(maps, axes, keepdims=True) - low
+    return ops.where(span > 0, (maps - low) / ops.where(span > 0, span, 1.0), 0.0)
 
 
 @register_method("score_cam", "Score-CAM: feature maps weighted by the softmax of the target's score on masked inputs")
@@ -50,27 +55,39 @@ class ScoreCAM(CAMMethod):
 
     uses_gradients = False
 
-    def __init__(self, model: nn.Module, layer: LayerSpec = None, *, upsample: bool = True, relu: bool | None = None,
+    def __init__(self, model: Any, layer: LayerSpec = None, *, upsample: bool = True, relu: bool | None = None,
                  eigen_smooth: bool = False, align_corners: bool = False, max_batch: MaxBatch = None) -> None:
         super().__init__(model, layer, upsample=upsample, relu=relu, eigen_smooth=eigen_smooth, max_batch=max_batch)
         self.align_corners = align_corners
 
+    def _config(self) -> tuple[Any, ...]:
+        return (self.align_corners,)
+
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
-        flat = acts.flatten(2)
-        varying = flat.amax(2) > flat.amin(2)  # [n, K]; the rest have mask 0
-        step.evaluations(int(varying.sum()) + 1)
-        scores = torch.empty(acts.shape[:2], dtype=step.score.dtype, device=acts.device)
-        if not bool(varying.all()):
-            shared = step.shared_score(torch.zeros_like(step.x[:1]))
-            scores.copy_(shared[:, None].expand_as(scores))
-        samples, channels = varying.nonzero(as_tuple=True)
-        size = step.x.shape[-2:]
+        ops = step.ops
+        space = ops.space(acts)
+        varying = ops.amax(acts, space) > ops.amin(acts, space)  # [n, K]; the rest have mask 0
+        samples, channels = ops.nonzero(varying)
+        count = int(samples.shape[0])
+        step.evaluations(count + 1)
+        scores = ops.zeros(tuple(varying.shape), like=step.score)
+        if count < int(varying.shape[0]) * int(varying.shape[1]):
+            shared = step.shared_score(ops.zeros_like(step.x[:1]))
+            scores = scores + shared[:, None]
+        masked = step.engine.compiled(("masked", self.align_corners, step.index),
+                                      partial(self._masked_scores, step.index))
 
         def masked_scores(part: slice) -> Tensor:
-            i, k = samples[part], channels[part]
-            masks = minmax(upsample(acts[i, k][:, None], size, align_corners=self.align_corners))
-            return step.score_of(step.x[i] * masks, i)
+            i, k = samples[part.start:part.stop], channels[part.start:part.stop]
+            return masked(ops.take(step.x, i), ops.channel_maps(acts, i, k), ops.take(step.rows, i))
 
-        for part, found in step.batches().map(len(samples), masked_scores):
-            scores[samples[part], channels[part]] = found
-        return torch.softmax(scores, dim=1)
+        found = [s for _, s in step.batches().map(count, masked_scores)]
+        if found:
+            scores = ops.scatter(scores, samples, channels, ops.cat(found))
+        return ops.softmax(scores, axis=1)
+
+    def _masked_scores(self, index: int, engine: Engine, x: Tensor, maps: Tensor, rows: Rows) -> Tensor:
+        """Target ``index``'s scores of ``x * minmax(upsample(maps))``."""
+        ops = engine.ops
+        masks = minmax(ops.resize(maps, ops.spatial_shape(x), align_corners=self.align_corners), ops)
+        return ops.detach(engine.forward(x * masks, rows, fast=True, targets=[engine.targets[index]]).scores[0])

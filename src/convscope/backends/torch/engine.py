@@ -1,0 +1,195 @@
+"""The PyTorch engine of the backend protocol (:mod:`convscope.backends.protocol`).
+
+An :class:`TorchEngine` lives for one ``attribute`` call inside a scoped
+:class:`~convscope.backends.torch.session.Session` (eval mode, probes, backward rules). Its
+forward passes feed a copy of the input (a leaf that requires grad when gradients are wanted);
+``replace=(layer, value)`` sets a layer's output with a forward hook registered for that one
+call, so path and perturbation methods work on layers too. ``fast`` evaluations (perturbed
+inputs, no gradients) run where :meth:`Session.inference` says once :meth:`TorchEngine.evaluations`
+has announced them: the model's inference twin on the CPU. Compiling is the identity.
+
+Example::
+
+    with BACKEND.engine(method, x, targets, wrt=None, layers=[], rules=None) as engine:
+        run = engine.forward(x, engine.rows(slice(0, len(x))), grad=True)
+        (g,) = run.gradients(0, [run.value])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from convscope.backends.protocol import Chunk
+from convscope.backends.torch import tensors
+from convscope.backends.torch.forward import Forward
+from convscope.backends.torch.inference import InferenceSession
+from convscope.backends.torch.probes import LayerKey
+from convscope.backends.torch.session import Session
+from convscope.errors import ConvscopeError
+from convscope.backends.torch.draws import gaussian_draws
+from convscope.rules import RuleMap
+from convscope.backends.torch.batching import Batches, MaxBatch, expansion_rows
+from convscope.targets import Record, Target
+
+T = TypeVar("T")
+_DEFAULT: Any = object()
+
+
+@dataclass
+class TorchRun:
+    """One forward pass (:class:`convscope.backends.protocol.Run`)."""
+
+    record: Record
+    value: Tensor
+    scores: list[Tensor]
+
+    def act(self, key: Hashable) -> Tensor:
+        return self.record.acts[key]  # type: ignore[index]
+
+    def gradients(self, i: int, wrt: Sequence[Tensor]) -> list[Tensor]:
+        score = self.scores[i]
+        if not score.requires_grad:  # the score does not depend on these tensors
+            return [torch.zeros_like(t) for t in wrt]
+        grads = torch.autograd.grad(score.sum(), list(wrt), retain_graph=i < len(self.scores) - 1, allow_unused=True)
+        return [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads)]
+
+
+class TorchEngine:
+    """The engine of one call on a PyTorch model (see the module docstring)."""
+
+    ops = tensors
+
+    def __init__(self, session: Session, targets: list[Target], wrt: LayerKey | None, max_batch: MaxBatch,
+                 device: torch.device) -> None:
+        self.session = session
+        self.targets = targets
+        self.wrt = wrt
+        self.max_batch = max_batch
+        self.device = device
+        self._fast: Session | InferenceSession = session
+
+    def rows(self, r: slice) -> Tensor:
+        return torch.arange(r.start, r.stop)
+
+    def evaluations(self, work: int) -> None:
+        self._fast = self.session.inference(work)
+
+    def module(self, key: LayerKey, *, fast: bool = False) -> nn.Module:
+        """The module for a probed layer key (on the inference twin for ``fast`` evaluations)."""
+        return (self._fast if fast else self.session).module(key)
+
+    def forward(self, x: Tensor, rows: Tensor, *, grad: bool = False, replace: tuple[LayerKey | None, Tensor] | None
+                = None, fast: bool = False, targets: Sequence[Target] | None = None,
+                rules: RuleMap | None = None) -> TorchRun:
+        if fast and not grad:
+            runner, extra = self._fast, {}
+        else:
+            runner, extra = self.session, {"rules": rules}
+        if replace is not None and replace[0] is None:
+            run = runner.forward(replace[1], rows, grad=grad, **extra)
+            value = run.input
+        elif replace is not None:
+            run, value = self._replaced(runner, x, rows, replace[0], replace[1], grad, extra)
+        else:
+            run = runner.forward(x, rows, grad=grad, **extra)
+            value = run.input if self.wrt is None else run.record.acts[self.wrt]
+        found = self.targets if targets is None else targets
+        return TorchRun(run.record, value, [t.score(run.record) for t in found])
+
+    @staticmethod
+    def _replaced(runner: Session | InferenceSession, x: Tensor, rows: Tensor, layer: LayerKey, value: Tensor,
+                  grad: bool, extra: dict[str, Any]) -> tuple[Forward, Tensor]:
+        leaf = value.detach().requires_grad_(grad)
+
+        def replace(_module: nn.Module, _inputs: object, output: object) -> Tensor:
+            if not isinstance(output, Tensor) or output.shape != leaf.shape:
+                shape = list(output.shape) if isinstance(output, Tensor) else type(output).__name__
+                raise ConvscopeError(f"layer {layer!r} returned {shape} where {list(leaf.shape)} was expected",
+                                     "Attribute to a layer whose output is one tensor of a fixed shape.")
+            return leaf
+
+        handle = runner.module(layer).register_forward_hook(replace, prepend=True)
+        try:
+            run = runner.forward(x, rows, grad=grad, **extra)
+        finally:
+            handle.remove()
+        return run, leaf
+
+    def evaluate(self, x: Tensor, rows: Tensor, *, replace: tuple[LayerKey | None, Tensor] | None = None,
+                 targets: Sequence[Target] | None = None, spread: bool = False) -> list[Tensor]:
+        """The targets' scores (no gradients) for one chunk, on the runner of ``fast`` evaluations;
+        ``spread``: ``x`` is one sample whose evaluation every row of ``rows`` shares."""
+        found = self.targets if targets is None else list(targets)
+        if not spread:
+            return [s.detach() for s in self.forward(x, rows, replace=replace, fast=True, targets=found).scores]
+        record = self.forward(x, rows[:1], replace=replace, fast=True, targets=[]).record
+        n = len(rows)
+
+        def grow(t: Tensor) -> Tensor:
+            return t.expand(n, *t.shape[1:])
+
+        shared = Record(grow(record.output), {k: grow(v) for k, v in record.acts.items()}, rows)
+        return [t.score(shared).detach() for t in found]
+
+    def take_rows(self, rows: Tensor, chunk: Chunk) -> Tensor:
+        """The user-batch rows of a chunk's samples."""
+        return rows[torch.from_numpy(chunk.host)]
+
+    def gaussian(self, count: int, like: Tensor, seed: int) -> Tensor:
+        """``count`` standard normal samples shaped like one sample of ``like``, drawn on its device
+        (:func:`~convscope.methods.draws.gaussian_draws`)."""
+        return gaussian_draws(count, like.shape[1:], seed, like=like)
+
+    def values(self, x: Tensor, rows: Tensor) -> Tensor:
+        if self.wrt is None:
+            return x
+        parts = [v for _, v in self.batches().map(
+            x.shape[0], lambda r: self.forward(x[r], rows[r], targets=[]).value.detach())]
+        return tensors.cat(parts)
+
+    def scores(self, x: Tensor, rows: Tensor, value: Tensor, targets: Sequence[Target] | None = None) -> list[Tensor]:
+        found = self.targets if targets is None else list(targets)
+
+        def score(r: slice) -> list[Tensor]:
+            return self.evaluate(x[r], rows[r], replace=(self.wrt, value[r]), targets=found)
+
+        parts = [p for _, p in self.batches().map(value.shape[0], score)]
+        return [tensors.cat([p[i] for p in parts]) for i in range(len(found))]
+
+    def batches(self, max_batch: MaxBatch = _DEFAULT) -> Batches:
+        return Batches(self.max_batch if max_batch is _DEFAULT else max_batch, self.device)
+
+    def expansion(self, r: slice, per: int, like: Tensor) -> Chunk:
+        host, sample, k = expansion_rows(r, per, like.device)
+        return Chunk(sample, k, host.numpy(), np.arange(r.start, r.stop) % per)
+
+    def accumulate(self, n: int, per: int, run: Callable[[Chunk], list[Tensor]], like: Tensor,
+                   max_batch: MaxBatch = _DEFAULT) -> list[Tensor]:
+        sums: list[Tensor] = []
+        for _, (chunk, parts) in self.batches(max_batch).map(n * per, lambda r: self._chunk(r, per, run, like)):
+            if not sums:
+                sums = [torch.zeros(n, *p.shape[1:], dtype=p.dtype, device=p.device) for p in parts]
+            for total, p in zip(sums, parts):
+                total.index_add_(0, chunk.sample.to(total.device), p)
+        return sums
+
+    @property
+    def plan_device(self) -> torch.device:
+        return self.device
+
+    def plan(self, t: Tensor, like: Tensor) -> Tensor:
+        return t.to(like.device, like.dtype)
+
+    def _chunk(self, r: slice, per: int, run: Callable[[Chunk], list[Tensor]], like: Tensor
+               ) -> tuple[Chunk, list[Tensor]]:
+        chunk = self.expansion(r, per, like)
+        return chunk, run(chunk)
+
+    def compiled(self, key: Hashable, fn: Callable[..., T]) -> Callable[..., T]:
+        return lambda *args: fn(self, *args)

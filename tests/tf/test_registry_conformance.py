@@ -1,0 +1,66 @@
+"""Every registered method, alone and wrapped, on the Keras twin of TinyVGG gives the PyTorch maps.
+
+Driven by the registry: a method registered tomorrow joins these cases by itself, and fails here
+unless its code runs on Keras or it declares ``frameworks = ("torch",)`` (the skip says so).
+Oracle: the PyTorch backend on the original model (tests/tf/twin_checks.py), to 1e-4 of the
+map's largest magnitude, for per-sample predicted classes and a combined layer target, attributed
+to the input and to a convolutional layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed: pip install 'convscope[tf]'")
+
+import torch  # noqa: E402
+from nets import TinyVGG  # noqa: E402
+from twin_checks import Pair, check_method, check_wrt_layer, make_pair  # noqa: E402
+
+from convscope.backends.tf import supported  # noqa: E402
+from convscope.methods import AugSmooth, SmoothGrad, get_method, methods  # noqa: E402
+
+# small settings, so that every case runs in a second or two
+OPTIONS: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {"steps": 4, "max_batch": 3}, "gradient_shap": {"samples": 3, "noise": 0.1},
+    "occlusion": {"window": 6, "stride": 4, "max_batch": 16}, "rise": {"masks": 10, "cells": 3, "max_batch": 4},
+    "smooth_grad": {"samples": 2}, "smooth_grad_squared": {"samples": 2}, "var_grad": {"samples": 2},
+    "score_cam": {"max_batch": 5}, "ablation_cam": {"max_batch": 5}}
+ON_LAYER: dict[str, dict[str, Any]] = {"occlusion": {"window": 3, "stride": 2}, "rise": {"masks": 10, "cells": 2}}
+WRAPPERS: dict[str, Callable[[Any], Any]] = {
+    "alone": lambda m: m,
+    "smooth_grad": lambda m: SmoothGrad(m, samples=2, noise=0.1, max_batch=3),
+    "aug_smooth": lambda m: AugSmooth(m, factors=(1.0, 1.2)),
+}
+
+
+@pytest.fixture(scope="module")
+def pair() -> Pair:
+    torch.manual_seed(0)
+    return make_pair(TinyVGG(), (16, 16), "features.3", 8)
+
+
+def builder(name: str, wrapper: str, options: dict[str, Any]) -> Callable[[Any], Any]:
+    cls = get_method(name)
+    if "tf" not in cls.frameworks:
+        pytest.skip(f"{cls.__name__} declares that it runs on {cls.frameworks} only")
+    return lambda model: WRAPPERS[wrapper](cls(model, **options))
+
+
+def test_the_supported_methods_are_the_registered_ones_not_declared_torch_only() -> None:
+    expected = [name for name, info in methods().items() if "tf" in info.cls.frameworks]
+    assert supported() == expected and expected
+
+
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+@pytest.mark.parametrize("name", list(methods()))
+def test_every_method_and_wrapper_gives_the_torch_maps(pair: Pair, name: str, wrapper: str) -> None:
+    check_method(pair, builder(name, wrapper, OPTIONS.get(name, {})))
+
+
+@pytest.mark.parametrize("name", list(methods()))
+def test_every_method_on_a_layer_gives_the_torch_maps(pair: Pair, name: str) -> None:
+    check_wrt_layer(pair, builder(name, "alone", {**OPTIONS.get(name, {}), **ON_LAYER.get(name, {})}))
