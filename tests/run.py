@@ -1,8 +1,11 @@
-"""Run the whole test suite: the PyTorch tests, then the TensorFlow tests in their own process.
+"""Run the whole test suite: the PyTorch tests, then the TensorFlow tests in their own process,
+then the import contracts.
 
 Importing torchvision (or pytorch-grad-cam) after TensorFlow in one process can segfault, so
 the two halves never share an interpreter. Both halves share one zoo cache, so the small
-models are trained once per run. "No tests ran" (pytest exit 5) counts as a failure.
+models are trained once per run. "No tests ran" (pytest exit 5) counts as a failure. Last,
+``lint-imports`` (import-linter, from this interpreter's environment) checks the contracts in
+``pyproject.toml``: the layering of ``convscope`` and no import cycles.
 
     python tests/run.py [extra pytest args]
 """
@@ -10,6 +13,7 @@ models are trained once per run. "No tests ran" (pytest exit 5) counts as a fail
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,10 +38,24 @@ def main(argv: list[str]) -> int:
         print(f"=== {name} tests: exit {rc} in {time.perf_counter() - start:.0f}s ===", flush=True)
         if rc != 0:  # 5 = no tests collected: never a silent pass
             failed.append(f"{name} (exit {rc})")
+    print("\n=== import contracts ===", flush=True)
+    rc = lint_imports(env)
+    print(f"=== import contracts: exit {rc} ===", flush=True)
+    if rc != 0:
+        failed.append(f"import contracts (exit {rc})")
     if failed:
-        print("FAILED halves: " + ", ".join(failed), flush=True)
+        print("FAILED steps: " + ", ".join(failed), flush=True)
         return 1
     return 0
+
+
+def lint_imports(env: dict[str, str]) -> int:
+    """``lint-imports`` from the environment of this interpreter (the test extra installs it)."""
+    tool = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    if tool is None:
+        print(f"lint-imports is not installed next to {sys.executable}: pip install -e '.[test]'", flush=True)
+        return 1
+    return subprocess.call([tool, "--no-cache"], cwd=ROOT, env=env)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ Example::
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -32,16 +32,7 @@ from torch import nn
 
 from convscope.errors import ConvscopeError, did_you_mean
 from convscope.images import Preprocess
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to explain: the module (eval mode), its preprocessing and a display name."""
-
-    model: nn.Module
-    preprocess: Preprocess
-    name: str
-    class_names: list[str] | None = None
+from convscope.loaded import LoadedModel  # re-exported: its home, shared with convscope.tf.models
 
 
 SPEC_HELP = ("Give a model as zoo:shapes-vgg, torchvision:resnet18[?weights=DEFAULT], a TorchScript "

@@ -23,9 +23,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from convscope.backends.tf.scoped import patched
 from convscope.layers import LayerRow
 from convscope.tf.paths import layer_paths, resolve_layer, sublayers
+from convscope.tf.scoped import patched
 
 __all__ = ["layer_names", "layer_table", "probe_for", "resolve_layer"]
 Seen = dict[int, tuple[Any, Any]]  # layer id -> (input, output) of its last call

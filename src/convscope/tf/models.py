@@ -1,4 +1,4 @@
-"""Keras model files (``.keras``, ``.h5``) as :class:`~convscope.models.LoadedModel` objects.
+"""Keras model files (``.keras``, ``.h5``) as :class:`~convscope.loaded.LoadedModel` objects.
 
 :func:`convscope.models.load_model` routes a spec ending in ``.keras``, ``.h5`` or ``.hdf5`` here
 (TensorFlow is imported only then). The model is loaded with ``compile=False`` and Keras's
@@ -25,7 +25,7 @@ import numpy as np
 
 from convscope.errors import ConvscopeError
 from convscope.images import Preprocess
-from convscope.models import LoadedModel
+from convscope.loaded import LoadedModel
 
 _SAVE_HINT = "Save the model with model.save('model.keras') (or .h5), then pass that file."
 

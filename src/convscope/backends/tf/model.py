@@ -31,10 +31,10 @@ import keras
 import tensorflow as tf
 
 from convscope.backends.tf.rules import apply_rules
-from convscope.backends.tf.scoped import patched
 from convscope.errors import ConvscopeError
 from convscope.rules import RuleMap
 from convscope.tf.paths import LayerKey, layer_paths, resolve_layer, resolve_path
+from convscope.tf.scoped import patched
 
 
 @dataclass(frozen=True)
