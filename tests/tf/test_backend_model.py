@@ -216,13 +216,13 @@ def test_compiled_functions_do_not_keep_the_model_alive() -> None:
 
 
 def test_the_supported_methods_are_listed() -> None:
-    from convscope.backends.tf import supported
+    from convscope.methods.registry import supported
 
     from convscope.methods import methods
 
     issue = {"saliency", "input_x_gradient", "deconvnet", "guided_backprop", "grad_cam", "grad_cam_plus_plus",
              "layer_cam", "score_cam", "integrated_gradients", "smooth_grad", "occlusion"}
-    assert issue <= set(supported()) <= set(methods())
+    assert issue <= set(supported("tf")) <= set(methods())
 
 
 def test_new_classes_and_batch_sizes_reuse_the_compiled_graphs(model: keras.Model) -> None:

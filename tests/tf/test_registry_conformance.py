@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from nets import TinyVGG  # noqa: E402
 from twin_checks import Pair, check_method, check_wrt_layer, make_pair  # noqa: E402
 
-from convscope.backends.tf import supported  # noqa: E402
+from convscope.methods.registry import supported  # noqa: E402
 from convscope.methods import AugSmooth, SmoothGrad, get_method, methods  # noqa: E402
 
 # small settings, so that every case runs in a second or two
@@ -52,7 +52,7 @@ def builder(name: str, wrapper: str, options: dict[str, Any]) -> Callable[[Any],
 
 def test_the_supported_methods_are_the_registered_ones_not_declared_torch_only() -> None:
     expected = [name for name, info in methods().items() if "tf" in info.cls.frameworks]
-    assert supported() == expected and expected
+    assert supported("tf") == expected and expected
 
 
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))

@@ -1,12 +1,10 @@
 """The import graph of convscope, read with grimp (import-linter's own graph library).
 
 ``lint-imports`` (the last step of ``tests/run.py``) holds the contracts in ``pyproject.toml``:
-layers, and no import cycle at any package level. One known cycle is ignored there:
-``convscope.methods`` imports the backends (``methods/base.py`` dispatches a Keras model to
-``backends/tf``), and the Keras backend imports the method classes it implements. The test below
-checks for that cycle with nothing ignored. It is expected to fail until the methods/backends
-refactor removes the cycle; then it passes, strict xfail fails the run, and the marker goes, with
-the two ``convscope.backends.tf.** -> convscope.methods.**`` lines of ``pyproject.toml``.
+layers, and no import cycle at any package level. The test below checks the edge that had a
+cycle before the methods were written once against the backend protocol: ``convscope.methods``
+imports the backends, and no backend imports a method (the Keras backend used to import the
+method classes it implemented).
 """
 
 from __future__ import annotations
@@ -31,8 +29,6 @@ def chain_text(graph: grimp.ImportGraph, importer: str, imported: str) -> list[s
     return lines
 
 
-@pytest.mark.xfail(strict=True, reason="import cycle methods/base <-> backends/tf (the Keras backend imports the "
-                                       "method classes): removed by the methods/backends refactor")
 def test_no_cycle_between_methods_and_backends(graph: grimp.ImportGraph) -> None:
     down = chain_text(graph, "convscope.methods", "convscope.backends")  # the layering's own direction
     up = chain_text(graph, "convscope.backends", "convscope.methods")

@@ -3,7 +3,8 @@
 Every method in :mod:`convscope.methods` is written once against three small interfaces, and
 runs on PyTorch models and on Keras models alike:
 
-- :class:`Backend` (one per framework, chosen from the model by :func:`backend_of`): checks the
+- :class:`Backend` (one per framework, chosen from the model by
+  :func:`~convscope.backends.dispatch.backend_of`): checks the
   input, finds a CAM method's default layer, names layers, and opens an :class:`Engine` for one
   ``attribute`` call (eval mode, probes, backward rules, undone on exit);
 - :class:`Engine`: runs the model (:meth:`Engine.forward` -> :class:`Run`, whose
@@ -32,7 +33,6 @@ Example::
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -40,7 +40,6 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from convscope.errors import ConvscopeError
 
 Tensor = Any  # a torch.Tensor or a tf.Tensor, as the backend makes them
 T = TypeVar("T")
@@ -184,25 +183,3 @@ class Backend(Protocol):
     def layer_name(self, model: Any, key: Hashable) -> str: ...
     def engine(self, method: Any, x: Tensor, targets: list[Any], wrt: Any, layers: Sequence[Any],
                rules: Any) -> AbstractContextManager[Engine]: ...
-
-
-def is_keras_model(model: object) -> bool:
-    """Whether ``model`` is a Keras model (never imports TensorFlow: Keras is imported if one exists)."""
-    keras = sys.modules.get("keras")
-    return keras is not None and isinstance(model, getattr(keras, "Model", ()))
-
-
-def backend_of(model: object) -> Backend:
-    """The backend for ``model``: Keras models get :mod:`convscope.backends.tf` (TensorFlow loads
-    only then), ``torch.nn.Module`` s get :mod:`convscope.backends.torch`; else a clear error."""
-    if is_keras_model(model):
-        from convscope.backends.tf.backend import BACKEND as keras_backend
-
-        return keras_backend
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(model, torch.nn.Module):
-        from convscope.backends.torch.backend import BACKEND as torch_backend
-
-        return torch_backend
-    raise ConvscopeError(f"the model is a {type(model).__name__}, not a torch.nn.Module or a Keras model",
-                         "Pass a PyTorch model or a keras.Model (see convscope.load_model for files and zoo names).")

@@ -15,7 +15,7 @@ more than ``max_batch`` samples. ``max_batch="auto"`` sizes the chunks from free
 
 ``rows`` tells ``_compute`` which rows of the user's batch its samples are (targets such as
 ``Class([3, 0, 5])`` pick each sample's class with them). The backend is chosen from the model
-(:func:`~convscope.backends.protocol.backend_of`); method code reads tensors only through
+(:func:`~convscope.backends.dispatch.backend_of`); method code reads tensors only through
 ``engine.ops`` (see :mod:`convscope.backends.protocol`).
 
 The constructor stores configuration only: no hooks, no mode switches, no copies.
@@ -35,7 +35,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar, overload
 
-from convscope.backends.protocol import Backend, Engine, Tensor, backend_of
+from convscope.backends.dispatch import backend_of
+from convscope.backends.protocol import Backend, Engine, Tensor
 from convscope.backends.torch.backend import check_input
 from convscope.backends.torch.batching import MaxBatch, check_max_batch
 from convscope.errors import ConvscopeError

@@ -67,6 +67,12 @@ def methods() -> dict[str, MethodInfo]:
     return dict(_REGISTRY)
 
 
+def supported(framework: str) -> list[str]:
+    """The names of the registered methods that run on ``framework`` (``"torch"`` or ``"tf"``):
+    every method not declared otherwise (``frameworks = ("torch",)``)."""
+    return [name for name, info in methods().items() if framework in info.cls.frameworks]
+
+
 def by_class_name(name: str) -> type[Method] | None:
     """The registered method whose class is called ``name`` (None if there is none)."""
     return next((info.cls for info in methods().values() if info.cls.__name__ == name), None)

@@ -5,11 +5,12 @@ truly TensorFlow: the backend object and its engine (:mod:`~convscope.backends.t
 :mod:`~convscope.backends.tf.engine`), the tensor ops (:mod:`~convscope.backends.tf.tensors`),
 recorded forward passes (:mod:`~convscope.backends.tf.model`), targets scored on them
 (:mod:`~convscope.backends.tf.targets`), backward rules at ReLUs (:mod:`~convscope.backends.tf.rules`,
-:mod:`~convscope.backends.tf.relu`), scoped patches (:mod:`~convscope.backends.tf.scoped`) and
+:mod:`~convscope.backends.tf.relu`), scoped patches (:mod:`convscope.tf.scoped`) and
 layouts (:mod:`~convscope.backends.tf.layout`). ``Saliency(keras_model)`` picks it by the model's
 type; see :mod:`convscope.backends.tf.backend` for the Keras conventions (NHWC in, NHWC out).
 
-Importing this package does not import TensorFlow.
+Importing this package does not import TensorFlow. ``convscope.methods.registry.supported("tf")``
+lists the methods that run on Keras models.
 
 Example::
 
@@ -17,11 +18,3 @@ Example::
 """
 
 from __future__ import annotations
-
-
-def supported() -> list[str]:
-    """The registry names of the methods that run on Keras models (every method not declared
-    PyTorch-only with ``frameworks = ("torch",)``)."""
-    from convscope.methods.registry import methods
-
-    return [name for name, info in methods().items() if "tf" in info.cls.frameworks]

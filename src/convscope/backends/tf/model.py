@@ -5,7 +5,7 @@ layer is ``"outer/inner"``, and a name used once anywhere may be given bare. An 
 raises a :class:`~convscope.errors.ConvscopeError` listing the closest names.
 
 :meth:`KerasNet.run` calls the model (``training=False``) with the ``call`` of each probed layer
-wrapped for that one call (see :mod:`convscope.backends.tf.scoped`): the wrapper records the
+wrapped for that one call (see :mod:`convscope.tf.scoped`): the wrapper records the
 layer's output, or *replaces* it by a given tensor (path and perturbation methods on layers).
 Inside a ``tf.function`` the wrappers exist only while it is traced; the traced graph keeps the
 recorded tensors, so later calls touch no Python object of the model at all.

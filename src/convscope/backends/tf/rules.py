@@ -29,17 +29,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import keras
 import tensorflow as tf
 
 from convscope.backends.tf.relu import check_rule, rule_capped_relu, rule_relu
-from convscope.backends.tf.scoped import patched
+from convscope.tf.scoped import patched
 from convscope.rules import BackwardRule, Gradient, RuleMap
 
-if TYPE_CHECKING:
-    from convscope.backends.tf.model import KerasNet
+
+
+class Layers(Protocol):
+    """What the rules need of a model (:class:`~convscope.backends.tf.model.KerasNet` has it)."""
+
+    def layer(self, key: str) -> keras.Layer: ...
+    def paths(self) -> dict[str, keras.Layer]: ...
 
 Call = Callable[..., Any]
 
@@ -69,7 +74,7 @@ def _active(stack: list[BackwardRule | None]) -> BackwardRule | None:
 
 
 @contextmanager
-def apply_rules(net: KerasNet, rules: RuleMap) -> Iterator[RuleScope]:
+def apply_rules(net: Layers, rules: RuleMap) -> Iterator[RuleScope]:
     """Within the block every ReLU the model runs back-propagates by ``rules``; undone on exit."""
     for rule in rules.rules():
         check_rule(rule)

@@ -3,7 +3,7 @@ torch tensors, layers named by qualified module names (or given as modules).
 
 Example::
 
-    from convscope.backends.protocol import backend_of
+    from convscope.backends.dispatch import backend_of
     backend = backend_of(model)                       # this module's BACKEND for an nn.Module
     with backend.engine(method, x, targets, None, [], None) as engine: ...
 """
