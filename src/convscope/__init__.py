@@ -68,10 +68,9 @@ def _registered(name: str) -> Any:
 
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
-        found = _registered(name)
+        found = _registered(name)  # not cached: the registry stays the one source
         if found is None:
             raise AttributeError(f"module 'convscope' has no attribute {name!r}")
-        globals()[name] = found
         return found
     where = _LAZY[name]
     if where is None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,3 +21,17 @@ def run_example(name: str) -> dict[str, Any]:
     namespace: dict[str, Any] = {"__name__": f"docs_{Path(name).stem.replace('-', '_')}"}
     exec(compile(python_blocks(name)[0], str(DOCS / name), "exec"), namespace)  # noqa: S102 - our own docs
     return namespace
+
+
+@contextmanager
+def registered_example(name: str) -> Iterator[dict[str, Any]]:
+    """:func:`run_example` for the block; the method registry as it was afterwards, so the
+    example's methods do not join other tests' registry-driven cases."""
+    from convscope.methods import registry
+
+    saved = dict(registry._REGISTRY)
+    try:
+        yield run_example(name)
+    finally:
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(saved)

@@ -12,16 +12,20 @@ import torch
 tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed: pip install 'convscope[tf]'")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
-from docs_example import run_example  # noqa: E402
+from docs_example import registered_example  # noqa: E402
 from nets import TinyVGG  # noqa: E402
 from twin_checks import assert_same, make_pair  # noqa: E402
 
 from convscope.methods import AugSmooth, SmoothGrad  # noqa: E402
 
-PositiveGradCAM = run_example("adding-a-method.md")["PositiveGradCAM"]
 
 
 def test_the_example_runs_on_keras_as_on_pytorch() -> None:
+    with registered_example("adding-a-method.md") as names:
+        check_both_frameworks(names["PositiveGradCAM"])
+
+
+def check_both_frameworks(PositiveGradCAM: type) -> None:  # noqa: N803 - the document's class
     torch.manual_seed(0)
     p = make_pair(TinyVGG(), (16, 16), "features.3", 8)
     assert PositiveGradCAM(p.kmodel).backend.name == "tf"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +19,22 @@ from nets import make, sample
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
-from docs_example import run_example  # noqa: E402
+from docs_example import registered_example  # noqa: E402
 
 import convscope  # noqa: E402
 from convscope.cli import main  # noqa: E402
 from convscope.methods import SmoothGrad, get_method, methods  # noqa: E402
 
-EXAMPLE = run_example("adding-a-method.md")
-PositiveGradCAM = EXAMPLE["PositiveGradCAM"]
 TINY, X = make("tiny_vgg").eval(), sample("tiny_vgg")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def example() -> Iterator[None]:
+    """The document's code, registered for this module's tests only."""
+    global PositiveGradCAM
+    with registered_example("adding-a-method.md") as names:
+        PositiveGradCAM = names["PositiveGradCAM"]
+        yield
 
 
 def test_the_example_is_registered_everywhere() -> None:
@@ -35,6 +43,11 @@ def test_the_example_is_registered_everywhere() -> None:
     assert methods()["positive_grad_cam"].description == "Grad-CAM with the positive gradients averaged"
     assert "PositiveGradCAM" in dir(convscope)
 
+
+def test_methods_registered_elsewhere_are_gone_with_their_registration() -> None:
+    with registered_example("adding-a-method.md"):  # a second registration, then the registry as it was
+        assert convscope.PositiveGradCAM is get_method("positive_grad_cam")
+    assert get_method("positive_grad_cam") is PositiveGradCAM  # the module fixture's registration stands
 
 def test_the_example_computes_its_formula() -> None:
     layer = "features.4"

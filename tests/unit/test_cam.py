@@ -469,3 +469,23 @@ def test_clear_errors() -> None:
         GuidedGradCAM(model).attribute(x, 1, wrt="classifier.1")
     with pytest.raises(ConvscopeError, match="no layer of this Sequential"):
         GradCAM(nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))).attribute(x, 1)
+
+
+def test_the_default_layer_is_found_once_per_model_and_sample_shape() -> None:
+    """One pass to find the layer the first time; after that each call runs its own pass only."""
+    model = make("tiny_vgg").eval()
+    calls = []
+    handle = model.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+    try:
+        x = sample("tiny_vgg")
+        first = GradCAM(model).attribute(x, 0)
+        assert calls == [1, len(x)]  # the layer search (one sample), then the map
+        calls.clear()
+        torch.testing.assert_close(GradCAM(model).attribute(x, 0), first)
+        assert calls == [len(x)]
+        model.features[0] = torch.nn.Conv2d(3, model.features[0].out_channels, 3, padding=1)  # a new module tree
+        calls.clear()
+        GradCAM(model).attribute(x, 0)
+        assert calls == [1, len(x)]
+    finally:
+        handle.remove()

@@ -55,6 +55,7 @@ class KerasNet:
         self._model = weakref.ref(model)
         self._functions: dict[Hashable, Callable[..., Any]] = {}
         self.output_shape: tuple[int | None, ...] | None = None  # seen while tracing (classes: [-1])
+        self._default_layers: dict[tuple[int | None, ...], str] = {}  # by sample shape
 
     @property
     def model(self) -> keras.Model:
@@ -162,8 +163,15 @@ class KerasNet:
         """The path of the last layer (in the order calls *finish*, so a nested model wins over its
         layers) that runs once and outputs a feature map ``[N, h, w, C]`` with ``h * w > 1``.
 
-        One eager pass of ``x[:1]``; every wrapper is removed after.
+        One eager pass of ``x[:1]`` the first time for a sample shape; every wrapper is removed after.
         """
+        shape = tuple(x.shape[1:])
+        if shape not in self._default_layers:
+            self._default_layers[shape] = self._find_default_layer(x)
+        return self._default_layers[shape]
+
+    def _find_default_layer(self, x: tf.Tensor) -> str:
+        """:meth:`default_layer`, found by one eager pass."""
         finished: list[str] = []
         shapes: dict[str, tuple[int | None, ...]] = {}
 

@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -42,6 +43,9 @@ def check_input(x: object) -> Tensor:
     return x
 
 
+_DEFAULT_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], str]] = weakref.WeakKeyDictionary()
+
+
 class TorchBackend:
     """PyTorch models (see the module docstring)."""
 
@@ -69,7 +73,13 @@ class TorchBackend:
         rules.resolve(model)  # unknown layer names fail here, before any work
 
     def default_layer(self, model: nn.Module, x: Tensor) -> str:
-        return default_layer(model, x)
+        """:func:`~convscope.backends.torch.default_layer.default_layer`, found once per model,
+        module tree and sample shape (one forward pass the first time)."""
+        key = (tuple(x.shape[1:]), tuple(map(id, model.modules())))
+        known = _DEFAULT_LAYERS.setdefault(model, {})
+        if key not in known:
+            known[key] = default_layer(model, x)
+        return known[key]
 
     def layer_key(self, model: nn.Module, key: LayerKey) -> LayerKey:
         resolve_layer(model, key)  # a clear error if unknown
