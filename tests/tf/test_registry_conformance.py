@@ -18,17 +18,11 @@ tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed: pip 
 
 import torch  # noqa: E402
 from nets import TinyVGG  # noqa: E402
-from twin_checks import Pair, check_method, check_wrt_layer, make_pair  # noqa: E402
+from twin_checks import Pair, check_method, check_wrt_layer, make_pair, registered  # noqa: E402
 
+from convscope.methods import AugSmooth, SmoothGrad, methods  # noqa: E402
 from convscope.methods.registry import supported  # noqa: E402
-from convscope.methods import AugSmooth, SmoothGrad, get_method, methods  # noqa: E402
 
-# small settings, so that every case runs in a second or two
-OPTIONS: dict[str, dict[str, Any]] = {
-    "integrated_gradients": {"steps": 4, "max_batch": 3}, "gradient_shap": {"samples": 3, "noise": 0.1},
-    "occlusion": {"window": 6, "stride": 4, "max_batch": 16}, "rise": {"masks": 10, "cells": 3, "max_batch": 4},
-    "smooth_grad": {"samples": 2}, "smooth_grad_squared": {"samples": 2}, "var_grad": {"samples": 2},
-    "score_cam": {"max_batch": 5}, "ablation_cam": {"max_batch": 5}}
 ON_LAYER: dict[str, dict[str, Any]] = {"occlusion": {"window": 3, "stride": 2}, "rise": {"masks": 10, "cells": 2}}
 WRAPPERS: dict[str, Callable[[Any], Any]] = {
     "alone": lambda m: m,
@@ -43,11 +37,9 @@ def pair() -> Pair:
     return make_pair(TinyVGG(), (16, 16), "features.3", 8)
 
 
-def builder(name: str, wrapper: str, options: dict[str, Any]) -> Callable[[Any], Any]:
-    cls = get_method(name)
-    if "tf" not in cls.frameworks:
-        pytest.skip(f"{cls.__name__} declares that it runs on {cls.frameworks} only")
-    return lambda model: WRAPPERS[wrapper](cls(model, **options))
+def builder(name: str, wrapper: str, options: dict[str, Any] | None = None) -> Callable[[Any], Any]:
+    build = registered(name, **(options or {}))
+    return lambda model: WRAPPERS[wrapper](build(model))
 
 
 def test_the_supported_methods_are_the_registered_ones_not_declared_torch_only() -> None:
@@ -58,9 +50,9 @@ def test_the_supported_methods_are_the_registered_ones_not_declared_torch_only()
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))
 @pytest.mark.parametrize("name", list(methods()))
 def test_every_method_and_wrapper_gives_the_torch_maps(pair: Pair, name: str, wrapper: str) -> None:
-    check_method(pair, builder(name, wrapper, OPTIONS.get(name, {})))
+    check_method(pair, builder(name, wrapper))
 
 
 @pytest.mark.parametrize("name", list(methods()))
 def test_every_method_on_a_layer_gives_the_torch_maps(pair: Pair, name: str) -> None:
-    check_wrt_layer(pair, builder(name, "alone", {**OPTIONS.get(name, {}), **ON_LAYER.get(name, {})}))
+    check_wrt_layer(pair, builder(name, "alone", ON_LAYER.get(name)))

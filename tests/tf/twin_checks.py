@@ -62,6 +62,27 @@ EXTRA: dict[str, Build] = {
 }
 
 
+# small settings for every registered method, for the registry-driven cases
+OPTIONS: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {"steps": 4, "max_batch": 3}, "gradient_shap": {"samples": 3, "noise": 0.1},
+    "occlusion": {"window": 6, "stride": 4, "max_batch": 16}, "rise": {"masks": 10, "cells": 3, "max_batch": 4},
+    "smooth_grad": {"samples": 2}, "smooth_grad_squared": {"samples": 2}, "var_grad": {"samples": 2},
+    "score_cam": {"max_batch": 5}, "ablation_cam": {"max_batch": 5}}
+
+
+def registered(name: str, **options: Any) -> Build:
+    """A builder of the registered method ``name`` with :data:`OPTIONS` (and ``options``); a skip
+    naming the reason for a method that declares it does not run on Keras."""
+    import pytest
+
+    from convscope.methods import get_method
+
+    cls = get_method(name)
+    if "tf" not in cls.frameworks:
+        pytest.skip(f"{cls.__name__} declares that it runs on {cls.frameworks} only")
+    return lambda model: cls(model, **{**OPTIONS.get(name, {}), **options})
+
+
 @dataclass
 class Pair:
     """A torch model, its Keras twin, the name map, one input in both layouts, and a conv layer."""

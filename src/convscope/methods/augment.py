@@ -28,10 +28,9 @@ from typing import Any
 
 from convscope.backends.protocol import Engine, Ops, Tensor
 from convscope.errors import ConvscopeError
-from convscope.methods.base import Method, Rows, wrapped_method
+from convscope.methods.base import Method, Rows, Wrapper, wrapped_method
 from convscope.methods.cam import GradCAM
 from convscope.methods.options import check_flag
-from convscope.methods.smooth import Wrapper
 from convscope.targets import Target
 
 

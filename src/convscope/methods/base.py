@@ -47,7 +47,7 @@ Wrt = Any  # a layer name or object (None or "input": the input)
 Rows = Tensor
 R = TypeVar("R")
 
-__all__ = ["Method", "MaxBatch", "Rows", "Wrt", "check_input", "check_max_batch", "chunks", "numel",
+__all__ = ["MaxBatch", "Method", "Rows", "Wrapper", "Wrt", "check_input", "check_max_batch", "chunks", "numel",
            "wrapped_method"]
 
 
@@ -157,3 +157,24 @@ class Method(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._model_name()}, max_batch={self.max_batch!r})"
+
+
+class Wrapper(Method):
+    """A method around another one (``self.method``), in the same engine: it prepares, records
+    and applies the rules the wrapped method asks for."""
+
+    method: Method
+
+    def _prepare(self, x: Tensor, wrt: Any) -> None:
+        self.method._prepare(x, wrt)
+
+    def _layers(self) -> tuple[Any, ...]:
+        return self.method._layers()
+
+    def _rules(self) -> RuleMap | None:
+        return self.method._rules()
+
+    @property
+    def last_layers(self) -> tuple[str, ...]:
+        """The wrapped method's layers of the latest call (CAM methods)."""
+        return getattr(self.method, "last_layers", ())

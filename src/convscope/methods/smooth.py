@@ -30,11 +30,10 @@ from typing import Any
 
 from convscope.backends.protocol import Chunk, Engine, Ops, Tensor
 from convscope.backends.torch.batching import MaxBatch
-from convscope.methods.base import Method, Rows, wrapped_method
+from convscope.methods.base import Method, Rows, Wrapper, wrapped_method
 from convscope.methods.gradient import Saliency
 from convscope.methods.options import check_noise, check_samples
 from convscope.methods.registry import register_method
-from convscope.rules import RuleMap
 from convscope.targets import Target
 
 
@@ -44,27 +43,6 @@ def input_range(x: Tensor, ops: Ops | None = None) -> Tensor:
         from convscope.backends.torch import tensors as ops
     axes = tuple(range(1, ops.rank(x)))
     return ops.amax(ops.detach(x), axes, keepdims=True) - ops.amin(ops.detach(x), axes, keepdims=True)
-
-
-class Wrapper(Method):
-    """A method around another one (``self.method``), in the same engine: it prepares, records
-    and applies the rules the wrapped method asks for."""
-
-    method: Method
-
-    def _prepare(self, x: Tensor, wrt: Any) -> None:
-        self.method._prepare(x, wrt)
-
-    def _layers(self) -> tuple[Any, ...]:
-        return self.method._layers()
-
-    def _rules(self) -> RuleMap | None:
-        return self.method._rules()
-
-    @property
-    def last_layers(self) -> tuple[str, ...]:
-        """The wrapped method's layers of the latest call (CAM methods)."""
-        return getattr(self.method, "last_layers", ())
 
 
 class NoiseTunnel(Wrapper):

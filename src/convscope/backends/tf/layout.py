@@ -20,11 +20,6 @@ def channels_first_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (shape[-1], *shape[:-1]) if len(shape) >= 2 else shape
 
 
-def channels_first(a: np.ndarray) -> np.ndarray:
-    """A channels-last batch ``[N, ..., C]`` as channels-first ``[N, C, ...]``."""
-    return np.ascontiguousarray(np.moveaxis(a, -1, 1)) if a.ndim >= 3 else a
-
-
 def channels_last(t: torch.Tensor) -> np.ndarray:
     """A torch channels-first batch ``[N, C, ...]`` as a channels-last numpy array ``[N, ..., C]``."""
     return np.ascontiguousarray((t.movedim(1, -1) if t.dim() >= 3 else t).numpy())
