@@ -18,9 +18,10 @@ tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed: pip 
 
 import torch  # noqa: E402
 from nets import TinyVGG  # noqa: E402
-from twin_checks import Pair, check_method, check_wrt_layer, make_pair, registered  # noqa: E402
+from twin_checks import Pair, assert_same, check_method, check_wrt_layer, make_pair, registered  # noqa: E402
 
-from convscope.methods import AugSmooth, SmoothGrad, methods  # noqa: E402
+from convscope.methods import (  # noqa: E402
+    AugSmooth, GradCAM, GuidedGradCAM, ScoreCAM, SmoothGrad, VarGrad, methods)
 from convscope.methods.registry import supported  # noqa: E402
 
 ON_LAYER: dict[str, dict[str, Any]] = {"occlusion": {"window": 3, "stride": 2}, "rise": {"masks": 10, "cells": 2}}
@@ -56,3 +57,15 @@ def test_every_method_and_wrapper_gives_the_torch_maps(pair: Pair, name: str, wr
 @pytest.mark.parametrize("name", list(methods()))
 def test_every_method_on_a_layer_gives_the_torch_maps(pair: Pair, name: str) -> None:
     check_wrt_layer(pair, builder(name, "alone", ON_LAYER.get(name)))
+
+
+@pytest.mark.parametrize("build", [
+    lambda m, layer: SmoothGrad(GradCAM(m, layer), samples=2, noise=0.1),
+    lambda m, layer: AugSmooth(ScoreCAM(m, layer, max_batch=4)),
+    lambda m, layer: VarGrad(GuidedGradCAM(m, layer), samples=2, noise=0.1),
+], ids=["smooth_grad(grad_cam)", "aug_smooth(score_cam)", "var_grad(guided_grad_cam)"])
+def test_the_issues_compositions_give_the_torch_maps(pair: Pair, build: Callable[[Any, str], Any]) -> None:
+    with torch.no_grad():
+        classes = pair.model(pair.x).argmax(1).tolist()
+    assert_same(build(pair.model, pair.layer).attribute(pair.x, classes),
+                build(pair.kmodel, pair.names[pair.layer]).attribute(pair.xk, classes))
