@@ -16,6 +16,14 @@ Targets combine with ``+ - *`` (with numbers and other targets) and unary ``-``.
 list of ints becomes a ``Class`` only at the API edge (:func:`as_target`); inside arithmetic a
 number is a number.
 
+Each score is written once with the backend's tensor ops (``record.ops``, the
+:class:`~convscope.backends.protocol.Ops` of the record's framework: PyTorch channels-first by
+default, Keras channels-last), so ``Channel(layer, c)`` reads ``act[:, c]`` on PyTorch and
+``act[..., c]`` on Keras. Values that change between calls (class indices, direction vectors) are
+the targets' *feeds* (:meth:`Target.feeds`): a score reads them through :meth:`Record.fed`, which
+gives a compiled Keras function's input in their place, so a new class does not retrace;
+:meth:`Target.key` describes the rest of what a compiled graph depends on.
+
 Example::
 
     t = Class(3) - 0.5 * Channel("features.28", 12, reduce="mean")
@@ -27,15 +35,16 @@ from __future__ import annotations
 import numbers
 import operator
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from convscope.errors import ConvscopeError
+from convscope.ops import tensors
 
 LayerKey = str | nn.Module
 
@@ -44,12 +53,22 @@ LayerKey = str | nn.Module
 class Record:
     """One forward pass as targets see it: the model ``output``, the recorded layer outputs
     ``acts`` (keyed as the targets name them), the ``rows`` of the full batch it covers and,
-    where known, the ``input`` the model saw (regularizers such as total variation read it)."""
+    where known, the ``input`` the model saw (regularizers such as total variation read it).
+
+    ``ops`` are the tensor operations of the record's framework (PyTorch by default); ``feed``,
+    where given, maps a target and one of its :meth:`Target.feeds` to the tensor that stands for it
+    (a compiled Keras function's input)."""
 
     output: Tensor
     acts: Mapping[LayerKey, Tensor]
     rows: slice | Tensor
     input: Tensor | None = None
+    ops: Any = tensors
+    feed: Callable[[Target, Any], Any] | None = None
+
+    def fed(self, target: Target, value: Any) -> Any:
+        """``value``, a feed of ``target``, as its score reads it: itself, or the tensor fed in its place."""
+        return value if self.feed is None else self.feed(target, value)
 
 
 def is_keras_layer(obj: object) -> bool:
@@ -80,6 +99,18 @@ class Target(ABC):
     def check_batch(self, n: int) -> None:  # noqa: B027 - most targets fit any batch
         """Raise a clear error if this target cannot apply to a batch of ``n`` samples."""
 
+    def check(self, classes: int | None) -> None:  # noqa: B027 - most targets feed no class index
+        """Raise a clear error if a fed value does not fit a model with ``classes`` outputs."""
+
+    def feeds(self) -> list[tuple[Target, np.ndarray]]:
+        """The values that change between calls, each with the target that reads it (:meth:`Record.fed`)."""
+        return []
+
+    def key(self, path: Callable[[LayerKey], Hashable]) -> Hashable | None:
+        """What a compiled graph of this target depends on, its layers named by ``path``, its
+        feeds left out; None: a target written for PyTorch only."""
+        return None
+
     def __add__(self, other: object) -> Target:
         return _combine(operator.add, "+", self, other)
 
@@ -102,14 +133,6 @@ class Target(ABC):
         return _combine(operator.mul, "*", -1.0, self)
 
 
-def _on_device(index: Tensor, device: torch.device) -> Tensor:
-    """``index`` on ``device``; a host tensor goes to CUDA by a pinned, asynchronous copy (a copy
-    from ordinary host memory waits for all the work queued on the device first)."""
-    if device.type == "cuda" and index.device.type == "cpu":
-        return index.pin_memory().to(device, non_blocking=True)
-    return index.to(device)
-
-
 class Class(Target):
     """The logit of class ``index``: ``score_n = output[n, index_n]``.
 
@@ -128,21 +151,26 @@ class Class(Target):
             raise ConvscopeError(f"Class got {len(self.index)} per-sample indices for a batch of {n} samples",
                                  "Give one class index per sample, or a single int for all of them.")
 
+    def check(self, classes: int | None) -> None:
+        bad = self.index[(self.index < 0) | (self.index >= (classes or torch.iinfo(torch.long).max))]
+        if len(bad.reshape(-1)):
+            raise ConvscopeError(f"class index {bad.reshape(-1)[0].item()} is out of range for {classes} classes",
+                                 f"Use an index in 0..{(classes or 1) - 1}.")
+
+    def feeds(self) -> list[tuple[Target, np.ndarray]]:
+        return [(self, self.index.numpy().astype(np.int32))]
+
+    def key(self, path: Callable[[LayerKey], Hashable]) -> Hashable:
+        return ("class", self.index.dim())
+
     def score(self, record: Record) -> Tensor:
-        out = record.output
-        if out.dim() != 2:
+        out, ops = record.output, record.ops
+        if ops.rank(out) != 2:
             raise ConvscopeError(f"a Class target needs a model output of shape [N, classes], got {list(out.shape)}",
                                  "Use a Channel/Neuron target or a callable target for other outputs.")
-        idx = self.index if self.index.dim() == 0 else self.index[record.rows]  # this chunk's samples
-        bad = (idx < 0) | (idx >= out.shape[1])
-        if bool(bad.any()):
-            raise ConvscopeError(f"class index {idx[bad][0].item()} is out of range for {out.shape[1]} classes",
-                                 f"Use an index in 0..{out.shape[1] - 1}.")
-        if idx.dim() == 0:  # a Python int: indexing with a host tensor would wait for the device
-            return out[:, int(idx)]
-        if len(idx) and bool((idx == idx[0]).all()):  # one class for the whole chunk (SmoothGrad, IG)
-            return out[:, int(idx[0])]
-        return out.gather(1, _on_device(idx, out.device)[:, None])[:, 0]
+        self.check(out.shape[1])  # on Keras also after every call: the values fed then
+        index = record.fed(self, self.index)
+        return ops.pick(out, index if self.index.dim() == 0 else ops.take(index, record.rows))  # this chunk's rows
 
     def __repr__(self) -> str:
         return f"Class({self.index.tolist()!r})"
@@ -167,14 +195,15 @@ class _LayerTarget(Target):
         return (self.layer,)
 
     def feature_map(self, record: Record) -> Tensor:
-        """``act[:, channel]`` flattened to ``[n, positions]`` (one position for a linear layer)."""
-        act = record.acts[self.layer]
-        if act.dim() < 2 or not 0 <= self.channel < act.shape[1]:
-            size = act.shape[1] if act.dim() >= 2 else 0
+        """``act[:, channel]`` (Keras: ``act[..., channel]``) flattened to ``[n, positions]`` in
+        row-major order (one position for a linear layer)."""
+        act, ops = record.acts[self.layer], record.ops
+        size = act.shape[ops.channel_axis] if ops.rank(act) >= 2 else 0
+        if not 0 <= self.channel < size:
             raise ConvscopeError(f"channel {self.channel} is out of range: layer {_layer_label(self.layer)!r} "
                                  f"has {size} channels (output shape {list(act.shape)})",
                                  f"Use a channel in 0..{size - 1}.")
-        return act[:, self.channel].reshape(act.shape[0], -1)
+        return ops.flat(ops.channel(act, self.channel))
 
 
 Reduce = Literal["sum", "mean", "max"]
@@ -192,13 +221,16 @@ class Channel(_LayerTarget):
             raise ConvscopeError(f"reduce={reduce!r} is not supported", "Use 'sum', 'mean' or 'max'.")
         self.reduce = reduce
 
+    def key(self, path: Callable[[LayerKey], Hashable]) -> Hashable:
+        return ("channel", path(self.layer), self.channel, self.reduce)
+
     def score(self, record: Record) -> Tensor:
-        fmap = self.feature_map(record)
+        fmap, ops = self.feature_map(record), record.ops
         if self.reduce == "sum":
-            return fmap.sum(1)
+            return ops.sum(fmap, 1)
         if self.reduce == "mean":
-            return fmap.mean(1)
-        return fmap.gather(1, fmap.argmax(1, keepdim=True))[:, 0]  # argmax: first maximum wins
+            return ops.mean(fmap, 1)
+        return ops.pick(fmap, ops.top_k(ops.detach(fmap), 1))[:, 0]  # one unit, the first maximum
 
     def __repr__(self) -> str:
         return f"Channel({self.layer!r}, {self.channel}, reduce={self.reduce!r})"
@@ -216,33 +248,35 @@ class Neuron(_LayerTarget):
             raise ConvscopeError(f"Neuron position {position!r} must be ints", "Write e.g. Neuron('conv1', 5, 3, 4).")
         self.position = tuple(position)
 
+    def key(self, path: Callable[[LayerKey], Hashable]) -> Hashable:
+        return ("neuron", path(self.layer), self.channel, self.position)
+
     def score(self, record: Record) -> Tensor:
-        act = record.acts[self.layer]
+        act, ops = record.acts[self.layer], record.ops
         self.feature_map(record)  # validates the channel
-        space = tuple(act.shape[2:])
-        if len(space) != len(self.position) or any(not 0 <= p < s for p, s in zip(self.position, space)):
+        space = [act.shape[axis] for axis in ops.space(act)]  # Keras: None where not known while tracing
+        if len(space) != len(self.position) or any(not 0 <= p < (s or p + 1) for p, s in zip(self.position, space)):
             raise ConvscopeError(f"Neuron position {self.position} does not fit layer "
-                                 f"{_layer_label(self.layer)!r} with spatial shape {list(space)}",
-                                 f"Give {len(space)} coordinates, each within {list(space)}.")
-        return act[(slice(None), self.channel, *self.position)]
+                                 f"{_layer_label(self.layer)!r} with spatial shape {space}",
+                                 f"Give {len(space)} coordinates, each within {space}.")
+        return ops.channel(act, self.channel)[(slice(None), *self.position)]
 
     def __repr__(self) -> str:
         return f"Neuron({self.layer!r}, {', '.join(map(str, (self.channel, *self.position)))})"
 
 
-def strongest(fmap: Tensor, count: int) -> tuple[Tensor, Tensor]:
+def strongest(fmap: Tensor, count: int, ops: Any = tensors) -> tuple[Tensor, Tensor]:
     """The ``count`` largest values of each row of ``fmap`` [n, positions] and their flat indices.
 
     Descending; ties keep row-major order (a stable sort), so the result never depends on chance.
+    Gradients reach the values, not the choice of positions.
     """
-    if not 1 <= count <= fmap.shape[1]:
-        raise ConvscopeError(f"asked for the {count} strongest positions of a feature map with {fmap.shape[1]}",
-                             f"Ask for 1..{fmap.shape[1]}.")
-    if count == 1:
-        idx = fmap.argmax(1, keepdim=True)
-    else:
-        idx = torch.sort(fmap, dim=1, descending=True, stable=True).indices[:, :count]
-    return fmap.gather(1, idx), idx
+    positions = fmap.shape[1]
+    if positions is not None and not 1 <= count <= positions:
+        raise ConvscopeError(f"asked for the {count} strongest positions of a feature map with {positions}",
+                             f"Ask for 1..{positions}.")
+    idx = ops.top_k(ops.detach(fmap), count)
+    return ops.pick(fmap, idx), idx
 
 
 class MaxNeuron(_LayerTarget):
@@ -259,10 +293,12 @@ class MaxNeuron(_LayerTarget):
             raise ConvscopeError(f"rank={rank!r} must be an int >= 0", "rank=0 is the strongest unit.")
         self.rank = rank
 
+    def key(self, path: Callable[[LayerKey], Hashable]) -> Hashable:
+        return ("max_neuron", path(self.layer), self.channel, self.rank)
+
     def score(self, record: Record) -> Tensor:
-        fmap = self.feature_map(record)
-        _, idx = strongest(fmap.detach(), self.rank + 1)
-        a = fmap.gather(1, idx[:, self.rank:])[:, 0]
+        values, _ = strongest(self.feature_map(record), self.rank + 1, record.ops)
+        a = values[:, self.rank]
         return 0.5 * a * a
 
     def __repr__(self) -> str:
@@ -288,14 +324,21 @@ class Direction(Target):
     def layers(self) -> tuple[LayerKey, ...]:
         return (self.layer,)
 
+    def feeds(self) -> list[tuple[Target, np.ndarray]]:
+        return [(self, self.vector.numpy())]
+
+    def key(self, path: Callable[[LayerKey], Hashable]) -> Hashable:
+        return ("direction", path(self.layer), len(self.vector))
+
     def score(self, record: Record) -> Tensor:
-        act = record.acts[self.layer]
-        if act.dim() < 2 or act.shape[1] != len(self.vector):
+        act, ops = record.acts[self.layer], record.ops
+        if ops.rank(act) < 2 or act.shape[ops.channel_axis] != len(self.vector):
+            axis = "dimension 1" if ops.channel_axis == 1 else "the last dimension"
             raise ConvscopeError(f"Direction vector has {len(self.vector)} entries but layer "
                                  f"{_layer_label(self.layer)!r} has output shape {list(act.shape)}",
-                                 "Give one weight per channel (dimension 1 of the layer's output).")
-        v = self.vector.to(act.device, act.dtype).reshape(1, -1, *([1] * (act.dim() - 2)))
-        return (act * v).reshape(act.shape[0], -1).sum(1)
+                                 f"Give one weight per channel ({axis} of the layer's output).")
+        v = ops.per_channel(ops.convert(record.fed(self, self.vector), act)[None], act)
+        return ops.sum(ops.flat(act * v), 1)
 
     def __repr__(self) -> str:
         return f"Direction({self.layer!r}, <{len(self.vector)} weights>)"
@@ -307,14 +350,19 @@ class FunctionTarget(Target):
     def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
         self.fn = fn
 
+    def key(self, path: Callable[[LayerKey], Hashable]) -> Hashable:
+        return ("function", self.fn)  # the same function object again reuses a compiled graph
+
     def score(self, record: Record) -> Tensor:
-        value = self.fn(record.output)
-        n = record.output.shape[0]
-        if not isinstance(value, Tensor) or value.reshape(-1).shape[0] != n or value.dim() > 2:
-            shape = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise ConvscopeError(f"the target function returned {shape}, not one score per sample ([{n}])",
+        value, ops = self.fn(record.output), record.ops
+        n = record.output.shape[0]  # Keras: None while tracing for any batch size
+        size = int(np.prod(value.shape)) if ops.is_tensor(value) and None not in list(value.shape) else None
+        if not ops.is_tensor(value) or ops.rank(value) > 2 or None not in (n, size) and size != n:
+            shape = list(value.shape) if ops.is_tensor(value) else type(value).__name__
+            raise ConvscopeError(f"the target function returned {shape}, not one score per sample "
+                                 f"({[n] if n is not None else '[N]'})",
                                  "Return a tensor of shape [N], e.g. lambda out: out[:, 3].")
-        return value.reshape(n)
+        return ops.vector(value)
 
     def __repr__(self) -> str:
         return f"FunctionTarget({getattr(self.fn, '__name__', self.fn)!r})"
@@ -327,9 +375,11 @@ class _Constant(Target):
     def reads_output(self) -> bool:
         return False  # only its batch size, dtype and device: a truncated pass's placeholder has them
 
+    def key(self, path: Callable[[LayerKey], Hashable]) -> Hashable:
+        return ("constant", self.value)
+
     def score(self, record: Record) -> Tensor:
-        out = record.output
-        return torch.full((out.shape[0],), self.value, dtype=out.dtype, device=out.device)
+        return record.ops.fill_rows(record.output, self.value)
 
     def __repr__(self) -> str:
         return repr(self.value)
@@ -350,6 +400,17 @@ class _Combined(Target):
     def check_batch(self, n: int) -> None:
         self.left.check_batch(n)
         self.right.check_batch(n)
+
+    def check(self, classes: int | None) -> None:
+        self.left.check(classes)
+        self.right.check(classes)
+
+    def feeds(self) -> list[tuple[Target, np.ndarray]]:
+        return self.left.feeds() + self.right.feeds()
+
+    def key(self, path: Callable[[LayerKey], Hashable]) -> Hashable | None:
+        left, right = self.left.key(path), self.right.key(path)
+        return None if left is None or right is None else ("combined", self.symbol, left, right)
 
     def score(self, record: Record) -> Tensor:
         return self.op(self.left.score(record), self.right.score(record))

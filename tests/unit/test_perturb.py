@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from nets import make, sample
 from torch import nn
 
-from convscope.backends.torch import tensors
+from convscope.ops import tensors
 from convscope.errors import ConvscopeError
 from convscope.methods import RISE, Occlusion
 from convscope.methods.perturb import (

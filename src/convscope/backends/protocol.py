@@ -85,6 +85,18 @@ class Ops(Protocol):
     def full(self, shape: Sequence[int], value: float, like: Tensor) -> Tensor: ...
     def cat(self, parts: Sequence[Tensor], axis: int = 0) -> Tensor: ...
     def take(self, t: Tensor, index: Tensor) -> Tensor: """Rows ``index`` of ``t`` (axis 0)."""
+    def channel(self, t: Tensor, c: int) -> Tensor: """Channel ``c`` of ``t``: ``[N, *space]``."""
+    def flat(self, t: Tensor) -> Tensor: """``t`` as ``[N, rest]`` (row-major)."""
+    def vector(self, t: Tensor) -> Tensor: """``t`` as one dimension."""
+    def fill_rows(self, like: Tensor, value: float) -> Tensor: """``[N]`` of ``value``, one per row of ``like``."""
+    def is_tensor(self, value: Any) -> bool: """Whether ``value`` is a tensor of this framework."""
+    def pick(self, t: Tensor, index: Tensor) -> Tensor:
+        """One column of ``t [N, K]`` per row: ``t[:, index]`` for one index, ``t[n, index[n]]`` for
+        ``index [N]``, ``t[n, index[n, j]]`` for ``index [N, k]``. Keras clips an index out of range (a
+        graph cannot raise: check the values on the host)."""
+    def top_k(self, t: Tensor, k: int) -> Tensor:
+        """The columns of the ``k`` largest values of each row of ``t [N, P]``, largest first; ties keep
+        the lower column first (stable)."""
     def detach(self, t: Tensor) -> Tensor: ...
     def resize(self, maps: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
         """Bilinear resize of a batch of maps to ``size`` (half-pixel centres unless ``align_corners``)."""

@@ -47,7 +47,7 @@ def unit_range(maps: Tensor, ops: Ops | None = None) -> Tensor:
     """Each map scaled to [0, 1] per sample and channel: ``(m - min) / (max - min)``, 0 where the
     map is flat."""
     if ops is None:
-        from convscope.backends.torch import tensors as ops
+        from convscope.ops import tensors as ops
     space = ops.space(maps)
     low = ops.amin(maps, space, keepdims=True)
     span = ops.amax(maps, space, keepdims=True) - low

@@ -54,7 +54,7 @@ def check_image(value: Tensor, method: str, ops: Ops, layout: str) -> None:
 
 def gaussian_blur(x: TorchTensor, sigma: float) -> TorchTensor:
     """Each channel of ``x`` [N, C, H, W] blurred by a Gaussian of std ``sigma`` (reflected edges)."""
-    from convscope.backends.torch import tensors
+    from convscope.ops import tensors
 
     return tensors.gaussian_blur(x, sigma)
 
@@ -62,7 +62,7 @@ def gaussian_blur(x: TorchTensor, sigma: float) -> TorchTensor:
 def fill_values(fill: Fill, value: Tensor, sigma: float, ops: Ops | None = None) -> Tensor:
     """What replaces the occluded parts, shaped like ``value`` (a batch of images)."""
     if ops is None:
-        from convscope.backends.torch import tensors as ops
+        from convscope.ops import tensors as ops
     if isinstance(fill, str):
         if fill != "blur":
             raise ConvscopeError(f"fill={fill!r} is not supported", "Use a number, a tensor or 'blur'.")

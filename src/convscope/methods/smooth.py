@@ -40,7 +40,7 @@ from convscope.targets import Target
 def input_range(x: Tensor, ops: Ops | None = None) -> Tensor:
     """``max - min`` of each sample, shaped ``[N, 1, ...]`` to scale noise per sample."""
     if ops is None:
-        from convscope.backends.torch import tensors as ops
+        from convscope.ops import tensors as ops
     axes = tuple(range(1, ops.rank(x)))
     return ops.amax(ops.detach(x), axes, keepdims=True) - ops.amin(ops.detach(x), axes, keepdims=True)
 

@@ -3,7 +3,7 @@
 The methods are written once (:mod:`convscope.backends.protocol`); this package holds only what is
 truly TensorFlow: the backend object and its engine (:mod:`~convscope.backends.tf.backend`,
 :mod:`~convscope.backends.tf.engine`), the tensor ops (:mod:`~convscope.backends.tf.tensors`),
-recorded forward passes (:mod:`~convscope.backends.tf.model`), targets scored on them
+recorded forward passes (:mod:`~convscope.backends.tf.model`), the targets' layer paths and feeds
 (:mod:`~convscope.backends.tf.targets`), backward rules at ReLUs (:mod:`~convscope.backends.tf.rules`,
 :mod:`~convscope.backends.tf.relu`), scoped patches (:mod:`convscope.tf.scoped`) and
 layouts (:mod:`~convscope.backends.tf.layout`). ``Saliency(keras_model)`` picks it by the model's

@@ -34,7 +34,6 @@ from convscope.backends.tf import tensors
 from convscope.backends.tf.engine import KerasEngine
 from convscope.backends.tf.model import keras_net
 from convscope.backends.tf.relu import check_rule
-from convscope.backends.tf.targets import scorer
 from convscope.errors import ConvscopeError
 from convscope.rules import RuleMap
 from convscope.targets import Target, as_targets
@@ -113,7 +112,7 @@ class KerasBackend:
         net = keras_net(method.model)
         if rules is not None:
             self.check_rules(method.model, rules)
-        yield KerasEngine(net, targets, [scorer(t, net) for t in targets], wrt, layers, method.max_batch)
+        yield KerasEngine(net, targets, wrt, layers, method.max_batch)
 
 
 BACKEND = KerasBackend()

@@ -3,12 +3,13 @@
 A :class:`KerasEngine` lives for one ``attribute`` call. Its forward passes call the model
 (``training=False``) through :meth:`~convscope.backends.tf.model.KerasNet.run`, recording the
 probed layers (or replacing one), inside a ``tf.GradientTape`` when gradients are wanted; the
-targets are scored by their Keras :class:`~convscope.backends.tf.targets.Scorer`.
+targets score themselves on it with the Keras tensor ops (:class:`~convscope.backends.tf.targets.KerasTargets`
+resolves their layers and feeds them).
 
 :meth:`KerasEngine.compiled` turns a method's per-chunk function into a ``tf.function``, cached
 on the model's :class:`~convscope.backends.tf.model.KerasNet` (so every method object of the
 same configuration shares it) and traced once for every batch size. The values that change
-between calls (class indices, direction vectors: the scorers' *feeds*) are fed as tensors, so a
+between calls (class indices, direction vectors: the targets' *feeds*) are fed as tensors, so a
 new class does not retrace; the key holds everything else the graph depends on. The traced
 function keeps a model-less copy of the method (the model is held weakly by ``KerasNet``).
 
@@ -39,7 +40,7 @@ from convscope.backends.tf import tensors
 from convscope.backends.tf.batching import Batches
 from convscope.backends.tf.layout import channels_first_shape, channels_last
 from convscope.backends.tf.model import KerasNet, Record
-from convscope.backends.tf.targets import Scorer
+from convscope.backends.tf.targets import KerasTargets
 from convscope.backends.torch.batching import MaxBatch
 from convscope.backends.torch.draws import gaussian_draws
 from convscope.rules import RuleMap
@@ -86,36 +87,20 @@ class KerasEngine:
     ops = tensors
     plan_device = torch.device("cpu")
 
-    def __init__(self, net: KerasNet, targets: list[Target], scorers: list[Scorer], wrt: str | None,
-                 layers: Sequence[str], max_batch: MaxBatch) -> None:
+    def __init__(self, net: KerasNet, targets: list[Target], wrt: str | None, layers: Sequence[str],
+                 max_batch: MaxBatch) -> None:
         self.net = net
         self.targets = targets
-        self.scorers = scorers
+        self.found = KerasTargets(targets, net)
         self.wrt = wrt
-        self.layers = tuple(dict.fromkeys([*(layer for s in scorers for layer in s.layers), *layers,
-                                           *([wrt] if wrt is not None else [])]))
+        self.layers = tuple(dict.fromkeys([*self.found.paths.values(), *layers, *([wrt] if wrt is not None else [])]))
         self.max_batch = max_batch
-        self._feeds: tuple[tf.Tensor, ...] | None = None  # symbolic while a compiled function traces
-        sizes = [len(s.feeds()) for s in scorers]
-        self._offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
 
     def rows(self, r: slice) -> tf.Tensor:
         return tf.range(r.start, r.stop, dtype=tf.int32)
 
     def evaluations(self, work: int) -> None:
         """Nothing to decide: every evaluation runs on the model's compiled functions."""
-
-    def _feeds_of(self, i: int) -> list[tf.Tensor]:
-        feeds = self._feeds if self._feeds is not None else tuple(tf.constant(f) for s in self.scorers
-                                                                  for f in s.feeds())
-        return list(feeds[self._offsets[i]:self._offsets[i + 1]])
-
-    def _score(self, targets: Sequence[Target], record: Record, rows: tf.Tensor) -> list[tf.Tensor]:
-        found = []
-        for t in targets:
-            i = next(i for i, known in enumerate(self.targets) if known is t)
-            found.append(self.scorers[i].score(record, rows, iter(self._feeds_of(i))))
-        return found
 
     def forward(self, x: tf.Tensor, rows: tf.Tensor, *, grad: bool = False,
                 replace: tuple[str | None, tf.Tensor] | None = None, fast: bool = False,
@@ -128,11 +113,11 @@ class KerasEngine:
             with tf.GradientTape(persistent=len(found) > 1) as tape:
                 tape.watch(inputs if layered is None else [inputs, replace[1]])  # type: ignore[index]
                 record = self.net.run(inputs, self.layers, rules=rules, replace=layered)
-                scores = self._score(found, record, rows)
+                scores = self.found.score(found, record, rows)
                 totals = [tf.reduce_sum(s) for s in scores]
         else:
             record = self.net.run(inputs, self.layers, replace=layered)
-            scores = self._score(found, record, rows)
+            scores = self.found.score(found, record, rows)
         if replace is not None:
             value = replace[1]
         else:
@@ -141,27 +126,25 @@ class KerasEngine:
 
     def compiled(self, key: Hashable, fn: Callable[..., T]) -> Callable[..., T]:
         owner = getattr(fn.func if isinstance(fn, partial) else fn, "__self__", None)
-        full = (type(owner).__qualname__, key, tuple(s.key() for s in self.scorers), self.wrt, self.layers)
+        full = (type(owner).__qualname__, key, self.found.key(), self.wrt, self.layers)
 
         def build() -> Callable[..., Any]:
             inner = detached(fn)
 
             def traced(feeds: tuple[tf.Tensor, ...], *args: Any) -> Any:
-                self._feeds = feeds
+                self.found.feeds = feeds
                 try:
                     return inner(self, *args)
                 finally:
-                    self._feeds = None
+                    self.found.feeds = None
 
             return traced
 
         function = self.net.function(full, build)
 
         def call(*args: Any) -> Any:
-            out = function(tuple(tf.constant(f) for s in self.scorers for f in s.feeds()), *args)
-            classes = self.net.output_shape[-1] if self.net.output_shape else None
-            for s in self.scorers:
-                s.check(classes)
+            out = function(tuple(tf.constant(value) for value in self.found.values), *args)
+            self.found.check(self.net.output_shape[-1] if self.net.output_shape else None)
             return out
 
         return call
@@ -237,4 +220,4 @@ def _evaluate(layer: str | None, picks: tuple[int, ...], spread: bool, engine: K
         n = tf.shape(rows)[0]
         record = Record(tf.repeat(record.output, n, axis=0), {k: tf.repeat(v, n, axis=0)
                                                               for k, v in record.acts.items()})
-    return engine._score([engine.targets[i] for i in picks], record, rows)
+    return engine.found.score([engine.targets[i] for i in picks], record, rows)

@@ -120,6 +120,40 @@ def take(t: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
     return tf.gather(t, index)
 
 
+def channel(t: tf.Tensor, c: int) -> tf.Tensor:
+    return t[..., c]
+
+
+def flat(t: tf.Tensor) -> tf.Tensor:
+    rest = t.shape[1:]
+    return tf.reshape(t, [-1, rest.num_elements()] if rest.is_fully_defined() else [tf.shape(t)[0], -1])
+
+
+def vector(t: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(t, [-1])
+
+
+def fill_rows(like: tf.Tensor, value: float) -> tf.Tensor:
+    return tf.fill([tf.shape(like)[0]], tf.constant(float(value), like.dtype))
+
+
+def is_tensor(value: Any) -> bool:
+    return tf.is_tensor(value)
+
+
+def pick(t: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    index = tf.clip_by_value(tf.cast(index, tf.int32), 0, tf.shape(t)[1] - 1)  # graphs cannot raise: Target.check
+    if index.shape.rank == 0:
+        return tf.gather(t, index, axis=1)
+    if index.shape.rank == 1:
+        return tf.gather(t, index[:, None], batch_dims=1)[:, 0]
+    return tf.gather(t, index, batch_dims=1)
+
+
+def top_k(t: tf.Tensor, k: int) -> tf.Tensor:
+    return tf.math.top_k(t, k=k, sorted=True).indices  # stable: ties keep the lower index first
+
+
 def detach(t: tf.Tensor) -> tf.Tensor:
     return tf.stop_gradient(t)
 

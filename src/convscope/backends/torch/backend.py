@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from convscope.backends.torch import tensors
+from convscope.ops import tensors
 from convscope.backends.torch.default_layer import default_layer
 from convscope.backends.torch.engine import TorchEngine
 from convscope.backends.torch.probes import LayerKey, key_name

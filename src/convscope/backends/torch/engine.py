@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from convscope.backends.protocol import Chunk
-from convscope.backends.torch import tensors
+from convscope.ops import tensors
 from convscope.backends.torch.forward import Forward
 from convscope.backends.torch.inference import InferenceSession
 from convscope.backends.torch.probes import LayerKey

@@ -62,7 +62,7 @@ def upsample(maps: Tensor, size: Sequence[int], *, align_corners: bool = False) 
 
     Example: ``upsample(raw, x.shape[-2:])``.
     """
-    from convscope.backends.torch import tensors
+    from convscope.ops import tensors
 
     return tensors.resize(maps, size, align_corners=align_corners)
 

@@ -38,7 +38,7 @@ __all__ = ["ScoreCAM", "minmax", "upsample"]
 def minmax(maps: Tensor, ops: Ops | None = None) -> Tensor:
     """Each map of a batch of one-channel maps scaled to [0, 1]; a constant map becomes 0."""
     if ops is None:
-        from convscope.backends.torch import tensors as ops
+        from convscope.ops import tensors as ops
     axes = tuple(range(1, ops.rank(maps)))
     low = ops.amin(maps, axes, keepdims=True)
     span = ops.amax(maps, axes, keepdims=True) - low

@@ -1,9 +1,11 @@
 """The tensor operations of the backend protocol (:class:`convscope.backends.protocol.Ops`) in
-PyTorch, channels-first: a batch is ``[N, C, *space]``.
+PyTorch, channels-first: a batch is ``[N, C, *space]``. They live in the core, not in
+``backends/torch``, because a :class:`~convscope.targets.Record` made outside an engine (tests,
+the deconvnets, feature visualization) is a PyTorch record and scores with them.
 
 Example::
 
-    from convscope.backends.torch import tensors as ops
+    from convscope.ops import tensors as ops
     ops.mean(grads, ops.space(grads))           # [n, K] Grad-CAM weights
 """
 
@@ -97,8 +99,52 @@ def cat(parts: Sequence[Tensor], axis: int = 0) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(list(parts), axis)
 
 
-def take(t: Tensor, index: Tensor) -> Tensor:
-    return t[index.to(t.device)]
+def take(t: Tensor, index: Tensor | slice) -> Tensor:
+    return t[index] if isinstance(index, slice) else t[index.to(t.device)]
+
+
+def channel(t: Tensor, c: int) -> Tensor:
+    return t[:, c]
+
+
+def flat(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def vector(t: Tensor) -> Tensor:
+    return t.reshape(-1)
+
+
+def fill_rows(like: Tensor, value: float) -> Tensor:
+    return torch.full((like.shape[0],), float(value), dtype=like.dtype, device=like.device)
+
+
+def is_tensor(value: object) -> bool:
+    return isinstance(value, Tensor)
+
+
+def _on_device(index: Tensor, device: torch.device) -> Tensor:
+    """``index`` on ``device``; a host tensor goes to CUDA by a pinned, asynchronous copy (a copy
+    from ordinary host memory waits for all the work queued on the device first)."""
+    if device.type == "cuda" and index.device.type == "cpu":
+        return index.pin_memory().to(device, non_blocking=True)
+    return index.to(device)
+
+
+def pick(t: Tensor, index: Tensor) -> Tensor:
+    if index.dim() == 0:  # one column: a Python int (indexing with a host tensor would wait for the device)
+        return t[:, int(index)]
+    if index.dim() == 1 and index.device.type == "cpu" and len(index) and bool((index == index[0]).all()):
+        return t[:, int(index[0])]  # one column for the whole chunk (SmoothGrad, IG): no copy to the device
+    if index.dim() == 1:
+        return t.gather(1, _on_device(index, t.device)[:, None])[:, 0]
+    return t.gather(1, _on_device(index, t.device))
+
+
+def top_k(t: Tensor, k: int) -> Tensor:
+    if k == 1:
+        return t.argmax(1, keepdim=True)  # the first maximum
+    return torch.sort(t, dim=1, descending=True, stable=True).indices[:, :k]
 
 
 def detach(t: Tensor) -> Tensor:
