@@ -183,7 +183,6 @@ class Backend(Protocol):
     name: str
     ops: Ops
 
-    def check_model(self, model: Any) -> None: ...
     def as_input(self, x: Any) -> Tensor: """``x`` as a float batch, else a clear error."""
     def targets(self, target: Any, targets: Sequence[Any] | None, n: int) -> tuple[list[Any], bool]:
         """The call's targets (:func:`convscope.targets.as_targets`) and whether a list was given."""

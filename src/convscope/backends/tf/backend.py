@@ -75,11 +75,6 @@ class KerasBackend:
     image_layout = "[N, H, W, C]"
     feature_layout = "[N, h, w, C]"
 
-    def check_model(self, model: Any) -> None:
-        if not isinstance(model, keras.Model):
-            raise ConvscopeError(f"the model is a {type(model).__name__}, not a Keras model",
-                                 "Pass a keras.Model (functional, Sequential or subclassed).")
-
     def as_input(self, x: Any) -> tf.Tensor:
         return as_input(x)
 

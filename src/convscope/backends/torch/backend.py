@@ -55,11 +55,6 @@ class TorchBackend:
     image_layout = "[N, C, H, W]"
     feature_layout = "[N, C, h, w]"
 
-    def check_model(self, model: Any) -> None:
-        if not isinstance(model, nn.Module):
-            raise ConvscopeError(f"the model is a {type(model).__name__}, not a torch.nn.Module",
-                                 "Pass a PyTorch model (see convscope.load_model for files and zoo names).")
-
     def as_input(self, x: Any) -> Tensor:
         return check_input(x)
 
