@@ -111,7 +111,8 @@ class Ops(Protocol):
     def abs(self, t: Tensor) -> Tensor: ...
     def one_hot(self, index: Tensor, depth: int, like: Tensor) -> Tensor: """``[m, depth]`` in ``like``'s dtype."""
     def outer(self, channels: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-        """``[m, C, H, W]`` / ``[m, H, W, C]``: the products of per-axis vectors ``[m, C]``, ``[m, H]``, ``[m, W]``."""
+        """``[m, C, H, W]`` / ``[m, H, W, C]``: the products (bool: the ``and``) of per-axis vectors
+        ``[m, C]``, ``[m, H]``, ``[m, W]``."""
     def gaussian_blur(self, x: Tensor, sigma: float) -> Tensor: """Each channel blurred (reflected edges)."""
     def convert(self, value: Any, like: Tensor) -> Tensor | None:
         """An array-like of this framework (or numpy) in ``like``'s dtype and device, else None."""

@@ -120,11 +120,11 @@ def windows(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) 
 
 
 def interval_masks(intervals: list[slice]) -> np.ndarray:
-    """``[len(intervals), size]`` float: row ``i`` is 1 on interval ``i``."""
+    """``[len(intervals), size]`` bool: row ``i`` is True on interval ``i``."""
     size = max(s.stop for s in intervals)
-    mask = np.zeros((len(intervals), size), np.float32)
+    mask = np.zeros((len(intervals), size), bool)
     for i, interval in enumerate(intervals):
-        mask[i, interval] = 1
+        mask[i, interval] = True
     return mask
 
 
@@ -139,7 +139,7 @@ class WindowMasks:
     Example::
 
         masks = WindowMasks(axis_windows([3, 8, 8], [3, 4, 4], [3, 2, 2]), ops, like=x)
-        masks(torch.arange(5))  # [5, 3, 8, 8], window k's cells 1
+        masks(torch.arange(5))  # [5, 3, 8, 8] bool, window k's cells True
     """
 
     def __init__(self, axes: list[list[slice]], ops: Ops, like: Tensor) -> None:
@@ -228,9 +228,9 @@ class Occlusion(Method):
         """Per target ``(s(x) - s(x_w)) * mask_w`` for the occluded inputs of one chunk."""
         ops = engine.ops
         covered = ops.outer(a, b, c)
-        occluded = ops.where(covered > 0, fill, value)
+        occluded = ops.where(covered, fill, value)
         scores = engine.forward(x, rows, replace=(engine.wrt, occluded), fast=True).scores
-        return [ops.per_row(base - ops.detach(s), covered) * covered for base, s in zip(clean, scores)]
+        return [ops.where(covered, ops.per_row(base - ops.detach(s), value), 0.0) for base, s in zip(clean, scores)]
 
 
 def rise_masks(grid: Tensor, shifts: Tensor, size: tuple[int, int]) -> Tensor:

@@ -191,7 +191,8 @@ def one_hot(index: tf.Tensor, depth: int, like: tf.Tensor) -> tf.Tensor:
 
 
 def outer(channels: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor) -> tf.Tensor:
-    return rows[:, :, None, None] * cols[:, None, :, None] * channels[:, None, None, :]
+    combine = tf.logical_and if channels.dtype == tf.bool else tf.multiply
+    return combine(combine(rows[:, :, None, None], cols[:, None, :, None]), channels[:, None, None, :])
 
 
 def gaussian_blur(x: tf.Tensor, sigma: float) -> tf.Tensor:
