@@ -84,6 +84,7 @@ class Ops(Protocol):
     def zeros(self, shape: Sequence[int], like: Tensor) -> Tensor: """Zeros of ``shape`` in ``like``'s dtype and device."""
     def full(self, shape: Sequence[int], value: float, like: Tensor) -> Tensor: ...
     def cat(self, parts: Sequence[Tensor], axis: int = 0) -> Tensor: ...
+    def stack(self, parts: Sequence[Tensor], axis: int = 0) -> Tensor: """``parts`` along a new axis ``axis``."""
     def take(self, t: Tensor, index: Tensor) -> Tensor: """Rows ``index`` of ``t`` (axis 0)."""
     def detach(self, t: Tensor) -> Tensor: ...
     def resize(self, maps: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
@@ -94,6 +95,10 @@ class Ops(Protocol):
     def nonzero(self, mask: Tensor) -> tuple[Tensor, Tensor]: """The (row, column) pairs where ``mask [n, K]`` holds."""
     def scatter(self, t: Tensor, rows: Tensor, cols: Tensor, values: Tensor) -> Tensor:
         """``t [n, K]`` with ``t[rows[i], cols[i]] = values[i]`` (a new tensor)."""
+    def strongest_units(self, acts: Tensor, channel: int, count: int) -> tuple[Tensor, Tensor]:
+        """The ``count`` largest values ``[n, count]`` of feature map ``channel`` of ``acts`` and their
+        spatial coordinates ``[n, count, len(space)]``; descending, ties to the first unit in row-major
+        order (the units :class:`~convscope.targets.MaxNeuron` ranks)."""
     def index_add(self, total: Tensor, index: Tensor, part: Tensor) -> Tensor:
         """``total`` with row ``i`` of ``part`` added to row ``index[i]`` (may update ``total`` in place)."""
     def abs(self, t: Tensor) -> Tensor: ...

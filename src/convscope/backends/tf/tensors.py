@@ -116,6 +116,10 @@ def cat(parts: Sequence[tf.Tensor], axis: int = 0) -> tf.Tensor:
     return parts[0] if len(parts) == 1 else tf.concat(list(parts), axis)
 
 
+def stack(parts: Sequence[tf.Tensor], axis: int = 0) -> tf.Tensor:
+    return tf.stack(list(parts), axis)
+
+
 def take(t: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
     return tf.gather(t, index)
 
@@ -142,6 +146,16 @@ def nonzero(mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 def scatter(t: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
     return tf.tensor_scatter_nd_update(t, tf.stack([rows, cols], 1), tf.cast(values, t.dtype))
+
+
+def strongest_units(acts: tf.Tensor, channel: int, count: int) -> tuple[tf.Tensor, tf.Tensor]:
+    space = [int(d) for d in acts.shape[1:-1]]
+    found = tf.math.top_k(tf.reshape(acts[..., channel], [-1, math.prod(space)]), k=count)  # ties: lower index first
+    flat, coords = found.indices, []
+    for size in reversed(space):  # row-major: the last axis varies fastest
+        coords.append(flat % size)
+        flat = flat // size
+    return found.values, tf.stack(coords[::-1], -1) if coords else tf.zeros([tf.shape(flat)[0], count, 0], tf.int32)
 
 
 def index_add(total: tf.Tensor, index: tf.Tensor, part: tf.Tensor) -> tf.Tensor:

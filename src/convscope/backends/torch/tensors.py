@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from convscope.targets import strongest
+
 channel_axis = 1
 
 
@@ -97,6 +99,10 @@ def cat(parts: Sequence[Tensor], axis: int = 0) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(list(parts), axis)
 
 
+def stack(parts: Sequence[Tensor], axis: int = 0) -> Tensor:
+    return torch.stack(list(parts), axis)
+
+
 def take(t: Tensor, index: Tensor) -> Tensor:
     return t[index.to(t.device)]
 
@@ -124,6 +130,15 @@ def scatter(t: Tensor, rows: Tensor, cols: Tensor, values: Tensor) -> Tensor:
     out = t.clone()
     out[rows, cols] = values.to(out.dtype)
     return out
+
+
+def strongest_units(acts: Tensor, channel: int, count: int) -> tuple[Tensor, Tensor]:
+    values, flat = strongest(acts[:, channel].reshape(acts.shape[0], -1), count)
+    coords = []
+    for size in reversed(acts.shape[2:]):  # row-major: the last axis varies fastest
+        coords.append(flat % size)
+        flat = torch.div(flat, size, rounding_mode="floor")
+    return values, torch.stack(coords[::-1], -1) if coords else flat.new_zeros(*flat.shape, 0)
 
 
 def index_add(total: Tensor, index: Tensor, part: Tensor) -> Tensor:
