@@ -24,7 +24,7 @@ from typing import Any
 
 from convscope.backends.protocol import Engine, Run, Tensor
 from convscope.backends.torch.batching import MaxBatch
-from convscope.methods.base import Method, Rows
+from convscope.methods.base import Method, Rows, chunked
 from convscope.methods.registry import register_method
 from convscope.rules import BackwardRule, DeconvReLU, Gradient, GuidedReLU, RuleMap, as_rule_map
 from convscope.targets import MaxNeuron, Target
@@ -75,9 +75,7 @@ class GradientMethod(Method):
 
         def body(engine: Engine, xs: Tensor, _targets: list[Target], _wrt: Any) -> list[Tensor]:
             fn = engine.compiled(("units", self.rules.key(), key, tuple(channels), top), units)
-            parts = [p for _, p in engine.batches().map(int(xs.shape[0]), lambda r: fn(xs[r.start:r.stop],
-                                                                                        engine.rows(r)))]
-            return [engine.ops.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
+            return chunked(engine, int(xs.shape[0]), lambda r: fn(xs[r.start:r.stop], engine.rows(r)))
 
         found = self._run(x, None, None, targets, body)
         n, m = len(targets), len(channels)
