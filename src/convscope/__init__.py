@@ -37,6 +37,7 @@ _LAZY: dict[str, str | None] = {
     "methods": None,
     "deconv": None,
     "project": None,
+    "projection": None,
     "atlas": None,
     "featurevis": None,
     "metrics": None,

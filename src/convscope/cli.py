@@ -129,30 +129,18 @@ def _project_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--layer", required=True, help="qualified layer name (see `convscope layers MODEL`)")
     p.add_argument("--channel", type=int, required=True, help="feature map (channel) index")
-    p.add_argument("--rule", choices=["deconvnet", "guided", "gradient"], default="deconvnet")
+    p.add_argument("--rule", choices=["deconvnet", "guided", "gradient"], default="deconvnet",
+                   help="the backward rule at every ReLU (default deconvnet)")
     p.add_argument("--top", type=int, default=1, help="project the N strongest activations (default 1)")
     p.add_argument("--out", default="convscope-project", help="output folder (default: convscope-project)")
 
 
 @command("project", "project a unit's strongest activation(s) back to pixels (Zeiler-Fergus deconvnet)", _project_args)
 def _project(args: argparse.Namespace) -> int:
-    from convscope import render
-    from convscope.images import load_images
-    from convscope.project import project
+    from convscope.project import project_images
 
-    loaded = _load(args)
-    batch = load_images(args.images, loaded.preprocess)
-    result = project(loaded.model, batch.tensor, args.layer, args.channel, rule=args.rule, top=args.top)
-    out = Path(args.out)
-    for n, name in enumerate(batch.names):
-        tiles, labels = [batch.pixels[n]], [name]
-        for k in range(args.top):
-            heat = render.normalize(result.maps[n, k].detach().numpy(), mode="signed", percentile=99.5)
-            tiles.append(render.channels_last(heat * 0.5 + 0.5, channel_axis=0))
-            y, x = result.positions[n, k].tolist()
-            labels.append(f"#{k + 1} a={float(result.values[n, k]):.3g} at ({y},{x})")
-        sheet = render.grid(tiles, labels=labels, ncols=len(tiles), tile_size=(192, 192), interpolation="nearest")
-        path = render.save_png(out / f"{Path(name).stem}-{args.layer}-c{args.channel}-{args.rule}.png", sheet)
+    for path in project_images(_load(args), args.images, args.layer, args.channel, rule=args.rule, top=args.top,
+                               out=Path(args.out)):
         print(path)
     return 0
 

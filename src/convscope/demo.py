@@ -161,7 +161,7 @@ def section_methods(ctx: DemoContext) -> tuple[str, list[Item]] | None:
 
 def section_projections(ctx: DemoContext) -> tuple[str, list[Item]] | None:
     try:
-        from convscope.project import project
+        from convscope.projection import project
     except ImportError:
         return None
     items: list[Item] = ["Zeiler-Fergus deconvnet projections: for the 8 strongest channels of a layer on the first "
@@ -173,9 +173,9 @@ def section_projections(ctx: DemoContext) -> tuple[str, list[Item]] | None:
             acts = _capture(ctx.model, layer, ctx.x[:1])
         top = acts[0].amax(dim=(1, 2)).topk(8).indices.tolist()
         tiles, labels = [], []
-        for c in top:
-            result = project(ctx.model, ctx.x[:1], layer=layer, channel=c, rule="deconvnet")
-            proj = result.maps[0, 0].detach().numpy()
+        result = project(ctx.model, ctx.x[:1], layer=layer, channel=top, rule="deconvnet")  # one forward pass
+        for j, c in enumerate(top):
+            proj = result.maps[0, j, 0].detach().numpy()
             box = _support_box(proj)
             tiles += [ctx.pixels[0][box], _signed_rgb(proj)[box]]
             labels += [f"ch {c} patch", f"ch {c} deconv"]

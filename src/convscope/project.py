@@ -1,87 +1,53 @@
-"""Project a channel's strongest activations back to pixel space, Zeiler-Fergus style.
+"""``convscope project``: a channel's strongest units projected back to pixels, one PNG sheet per image.
 
-For each image, the ``top`` strongest units ``a_k`` of feature map ``channel`` of ``layer`` are
-found (ties in row-major order); projection ``k`` seeds the layer with ``a_k`` at that unit and
-zero everywhere else (``MaxNeuron(layer, channel, rank=k)``) and sends it down by ``rule``:
-
-- ``"deconvnet"``: the deconvnet rule at every ReLU (:class:`~convscope.methods.DeconvNet`)
-- ``"guided"``: guided backprop (:class:`~convscope.methods.GuidedBackprop`)
-- ``"gradient"``: the plain gradient (:class:`~convscope.methods.Saliency`)
-
-All ``top`` projections share one forward pass per chunk of ``max_batch`` images.
-Behind ``convscope project MODEL IMAGE --layer L --channel C [--rule R] [--top N]``.
+The computation is :func:`convscope.projection.project` (re-exported here), on PyTorch and Keras
+models alike. Each sheet shows the image, then projection ``k`` of its ``k``-th strongest unit
+as a grey signed map ``0.5 + 0.5 * clip(s / q, -1, 1)`` (``s`` the projection summed over colour,
+``q`` the 99.5th percentile of ``|s|``), labelled with the unit's activation and position.
 
 Example::
 
-    p = project(model, x, "features.12", 7, top=3)
-    p.maps.shape       # [N, 3, C, H, W]
-    p.positions[0, 0]  # (row, column) of image 0's strongest unit
+    paths = project_images(load_model("model.keras"), ["cat.png"], "conv3", 7, top=3, out=Path("out"))
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from pathlib import Path
 
-import torch
-from torch import Tensor, nn
+import numpy as np
 
-from convscope.backends.torch.session import Session
-from convscope.errors import ConvscopeError
-from convscope.methods.base import check_input, chunks
-from convscope.methods.gradient import DeconvNet, GradientMethod, GuidedBackprop, Saliency
-from convscope.targets import MaxNeuron, strongest
-
-RULES: dict[str, type[GradientMethod]] = {"deconvnet": DeconvNet, "guided": GuidedBackprop, "gradient": Saliency}
+from convscope import render
+from convscope.images import load_images
+from convscope.loaded import LoadedModel
+from convscope.projection import RULES, Projection, project
 
 
-@dataclass(frozen=True)
-class Projection:
-    """``maps[n, k]``: the projection of image ``n``'s ``k``-th strongest unit (shaped like the
-    image); ``values[n, k]`` its activation; ``positions[n, k]`` its spatial coordinates."""
-
-    maps: Tensor
-    values: Tensor
-    positions: Tensor
-    layer: str
-    channel: int
-    rule: str
+def _channels_first(maps: object) -> np.ndarray:
+    """``maps [N, top, ...]`` as a numpy array with each map ``[C, H, W]`` (a Keras map is NHWC)."""
+    if type(maps).__module__.startswith("torch"):
+        return maps.detach().cpu().numpy()  # type: ignore[attr-defined]
+    return np.moveaxis(np.asarray(maps), -1, 2)
 
 
-def project(model: nn.Module, x: Tensor, layer: str, channel: int, rule: str = "deconvnet", top: int = 1,
-            *, max_batch: int | None = None) -> Projection:
-    """The pixel-space projections of the ``top`` strongest units of ``layer``'s feature map ``channel``."""
-    if rule not in RULES:
-        raise ConvscopeError(f"rule={rule!r} is not a projection rule", f"Use one of {', '.join(map(repr, RULES))}.")
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ConvscopeError(f"top={top!r} must be a positive int", "top=1 projects the strongest unit only.")
-    x = check_input(x)
-    targets = [MaxNeuron(layer, channel, rank=k) for k in range(top)]
-    method = RULES[rule](model, max_batch=max_batch)
-    values, flat, space = _strongest_units(model, x, targets[0], top, max_batch)
-    maps = method.attribute(x, targets=targets)
-    return Projection(maps=torch.stack(maps, 1), values=values, positions=_unravel(flat, space),
-                      layer=layer, channel=channel, rule=rule)
+def project_images(loaded: LoadedModel, images: Sequence[str | Path], layer: str, channel: int, *,
+                   rule: str = "deconvnet", top: int = 1, out: Path = Path("convscope-project")) -> list[Path]:
+    """Write one sheet per image into ``out`` (see module doc) and return the paths."""
+    batch = load_images(images, loaded.preprocess)
+    result = project(loaded.model, batch.tensor, layer, channel, rule=rule, top=top)
+    maps, values, positions = _channels_first(result.maps), np.asarray(result.values), np.asarray(result.positions)
+    written = []
+    for n, name in enumerate(batch.names):
+        tiles, labels = [batch.pixels[n]], [name]
+        for k in range(top):
+            heat = render.normalize(maps[n, k], mode="signed", percentile=99.5, channel_axis=0)
+            tiles.append(render.channels_last(heat * 0.5 + 0.5))
+            y, x = positions[n, k].tolist()
+            labels.append(f"#{k + 1} a={float(values[n, k]):.3g} at ({y},{x})")
+        sheet = render.grid(tiles, labels=labels, ncols=len(tiles), tile_size=(192, 192), interpolation="nearest")
+        label = layer.replace("/", "_")  # a Keras layer inside a nested model: "block/conv"
+        written.append(render.save_png(out / f"{Path(name).stem}-{label}-c{channel}-{rule}.png", sheet))
+    return written
 
 
-def _strongest_units(model: nn.Module, x: Tensor, target: MaxNeuron, top: int,
-                     max_batch: int | None) -> tuple[Tensor, Tensor, tuple[int, ...]]:
-    """The ``top`` strongest values of the feature map, their flat positions and the spatial shape."""
-    values, flat = [], []
-    space: tuple[int, ...] = ()
-    with Session(model, layers=[target.layer]) as session, torch.no_grad():
-        for rows in chunks(x.shape[0], max_batch):
-            record = session.forward(x[rows], rows, grad=False).record
-            space = tuple(record.acts[target.layer].shape[2:])
-            v, i = strongest(target.feature_map(record), top)
-            values.append(v)
-            flat.append(i)
-    return torch.cat(values), torch.cat(flat), space
-
-
-def _unravel(flat: Tensor, space: tuple[int, ...]) -> Tensor:
-    """Flat row-major positions -> coordinates, shape ``[*flat.shape, len(space)]``."""
-    coords = []
-    for size in reversed(space):
-        coords.append(flat % size)
-        flat = torch.div(flat, size, rounding_mode="floor")
-    return torch.stack(coords[::-1], -1) if coords else flat.new_zeros(*flat.shape, 0)
+__all__ = ["RULES", "Projection", "project", "project_images"]

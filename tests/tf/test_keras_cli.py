@@ -1,5 +1,5 @@
 """Keras model files in the CLI: ``convscope layers model.keras``, ``convscope explain model.keras
-IMAGE``, loading, and bad input.
+IMAGE``, ``convscope project model.keras IMAGE``, loading, and bad input.
 
 Oracles: the saved model's own static graph shapes (``layer.output.shape``) and weight counts for
 the layer table, the original in-memory model's predictions for the loaded file, the written-out
@@ -132,6 +132,19 @@ def test_explain_grad_cam_end_to_end(saved: tuple[keras.Model, Path], tmp_path: 
     code, _, err = run_cli(capsys, "explain", str(path), str(tmp_path / "a.png"), "--layer", "conv_1",
                            "--out", str(tmp_path / "out"))
     assert code == 2 and "conv_1" in err and "'conv1'" in err  # unknown layer: close names
+
+
+def test_project_end_to_end(saved: tuple[keras.Model, Path], tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``convscope project`` on a .keras file: NHWC images, a layer inside a nested model."""
+    _, path = saved
+    pixels = np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    code, out, err = run_cli(capsys, "project", str(path), str(tmp_path / "a.png"), "--layer", "block/conv",
+                             "--channel", "2", "--top", "2", "--rule", "guided", "--out", str(tmp_path / "p"))
+    assert code == 0, err
+    assert out.split() == [str(tmp_path / "p" / "a-block_conv-c2-guided.png")]
+    assert Image.open(tmp_path / "p" / "a-block_conv-c2-guided.png").size[0] > 3 * 192  # the image and 2 projections
 
 
 def test_h5_file_and_keras_weights_file(tmp_path: Path) -> None:

@@ -22,13 +22,14 @@ import torch
 from torch import nn
 
 from convscope.atlas.mine import Mined, mine
-from convscope.atlas.project import project_units, rule_map
+from convscope.atlas.project import project_units
 from convscope.atlas.receptive import crop, receptive_field
 from convscope.atlas.source import Source, open_source
 from convscope.atlas.store import FORMAT, Atlas, open_atlas, read_manifest, topk_arrays, write_arrays, write_manifest
 from convscope.atlas.topk import EMPTY, TopK
 from convscope.backends.torch.forward import model_device
 from convscope.images import Preprocess
+from convscope.projection import rule_map
 
 
 def layer_views(model: nn.Module, layer: str, acc: TopK, source: Source, input_shape: Sequence[int],
@@ -80,7 +81,7 @@ def build_atlas(model: nn.Module, data: Any, layers: Sequence[str], out: str | P
     :func:`~convscope.atlas.mine.mine`.
     """
     for method in methods:
-        rule_map(method)  # unknown names fail before any work
+        rule_map(method, option="method")  # unknown names fail before any work
     folder = Path(out)
     source = open_source(data, preprocess)
     if mined is None:

@@ -1,4 +1,11 @@
-"""Projections of single activations back to input space, many (image, unit) pairs per pass.
+"""Projections of given single activations back to input space, many (image, unit) pairs per pass.
+
+The atlas's fast path beside :func:`convscope.projection.project`, the one entry point for
+"project a unit to pixels" (the ``top`` strongest units of chosen channels, PyTorch and Keras).
+Here the units are given - thousands, each with its own image and channel, found by the mining
+pass, which ranks units as ``project`` does - and projected with the same seed and the same rule
+table (:func:`convscope.projection.rule_map`), on PyTorch models, by a faster algorithm: one row
+per pair, the forward pass cut at the layer, exact crops.
 
 For a pair ``(image n, unit u = (c, y, x))`` of layer ``L`` with activation ``a = act_L[n, u]``
 the score is ``a**2 / 2``, so the seed planted in ``L`` is ``a`` at ``u`` and zero elsewhere -
@@ -40,16 +47,8 @@ from convscope.backends.torch.session import eval_mode
 from convscope.errors import ConvscopeError
 from convscope.layers import resolve_layer
 from convscope.methods.base import check_max_batch, chunks
-from convscope.rules import DeconvReLU, Gradient, GuidedReLU, RuleMap
-
-RULES = {"deconvnet": DeconvReLU(), "guided": GuidedReLU(), "gradient": Gradient()}
-
-
-def rule_map(method: str) -> RuleMap:
-    """The :class:`RuleMap` of a projection method name."""
-    if method not in RULES:
-        raise ConvscopeError(f"unknown projection method {method!r}", f"Use one of {sorted(RULES)}.")
-    return RuleMap(RULES[method])
+from convscope.projection import rule_map
+from convscope.rules import RuleMap
 
 
 def project_units(model: nn.Module, layer: str | nn.Module, images: Tensor, channels: Sequence[int] | Tensor,
@@ -63,7 +62,7 @@ def project_units(model: nn.Module, layer: str | nn.Module, images: Tensor, chan
     ``crop=False`` runs whole images (see module doc); ``field`` is the layer's
     :func:`~convscope.atlas.receptive.receptive_field` for these images, if already known.
     """
-    rules = rule_map(method)
+    rules = rule_map(method, option="method")
     max_batch = check_max_batch(max_batch)
     channels = torch.as_tensor(np.asarray(channels), dtype=torch.long).reshape(-1)
     coords = torch.as_tensor(np.asarray(coords), dtype=torch.long).reshape(len(channels), -1)

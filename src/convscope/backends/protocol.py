@@ -84,6 +84,7 @@ class Ops(Protocol):
     def zeros(self, shape: Sequence[int], like: Tensor) -> Tensor: """Zeros of ``shape`` in ``like``'s dtype and device."""
     def full(self, shape: Sequence[int], value: float, like: Tensor) -> Tensor: ...
     def cat(self, parts: Sequence[Tensor], axis: int = 0) -> Tensor: ...
+    def stack(self, parts: Sequence[Tensor], axis: int = 0) -> Tensor: """``parts`` along a new axis ``axis``."""
     def take(self, t: Tensor, index: Tensor) -> Tensor: """Rows ``index`` of ``t`` (axis 0)."""
     def channel(self, t: Tensor, c: int) -> Tensor: """Channel ``c`` of ``t``: ``[N, *space]``."""
     def flat(self, t: Tensor) -> Tensor: """``t`` as ``[N, rest]`` (row-major)."""

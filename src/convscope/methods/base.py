@@ -47,8 +47,8 @@ Wrt = Any  # a layer name or object (None or "input": the input)
 Rows = Tensor
 R = TypeVar("R")
 
-__all__ = ["MaxBatch", "Method", "Rows", "Wrapper", "Wrt", "check_input", "check_max_batch", "chunks", "numel",
-           "wrapped_method"]
+__all__ = ["MaxBatch", "Method", "Rows", "Wrapper", "Wrt", "check_input", "check_max_batch", "chunked", "chunks",
+           "numel", "wrapped_method"]
 
 
 def chunks(n: int, max_batch: int | None) -> list[slice]:
@@ -56,6 +56,12 @@ def chunks(n: int, max_batch: int | None) -> list[slice]:
     ``"auto"`` sizes are learned while running: see :class:`~convscope.backends.torch.batching.Batches`)."""
     step = n if max_batch is None else max_batch
     return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def chunked(engine: Engine, n: int, fn: Callable[[slice], list[Tensor]]) -> list[Tensor]:
+    """``fn(rows)`` over chunks of at most ``max_batch`` of ``n`` rows, each output concatenated."""
+    parts = [part for _, part in engine.batches().map(n, fn)]
+    return [engine.ops.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
 def numel(x: Tensor) -> int:
@@ -133,9 +139,7 @@ class Method(ABC):
         n = int(x.shape[0])
         if self.expands:
             return self._compute(engine, x, engine.rows(slice(0, n)), targets, wrt)
-        parts = [part for _, part in engine.batches().map(
-            n, lambda r: self._compute(engine, x[r.start:r.stop], engine.rows(r), targets, wrt))]
-        return [engine.ops.cat([p[i] for p in parts]) for i in range(len(targets))]
+        return chunked(engine, n, lambda r: self._compute(engine, x[r.start:r.stop], engine.rows(r), targets, wrt))
 
     def _prepare(self, x: Tensor, wrt: Any) -> None:  # noqa: B027 - most methods need nothing
         """Called before the engine opens, with the checked input and the resolved ``wrt``."""

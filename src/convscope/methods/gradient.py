@@ -18,14 +18,31 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
-from convscope.backends.protocol import Engine, Tensor
+from convscope.backends.protocol import Engine, Ops, Run, Tensor
 from convscope.backends.torch.batching import MaxBatch
-from convscope.methods.base import Method, Rows
+from convscope.methods.base import Method, Rows, chunked
 from convscope.methods.registry import register_method
 from convscope.rules import BackwardRule, DeconvReLU, Gradient, GuidedReLU, RuleMap, as_rule_map
-from convscope.targets import Target
+from convscope.targets import MaxNeuron, Target, strongest
+
+
+def strongest_units(ops: Ops, acts: Tensor, channel: int, count: int) -> tuple[Tensor, Tensor]:
+    """The ``count`` largest values ``[n, count]`` of feature map ``channel`` of ``acts`` and their
+    spatial coordinates ``[n, count, len(space)]``: descending, ties to the first unit in row-major
+    order (the units :class:`~convscope.targets.MaxNeuron` ranks).
+
+    Example: ``values, coords = strongest_units(ops, acts, 7, 3)``; ``coords[n, 0]`` is ``(y, x)``.
+    """
+    values, flat = strongest(ops.flat(ops.channel(acts, channel)), count, ops)
+    coords = []
+    for size in reversed([int(acts.shape[axis]) for axis in ops.space(acts)]):  # the last axis varies fastest
+        coords.append(flat % size)
+        flat = flat // size
+    return values, ops.stack(coords[::-1], -1) if coords else flat[..., None][..., :0]
 
 
 class GradientMethod(Method):
@@ -50,9 +67,42 @@ class GradientMethod(Method):
 
     def _maps(self, engine: Engine, x: Tensor, rows: Rows) -> list[Tensor]:
         """One backward pass per target through the forward pass of the chunk ``x``."""
-        run = engine.forward(x, rows, grad=True, rules=self.rules)
+        return self._signals(engine, engine.forward(x, rows, grad=True, rules=self.rules))
+
+    def _signals(self, engine: Engine, run: Run) -> list[Tensor]:
         value = run.value
         return [self.combine(engine.ops.detach(value), run.gradients(i, [value])[0]) for i in range(len(run.scores))]
+
+    def attribute_units(self, x: Any, layer: Any, channels: Sequence[int], top: int = 1
+                        ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """The maps of the ``top`` strongest units of each feature map ``c`` of ``channels`` of
+        ``layer``: ``maps[j * top + k]`` attributes ``MaxNeuron(layer, channels[j], rank=k)``, the
+        ``k``-th strongest unit ``a`` seeded alone (``s = a**2 / 2``, so ``ds/d act = a`` there);
+        ``values[j]`` ``[N, top]`` are those units' activations, ``positions[j]`` ``[N, top, dims]``
+        their spatial coordinates. One forward pass per chunk of ``max_batch`` samples serves all.
+        :func:`convscope.projection.project` is the entry point.
+
+        Example: ``maps, values, positions = DeconvNet(model).attribute_units(x, "features.12", [7], top=3)``.
+        """
+        targets = [MaxNeuron(layer, c, rank=k) for c in channels for k in range(top)]
+        key = self.backend.feature_key(self.model, layer)
+        units = partial(self._units, layer=key, channels=tuple(channels), top=top)
+
+        def body(engine: Engine, xs: Tensor, _targets: list[Target], _wrt: Any) -> list[Tensor]:
+            fn = engine.compiled(("units", self.rules.key(), key, tuple(channels), top), units)
+            return chunked(engine, int(xs.shape[0]), lambda r: fn(xs[r.start:r.stop], engine.rows(r)))
+
+        found = self._run(x, None, None, targets, body)
+        n, m = len(targets), len(channels)
+        return found[:n], found[n:n + m], found[n + m:]
+
+    def _units(self, engine: Engine, x: Tensor, rows: Rows, *, layer: Any, channels: tuple[int, ...],
+               top: int) -> list[Tensor]:
+        """The chunk's maps, then each channel's unit values, then their coordinates."""
+        run = engine.forward(x, rows, grad=True, rules=self.rules)
+        act = engine.ops.detach(run.act(layer))
+        units = [strongest_units(engine.ops, act, c, top) for c in channels]
+        return [*self._signals(engine, run), *(v for v, _ in units), *(p for _, p in units)]
 
 
 @register_method("saliency", "gradient of the target w.r.t. the input (or a layer)")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+
 channel_axis = 1
 
 
@@ -97,6 +98,10 @@ def full(shape: Sequence[int], value: float, like: Tensor) -> Tensor:
 
 def cat(parts: Sequence[Tensor], axis: int = 0) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(list(parts), axis)
+
+
+def stack(parts: Sequence[Tensor], axis: int = 0) -> Tensor:
+    return torch.stack(list(parts), axis)
 
 
 def take(t: Tensor, index: Tensor | slice) -> Tensor:

@@ -116,6 +116,10 @@ def cat(parts: Sequence[tf.Tensor], axis: int = 0) -> tf.Tensor:
     return parts[0] if len(parts) == 1 else tf.concat(list(parts), axis)
 
 
+def stack(parts: Sequence[tf.Tensor], axis: int = 0) -> tf.Tensor:
+    return tf.stack(list(parts), axis)
+
+
 def take(t: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
     return tf.gather(t, index)
 
