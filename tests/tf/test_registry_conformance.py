@@ -16,6 +16,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed: pip install 'convscope[tf]'")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from nets import TinyVGG  # noqa: E402
 from twin_checks import Pair, assert_same, check_method, check_wrt_layer, make_pair, registered  # noqa: E402
@@ -69,3 +70,13 @@ def test_the_issues_compositions_give_the_torch_maps(pair: Pair, build: Callable
         classes = pair.model(pair.x).argmax(1).tolist()
     assert_same(build(pair.model, pair.layer).attribute(pair.x, classes),
                 build(pair.kmodel, pair.names[pair.layer]).attribute(pair.xk, classes))
+
+
+@pytest.mark.parametrize("name", list(methods()))
+def test_a_noise_tunnel_without_noise_is_the_method_itself_on_keras(pair: Pair, name: str) -> None:
+    build = registered(name)
+    with torch.no_grad():
+        classes = pair.model(pair.x).argmax(1).tolist()
+    expected = np.asarray(build(pair.kmodel).attribute(pair.xk, classes))
+    found = np.asarray(SmoothGrad(build(pair.kmodel), samples=2, noise=0.0).attribute(pair.xk, classes))
+    np.testing.assert_allclose(found, expected, rtol=0, atol=1e-5 * max(1.0, float(np.abs(expected).max())))
