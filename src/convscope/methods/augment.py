@@ -31,6 +31,7 @@ from convscope.errors import ConvscopeError
 from convscope.methods.base import Method, Rows, Wrapper, wrapped_method
 from convscope.methods.cam import GradCAM
 from convscope.methods.options import check_flag
+from convscope.ops import tensors
 from convscope.targets import Target
 
 
@@ -43,11 +44,9 @@ def check_factors(factors: Sequence[float]) -> tuple[float, ...]:
     return tuple(float(f) for f in factors)
 
 
-def unit_range(maps: Tensor, ops: Ops | None = None) -> Tensor:
+def unit_range(maps: Tensor, ops: Ops = tensors) -> Tensor:
     """Each map scaled to [0, 1] per sample and channel: ``(m - min) / (max - min)``, 0 where the
     map is flat."""
-    if ops is None:
-        from convscope.ops import tensors as ops
     space = ops.space(maps)
     low = ops.amin(maps, space, keepdims=True)
     span = ops.amax(maps, space, keepdims=True) - low

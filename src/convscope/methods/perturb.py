@@ -39,6 +39,7 @@ from convscope.backends.torch.batching import MaxBatch
 from convscope.errors import ConvscopeError
 from convscope.methods.base import Method, Rows, numel
 from convscope.methods.registry import register_method
+from convscope.ops import tensors
 from convscope.targets import Target
 
 Fill = Any  # a number, an array broadcastable to one sample, or "blur"
@@ -54,15 +55,11 @@ def check_image(value: Tensor, method: str, ops: Ops, layout: str) -> None:
 
 def gaussian_blur(x: TorchTensor, sigma: float) -> TorchTensor:
     """Each channel of ``x`` [N, C, H, W] blurred by a Gaussian of std ``sigma`` (reflected edges)."""
-    from convscope.ops import tensors
-
     return tensors.gaussian_blur(x, sigma)
 
 
-def fill_values(fill: Fill, value: Tensor, sigma: float, ops: Ops | None = None) -> Tensor:
+def fill_values(fill: Fill, value: Tensor, sigma: float, ops: Ops = tensors) -> Tensor:
     """What replaces the occluded parts, shaped like ``value`` (a batch of images)."""
-    if ops is None:
-        from convscope.ops import tensors as ops
     if isinstance(fill, str):
         if fill != "blur":
             raise ConvscopeError(f"fill={fill!r} is not supported", "Use a number, a tensor or 'blur'.")

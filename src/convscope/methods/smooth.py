@@ -34,13 +34,12 @@ from convscope.methods.base import Method, Rows, Wrapper, wrapped_method
 from convscope.methods.gradient import Saliency
 from convscope.methods.options import check_noise, check_samples
 from convscope.methods.registry import register_method
+from convscope.ops import tensors
 from convscope.targets import Target
 
 
-def input_range(x: Tensor, ops: Ops | None = None) -> Tensor:
+def input_range(x: Tensor, ops: Ops = tensors) -> Tensor:
     """``max - min`` of each sample, shaped ``[N, 1, ...]`` to scale noise per sample."""
-    if ops is None:
-        from convscope.ops import tensors as ops
     axes = tuple(range(1, ops.rank(x)))
     return ops.amax(ops.detach(x), axes, keepdims=True) - ops.amin(ops.detach(x), axes, keepdims=True)
 

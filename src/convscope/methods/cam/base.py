@@ -52,6 +52,7 @@ from convscope.errors import ConvscopeError
 from convscope.methods.base import Method, Rows, numel
 from convscope.methods.cam.projection import principal_projection
 from convscope.methods.options import check_flag
+from convscope.ops import tensors
 from convscope.targets import Target
 
 LayerSpec = Any  # a layer name or object, a non-empty list of them, or None
@@ -62,8 +63,6 @@ def upsample(maps: Tensor, size: Sequence[int], *, align_corners: bool = False) 
 
     Example: ``upsample(raw, x.shape[-2:])``.
     """
-    from convscope.ops import tensors
-
     return tensors.resize(maps, size, align_corners=align_corners)
 
 

@@ -31,14 +31,13 @@ from convscope.backends.torch.batching import MaxBatch
 from convscope.methods.base import Rows
 from convscope.methods.cam.base import CAMMethod, LayerSpec, LayerStep, upsample
 from convscope.methods.registry import register_method
+from convscope.ops import tensors
 
 __all__ = ["ScoreCAM", "minmax", "upsample"]
 
 
-def minmax(maps: Tensor, ops: Ops | None = None) -> Tensor:
+def minmax(maps: Tensor, ops: Ops = tensors) -> Tensor:
     """Each map of a batch of one-channel maps scaled to [0, 1]; a constant map becomes 0."""
-    if ops is None:
-        from convscope.ops import tensors as ops
     axes = tuple(range(1, ops.rank(maps)))
     low = ops.amin(maps, axes, keepdims=True)
     span = ops.amax(maps, axes, keepdims=True) - low
