@@ -80,10 +80,6 @@ class TorchEngine:
     def evaluations(self, work: int) -> None:
         self._fast = self.session.inference(work)
 
-    def module(self, key: LayerKey, *, fast: bool = False) -> nn.Module:
-        """The module for a probed layer key (on the inference twin for ``fast`` evaluations)."""
-        return (self._fast if fast else self.session).module(key)
-
     def forward(self, x: Tensor, rows: Tensor, *, grad: bool = False, replace: tuple[LayerKey | None, Tensor] | None
                 = None, fast: bool = False, targets: Sequence[Target] | None = None,
                 rules: RuleMap | None = None) -> TorchRun:
