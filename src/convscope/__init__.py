@@ -49,6 +49,7 @@ _LAZY: dict[str, str | None] = {
     "Neuron": "convscope.targets",
     "MaxNeuron": "convscope.targets",
     "Direction": "convscope.targets",
+    "Predicted": "convscope.targets",
     "Target": "convscope.targets",
     "RuleMap": "convscope.rules",
     "GuidedReLU": "convscope.rules",

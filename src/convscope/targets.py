@@ -4,6 +4,9 @@ Gradient methods back-propagate ``d score_n / d input``; the *seed* a target pla
 ``d score / d activation``. All targets share one sign convention: bigger means "more of it".
 
 - ``Class(k)``: the logit ``out[n, k]`` (``k`` may be one index per sample).
+- ``Predicted()``: the logit of each sample's top class ``out[n, argmax_k out[n, k]]``, picked in
+  the pass that scores it (no separate prediction pass; methods whose passes see changed inputs
+  refuse it).
 - ``Channel(layer, c, reduce)``: ``sum``/``mean``/``max`` of feature map ``c`` of ``layer``.
 - ``Neuron(layer, c, y, x)``: the unit ``act[n, c, y, x]`` (``Neuron(layer, c)`` for a linear layer).
 - ``MaxNeuron(layer, c, rank=0)``: ``1/2 * a**2`` of the strongest unit ``a`` of feature map
@@ -106,6 +109,11 @@ class Target(ABC):
         """The values that change between calls, each with the target that reads it (:meth:`Record.fed`)."""
         return []
 
+    def follows_pass(self) -> bool:
+        """Whether the score picks what it scores from the pass itself (:class:`Predicted`): it
+        means "the prediction" only where every scored pass sees the user's input unchanged."""
+        return False
+
     def key(self, path: Callable[[LayerKey], Hashable]) -> Hashable | None:
         """What a compiled graph of this target depends on, its layers named by ``path``, its
         feeds left out; None: a target written for PyTorch only."""
@@ -174,6 +182,55 @@ class Class(Target):
 
     def __repr__(self) -> str:
         return f"Class({self.index.tolist()!r})"
+
+
+class Predicted(Target):
+    """The logit of each sample's top class, picked in the pass that scores it:
+    ``score_n = output[n, k_n]`` with ``k_n = argmax_k output[n, k]`` (ties: the first class).
+
+    ``k_n`` is piecewise constant, so the gradient is ``Class(k_n)``'s: a method whose passes
+    score the clean input (``Method.scores_input``, the gradient and gradient-CAM families)
+    explains the predicted class from its own forward pass, as pytorch-grad-cam's
+    ``targets=None`` does. Methods that score changed copies (noise, paths, masks) refuse it:
+    each copy's top class could differ. Where the score runs eagerly (PyTorch), :meth:`classes`
+    gives the classes picked, by row of the user's batch.
+
+    Example: ``t = Predicted(); maps = GradCAM(model).attribute(x, t); t.classes()``.
+    """
+
+    def __init__(self) -> None:
+        self._picked: dict[int, int] = {}
+
+    def follows_pass(self) -> bool:
+        return True
+
+    def check_batch(self, n: int) -> None:
+        self._picked.clear()  # a call begins: its picks replace the last call's
+
+    def key(self, path: Callable[[LayerKey], Hashable]) -> Hashable:
+        return ("predicted",)
+
+    def score(self, record: Record) -> Tensor:
+        out, ops = record.output, record.ops
+        if ops.rank(out) != 2:
+            raise ConvscopeError(f"a Predicted target needs a model output of shape [N, classes], got "
+                                 f"{list(out.shape)}", "Use a Channel/Neuron target or a callable target for other "
+                                 "outputs.")
+        top = ops.top_k(ops.detach(out), 1)
+        if isinstance(top, Tensor) and isinstance(record.rows, Tensor):  # eager PyTorch: remember the picks
+            self._picked.update(zip(record.rows.tolist(), top[:, 0].tolist()))
+        return ops.pick(out, top)[:, 0]
+
+    def classes(self) -> list[int]:
+        """The class picked for each row of the latest batch scored, in row order."""
+        if not self._picked:
+            raise ConvscopeError("Predicted().classes() has nothing to report: no eager pass scored it",
+                                 "Read the classes after attribute(...) on a PyTorch model; on Keras the passes "
+                                 "run compiled, so predict them with model(x).")
+        return [self._picked[r] for r in sorted(self._picked)]
+
+    def __repr__(self) -> str:
+        return "Predicted()"
 
 
 class _LayerTarget(Target):
@@ -408,6 +465,9 @@ class _Combined(Target):
     def feeds(self) -> list[tuple[Target, np.ndarray]]:
         return self.left.feeds() + self.right.feeds()
 
+    def follows_pass(self) -> bool:
+        return self.left.follows_pass() or self.right.follows_pass()
+
     def key(self, path: Callable[[LayerKey], Hashable]) -> Hashable | None:
         left, right = self.left.key(path), self.right.key(path)
         return None if left is None or right is None else ("combined", self.symbol, left, right)
@@ -484,5 +544,5 @@ def as_targets(target: TargetLike | None, targets: Sequence[TargetLike] | None, 
     return found, targets is not None
 
 
-__all__ = ["Channel", "Class", "Direction", "FunctionTarget", "MaxNeuron", "Neuron", "Record", "Target",
+__all__ = ["Channel", "Class", "Direction", "FunctionTarget", "MaxNeuron", "Neuron", "Predicted", "Record", "Target",
            "as_target", "as_targets", "strongest"]

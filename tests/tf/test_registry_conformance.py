@@ -23,7 +23,9 @@ from twin_checks import Pair, assert_same, check_method, check_wrt_layer, make_p
 
 from convscope.methods import (  # noqa: E402
     AugSmooth, GradCAM, GuidedGradCAM, ScoreCAM, SmoothGrad, VarGrad, methods)
+from convscope.errors import ConvscopeError  # noqa: E402
 from convscope.methods.registry import supported  # noqa: E402
+from convscope.targets import Predicted  # noqa: E402
 
 ON_LAYER: dict[str, dict[str, Any]] = {"occlusion": {"window": 3, "stride": 2}, "rise": {"masks": 10, "cells": 2}}
 WRAPPERS: dict[str, Callable[[Any], Any]] = {
@@ -80,3 +82,14 @@ def test_a_noise_tunnel_without_noise_is_the_method_itself_on_keras(pair: Pair, 
     expected = np.asarray(build(pair.kmodel).attribute(pair.xk, classes))
     found = np.asarray(SmoothGrad(build(pair.kmodel), samples=2, noise=0.0).attribute(pair.xk, classes))
     np.testing.assert_allclose(found, expected, rtol=0, atol=1e-5 * max(1.0, float(np.abs(expected).max())))
+
+
+@pytest.mark.parametrize("name", [n for n, info in methods().items() if info.cls.scores_input])
+def test_predicted_follows_the_same_class_on_both_frameworks(pair: Pair, name: str) -> None:
+    torch_target, keras_target = Predicted(), Predicted()
+    build = builder(name, "alone")
+    assert_same(build(pair.model).attribute(pair.x, torch_target), build(pair.kmodel).attribute(pair.xk, keras_target))
+    with torch.no_grad():
+        assert torch_target.classes() == pair.model(pair.x).argmax(1).tolist()
+    with pytest.raises(ConvscopeError, match="on Keras the passes run compiled"):
+        keras_target.classes()

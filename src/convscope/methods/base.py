@@ -96,6 +96,9 @@ class Method(ABC):
     frameworks: ClassVar[tuple[str, ...]] = ("torch", "tf")
     #: the command line's per-method options this method takes (``layer``, ``eigen_smooth``)
     options: ClassVar[frozenset[str]] = frozenset()
+    #: True where every pass that scores a target sees the user's input unchanged, so a target
+    #: picked from the pass (:class:`~convscope.targets.Predicted`) is the model's prediction
+    scores_input: ClassVar[bool] = False
 
     def __init__(self, model: Any, *, max_batch: MaxBatch = None) -> None:
         self.backend: Backend = backend_of(model)
@@ -127,6 +130,10 @@ class Method(ABC):
         backend = self.backend
         x = backend.as_input(x)
         found, many = backend.targets(target, targets, int(x.shape[0]))
+        if not self.scores_input and any(t.follows_pass() for t in found):
+            raise ConvscopeError(f"{type(self).__name__} scores changed copies of the input, whose top class may differ from the "
+                                 "prediction: it cannot follow Predicted()",
+                                 "Pass the predicted classes instead: target=model(x).argmax(1).tolist().")
         key = None if wrt is None or (isinstance(wrt, str) and wrt == "input") else backend.layer_key(self.model, wrt)
         self._prepare(x, key)
         rules = self._rules()

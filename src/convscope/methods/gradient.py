@@ -49,6 +49,7 @@ class GradientMethod(Method):
     """``combine(a, ds/da)`` with the ReLU rules of ``rules`` (default: the class's preset)."""
 
     default_rule: BackwardRule = Gradient()
+    scores_input = True
 
     def __init__(self, model: Any, *, max_batch: MaxBatch = None, rules: RuleMap | BackwardRule | None = None) -> None:
         super().__init__(model, max_batch=max_batch)

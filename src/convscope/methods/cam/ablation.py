@@ -32,6 +32,7 @@ class AblationCAM(CAMMethod):
     """
 
     uses_gradients = False
+    scores_input = False  # masked or ablated copies are scored
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
         ops = step.ops

@@ -131,6 +131,7 @@ class CAMMethod(Method):
     eigen_smooth_applies: ClassVar[bool] = True
     #: whether :meth:`weights` reads ``dS/dA`` (if not, the forward pass runs without gradients)
     uses_gradients: ClassVar[bool] = True
+    scores_input = True  # the score-weighted CAMs, which score masked copies, say False
 
     def __init__(self, model: Any, layer: LayerSpec = None, *, upsample: bool = True,
                  relu: bool | None = None, eigen_smooth: bool = False, max_batch: MaxBatch = None) -> None:

@@ -35,6 +35,7 @@ class GuidedGradCAM(Method):
     """
 
     options = frozenset({"layer", "eigen_smooth"})
+    scores_input = True
 
     def __init__(self, model: Any, layer: Any = None, *, eigen_smooth: bool = False,
                  max_batch: MaxBatch = None) -> None:

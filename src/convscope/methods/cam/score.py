@@ -53,6 +53,7 @@ class ScoreCAM(CAMMethod):
     """
 
     uses_gradients = False
+    scores_input = False  # masked or ablated copies are scored
 
     def __init__(self, model: Any, layer: LayerSpec = None, *, upsample: bool = True, relu: bool | None = None,
                  eigen_smooth: bool = False, align_corners: bool = False, max_batch: MaxBatch = None) -> None:
