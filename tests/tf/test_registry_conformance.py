@@ -1,4 +1,5 @@
-"""Every registered method, alone and wrapped, on the Keras twin of TinyVGG gives the PyTorch maps.
+"""Every registered method, alone and wrapped, on the Keras twins of TinyVGG, the zoo VGG and the
+zoo ResNet gives the PyTorch maps.
 
 Driven by the registry: a method registered tomorrow joins these cases by itself, and fails here
 unless its code runs on Keras or it declares ``frameworks = ("torch",)`` (the skip says so).
@@ -19,7 +20,8 @@ tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed: pip 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from nets import TinyVGG  # noqa: E402
-from twin_checks import Pair, assert_same, check_method, check_wrt_layer, make_pair, registered  # noqa: E402
+from twin_checks import (  # noqa: E402
+    ON_LAYER, WRAPPERS, Pair, assert_same, builder, check_method, check_wrt_layer, make_pair, registered)
 
 from convscope.methods import (  # noqa: E402
     AugSmooth, GradCAM, GuidedGradCAM, ScoreCAM, SmoothGrad, VarGrad, methods)
@@ -27,23 +29,23 @@ from convscope.errors import ConvscopeError  # noqa: E402
 from convscope.methods.registry import supported  # noqa: E402
 from convscope.targets import Predicted  # noqa: E402
 
-ON_LAYER: dict[str, dict[str, Any]] = {"occlusion": {"window": 3, "stride": 2}, "rise": {"masks": 10, "cells": 2}}
-WRAPPERS: dict[str, Callable[[Any], Any]] = {
-    "alone": lambda m: m,
-    "smooth_grad": lambda m: SmoothGrad(m, samples=2, noise=0.1, max_batch=3),
-    "aug_smooth": lambda m: AugSmooth(m, factors=(1.0, 1.2)),
-}
+
+# the zoo twins' last layers have 64-128 channels: masked evaluations in a few large chunks
+BIG_BATCHES = {"score_cam": {"max_batch": 128}, "ablation_cam": {"max_batch": 128}}
 
 
-@pytest.fixture(scope="module")
-def pair() -> Pair:
+@pytest.fixture(scope="module", params=["tiny", "vgg", "resnet"])
+def pair(request: pytest.FixtureRequest) -> Pair:
+    """TinyVGG (random weights), and the trained zoo VGG and ResNet (batch norm, residual adds,
+    one in-place ReLU module called twice per block)."""
+    if request.param == "vgg":  # one sample and coarser windows keep the big twins' cases cheap
+        return make_pair(request.getfixturevalue("shapes_vgg"), (64, 64), "features.3", 32, samples=1,
+                         options={"occlusion": {"window": 16, "stride": 16}, **BIG_BATCHES})
+    if request.param == "resnet":
+        return make_pair(request.getfixturevalue("shapes_resnet"), (32, 32), "layer2", 32, samples=1,
+                         options={"occlusion": {"window": 8, "stride": 8}, **BIG_BATCHES})
     torch.manual_seed(0)
     return make_pair(TinyVGG(), (16, 16), "features.3", 8)
-
-
-def builder(name: str, wrapper: str, options: dict[str, Any] | None = None) -> Callable[[Any], Any]:
-    build = registered(name, **(options or {}))
-    return lambda model: WRAPPERS[wrapper](build(model))
 
 
 def test_the_supported_methods_are_the_registered_ones_not_declared_torch_only() -> None:
@@ -54,12 +56,12 @@ def test_the_supported_methods_are_the_registered_ones_not_declared_torch_only()
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))
 @pytest.mark.parametrize("name", list(methods()))
 def test_every_method_and_wrapper_gives_the_torch_maps(pair: Pair, name: str, wrapper: str) -> None:
-    check_method(pair, builder(name, wrapper))
+    check_method(pair, builder(name, wrapper, pair.options.get(name)))
 
 
 @pytest.mark.parametrize("name", list(methods()))
 def test_every_method_on_a_layer_gives_the_torch_maps(pair: Pair, name: str) -> None:
-    check_wrt_layer(pair, builder(name, "alone", ON_LAYER.get(name)))
+    check_wrt_layer(pair, builder(name, "alone", {**pair.options.get(name, {}), **ON_LAYER.get(name, {})}))
 
 
 @pytest.mark.parametrize("build", [

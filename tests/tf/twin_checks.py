@@ -9,7 +9,7 @@ a ReLU whose input is within rounding of 0 may open in one and not the other).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -83,6 +83,22 @@ def registered(name: str, **options: Any) -> Build:
     return lambda model: cls(model, **{**OPTIONS.get(name, {}), **options})
 
 
+# the wrappers every registered method is checked in (registry-driven cases), and the smaller
+# windows and masks occlusion and RISE need on a layer's maps
+WRAPPERS: dict[str, Callable[[Build], Build]] = {
+    "alone": lambda m: m,
+    "smooth_grad": lambda m: SmoothGrad(m, samples=2, noise=0.1, max_batch=3),
+    "aug_smooth": lambda m: AugSmooth(m, factors=(1.0, 1.2)),
+}
+ON_LAYER: dict[str, dict[str, Any]] = {"occlusion": {"window": 3, "stride": 2}, "rise": {"masks": 10, "cells": 2}}
+
+
+def builder(name: str, wrapper: str, options: dict[str, Any] | None = None) -> Build:
+    """The registered method ``name`` (small settings, ``options``) inside wrapper ``wrapper``."""
+    build = registered(name, **(options or {}))
+    return lambda model: WRAPPERS[wrapper](build(model))
+
+
 @dataclass
 class Pair:
     """A torch model, its Keras twin, the name map, one input in both layouts, and a conv layer."""
@@ -94,12 +110,14 @@ class Pair:
     xk: np.ndarray
     layer: str
     channels: int
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method settings for this size
 
 
-def make_pair(model: torch.nn.Module, hw: tuple[int, int], layer: str, channels: int) -> Pair:
+def make_pair(model: torch.nn.Module, hw: tuple[int, int], layer: str, channels: int, samples: int = 2,
+              options: dict[str, dict[str, Any]] | None = None) -> Pair:
     kmodel, names = keras_twin(model.eval(), input_hw=hw)
-    x = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(1))
-    return Pair(model, kmodel, names, x, to_nhwc(x), layer, channels)
+    x = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(1))[:samples]
+    return Pair(model, kmodel, names, x, to_nhwc(x), layer, channels, options or {})
 
 
 def assert_same(torch_map: torch.Tensor, keras_map: Any) -> None:
