@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import textwrap
 import warnings
@@ -111,7 +112,6 @@ def _check_probe(loaded: LoadedModel, probe: Any, given: bool) -> None:
             loaded.model(probe, training=False)
     except Exception as exc:  # noqa: BLE001 - a model's own shape checks raise many kinds
         size, crop = int(probe.shape[2]), loaded.preprocess.crop
-        reason = (str(exc).strip().splitlines() or [""])[0]
         if not given:
             fix = "Give the input size the model expects: --input-size N (or ?size=N&crop=N after the model)."
         elif size < crop:
@@ -119,7 +119,15 @@ def _check_probe(loaded: LoadedModel, probe: Any, given: bool) -> None:
         else:
             fix = f"Try --input-size {crop} (its preprocessing's crop size)."
         raise ConvscopeError(f"{loaded.name} cannot run on a {'x'.join(map(str, probe.shape))} probe input "
-                             f"({type(exc).__name__}: {reason})", fix) from exc
+                             f"({type(exc).__name__}: {_reason(exc)})", fix) from exc
+
+
+def _reason(exc: Exception) -> str:
+    """The line of an exception's message that says what went wrong (Keras opens with "Exception
+    encountered when calling ..." and colours the reason)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    said = [line for line in lines if line and not line.startswith("Exception encountered when calling")]
+    return said[0] if said else ""
 
 
 @command("layers", "print the model's layer tree with output shapes for a probe input", _layers_args)

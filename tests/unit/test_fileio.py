@@ -35,7 +35,8 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)],
+                         ids=["umask022", "umask077", "umask002"])
 def test_new_files_get_the_umask_mode(mask: int, expected: int, tmp_path: Path) -> None:
     with umask(mask):
         plain = tmp_path / "plain.txt"
@@ -119,3 +120,19 @@ def test_every_output_goes_through_write_atomic() -> None:
     offenders = [f"{path.relative_to(SRC)}:{n}" for path in SRC.rglob("*.py") if path.name != "fileio.py"
                  for n, line in enumerate(path.read_text().splitlines(), 1) if WRITES.search(line)]
     assert offenders == []
+
+
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600)], ids=["umask022", "umask077"])
+def test_explain_outputs_get_the_umask_mode(mask: int, expected: int, shapes_vgg: object, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    from convscope.cli import main
+
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
+    with umask(mask):
+        assert main(["explain", "zoo:shapes-vgg", str(tmp_path / "a.png"), "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    written = sorted((tmp_path / "out").iterdir())
+    assert [p.name for p in written] == ["a-grad_cam.png", "maps.json"]
+    assert {p.name: mode(p) for p in written} == {p.name: expected for p in written}

@@ -1,5 +1,6 @@
-"""The command line silences TensorFlow's own log lines (a Keras command's stderr is empty), and
-only while a command runs: the process's environment and loggers are as they were afterwards."""
+"""The command line on a Keras file: TensorFlow's own log lines are silenced (a Keras command's
+stderr is empty), only while a command runs (the process's environment and loggers are as they
+were afterwards), and a probe the model cannot take is a user error with Keras's own reason."""
 
 from __future__ import annotations
 
@@ -51,3 +52,12 @@ def test_the_silencing_ends_with_the_command(tiny_keras: Path, monkeypatch: pyte
     assert main(["layers", str(tiny_keras)]) == 0
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
     capsys.readouterr()
+
+
+def test_a_probe_too_small_for_a_keras_model(tiny_keras: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["layers", str(tiny_keras), "--input-size", "2"]) == 2
+    text = " ".join(capsys.readouterr().err.split())
+    assert text.startswith("convscope: error: tiny.keras cannot run on a 1x2x2x3 probe input (ValueError: The "
+                           "convolution operation resulted in an empty output.")
+    assert "\x1b" not in text and text.endswith("The input is too small for the model: try --input-size 16 (its "
+                                                "preprocessing's crop size).")
