@@ -139,3 +139,12 @@ def test_project_a_layer_without_positions(shapes_vgg: torch.nn.Module, tmp_path
     out, err = capsys.readouterr()
     assert code == 0, err
     assert Path(out.split()[-1]).is_file()
+
+
+def test_a_cache_folder_that_cannot_be_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "cache").write_text("")
+    monkeypatch.setenv("CONVSCOPE_CACHE", str(tmp_path / "cache"))
+    text = mistake(capsys, "layers", "zoo:shapes-vgg")
+    assert text == (f"convscope: error: cannot use '{tmp_path / 'cache'}' as convscope's cache folder (a file is in "
+                    "the way). Set CONVSCOPE_CACHE to a folder you can write to.")
