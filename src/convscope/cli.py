@@ -410,6 +410,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    version_only = argparse.ArgumentParser(prog="convscope", add_help=False)
+    version_only.add_argument("--version", action=_Version)
+    version_only.parse_known_args(argv)  # at once: the full parser imports the commands' modules (torch)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -115,12 +115,16 @@ def test_version(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyP
         assert capsys.readouterr().out == f"convscope {declared[1]}\n"
 
 
-def test_version_in_a_fresh_process() -> None:
+def test_version_in_a_fresh_process_without_importing_torch() -> None:
     import subprocess
 
     proc = subprocess.run([sys.executable, "-m", "convscope.cli", "--version"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and re.fullmatch(r"convscope \d+\.\d+\S*\n", proc.stdout), proc
+    code = ("import sys\nfrom convscope.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("convscope "), proc.stderr
 
 
 @pytest.mark.parametrize("option", ["size=abc", "crop=-5", "size=0"])
