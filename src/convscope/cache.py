@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from convscope.fileio import write_atomic
+from convscope.fileio import OutputError, write_atomic
 
 
 def cache_dir() -> Path:
@@ -31,7 +31,12 @@ def cache_dir() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = Path(base) / "convscope"
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else exc.strerror
+        raise OutputError(f"cannot use {str(root)!r} as convscope's cache folder ({why or exc})",
+                          "Set CONVSCOPE_CACHE to a folder you can write to.") from exc
     return root
 
 

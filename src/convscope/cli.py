@@ -1,37 +1,65 @@
 """The ``convscope`` command.
 
 Every subcommand is a small function registered with :func:`command`; user errors
-(:class:`~convscope.errors.ConvscopeError`) print one paragraph and exit 2, other failures one
-line and exit 1; ``--debug`` shows the traceback instead.
+(:class:`~convscope.errors.ConvscopeError`, and a bad command line) print one paragraph and exit 2,
+other failures one line and exit 1; ``--debug`` (anywhere on the line) shows the traceback instead.
+An ``--out`` that cannot be written is refused before any work. While a command runs, notes such as
+"this model has random weights" go to stderr, and TensorFlow's own log lines are silenced (unless
+``--debug``, or ``TF_CPP_MIN_LOG_LEVEL`` is set).
 
 Example::
 
     convscope layers zoo:shapes-vgg
+    convscope methods
     convscope demo --out convscope-demo
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import re
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from convscope.errors import ConvscopeError
 
+if TYPE_CHECKING:
+    from convscope.loaded import LoadedModel
+
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
+_OUT_IS_FOLDER: dict[str, bool] = {}  # command -> its --out names a folder (True) or a file (False)
 
 
-def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]) -> Callable[[Handler], Handler]:
-    """Register a subcommand: ``configure`` adds its arguments, the decorated function runs it."""
+def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None], *,
+            out_folder: bool = True) -> Callable[[Handler], Handler]:
+    """Register a subcommand: ``configure`` adds its arguments, the decorated function runs it.
+    A ``--out`` it takes names a folder, or with ``out_folder=False`` a file."""
 
     def wrap(fn: Handler) -> Handler:
         _COMMANDS[name] = (help, configure, fn)
+        _OUT_IS_FOLDER[name] = out_folder
         return fn
 
     return wrap
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number (write e.g. 64)")
+    return value
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -51,7 +79,7 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="convscope-demo", help="output folder (default: convscope-demo)")
-    p.add_argument("--images", type=int, default=6, help="how many Shapes images to explain (default 6)")
+    p.add_argument("--images", type=positive_int, default=6, help="how many Shapes images to explain (default 6)")
 
 
 @command("demo", "train or load zoo:shapes-vgg and write an HTML report of everything convscope can show", _demo_args)
@@ -67,7 +95,39 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _layers_args(p: argparse.ArgumentParser) -> None:
     _model_args(p)
-    p.add_argument("--input-size", type=int, default=None, help="probe input size (default: the model's crop size)")
+    p.add_argument("--input-size", type=positive_int, default=None,
+                   help="probe input size (default: the model's crop size)")
+
+
+def _check_probe(loaded: LoadedModel, probe: Any, given: bool) -> None:
+    """Run the model once on ``probe``: a model that cannot take it is a user error naming the size
+    to use (its preprocessing's crop), not an internal error."""
+    import torch
+
+    try:
+        if isinstance(loaded.model, torch.nn.Module):
+            with torch.no_grad():
+                loaded.model(probe)
+        else:
+            loaded.model(probe, training=False)
+    except Exception as exc:  # noqa: BLE001 - a model's own shape checks raise many kinds
+        size, crop = int(probe.shape[2]), loaded.preprocess.crop
+        if not given:
+            fix = "Give the input size the model expects: --input-size N (or ?size=N&crop=N after the model)."
+        elif size < crop:
+            fix = f"The input is too small for the model: try --input-size {crop} (its preprocessing's crop size)."
+        else:
+            fix = f"Try --input-size {crop} (its preprocessing's crop size)."
+        raise ConvscopeError(f"{loaded.name} cannot run on a {'x'.join(map(str, probe.shape))} probe input "
+                             f"({type(exc).__name__}: {_reason(exc)})", fix) from exc
+
+
+def _reason(exc: Exception) -> str:
+    """The line of an exception's message that says what went wrong (Keras opens with "Exception
+    encountered when calling ..." and colours the reason)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    said = [line for line in lines if line and not line.startswith("Exception encountered when calling")]
+    return said[0] if said else ""
 
 
 @command("layers", "print the model's layer tree with output shapes for a probe input", _layers_args)
@@ -80,12 +140,14 @@ def _layers(args: argparse.Namespace) -> int:
     size = args.input_size or loaded.preprocess.crop
     if isinstance(loaded.model, torch.nn.Module):
         probe = torch.zeros(1, 3, size, size)
+        _check_probe(loaded, probe, given=args.input_size is not None)
         rows = layer_table(loaded.model, probe)
     else:  # a Keras model (its loader has imported TensorFlow): NHWC probe
         from convscope.tf.layers import layer_table as keras_layer_table
         from convscope.tf.layers import probe_for
 
         probe = probe_for(loaded.model, size)
+        _check_probe(loaded, probe, given=args.input_size is not None)
         rows = keras_layer_table(loaded.model, probe)
     width = max((len("  " * (r.depth - 1) + r.name) for r in rows), default=4)
     kind = max([18, *(len(r.kind) for r in rows)])  # Keras type names run long (GlobalAveragePooling2D)
@@ -122,6 +184,29 @@ def _zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- methods --------------------------------------------------------------------------------
+
+_FRAMEWORKS = {"torch": "PyTorch", "tf": "Keras"}
+
+
+@command("methods", "list the attribution methods (the names `explain --method` takes), with their options",
+         lambda p: None)
+def _methods(args: argparse.Namespace) -> int:
+    from convscope.methods import methods
+
+    rows = [(info.name, info.cls.__name__,
+             ", ".join(f"--{o.replace('_', '-')}" for o in sorted(info.cls.options)) or "-",
+             ", ".join(_FRAMEWORKS.get(f, f) for f in info.cls.frameworks), info.description)
+            for info in methods().values()]
+    header = ("method", "class", "options", "runs on", "description")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+    print("\n`--method all` runs every method; --aug-smooth applies to every method. A name may use - for _ "
+          "and any case (grad-cam, GradCAM).")
+    return 0
+
+
 # --- project --------------------------------------------------------------------------------
 
 def _project_args(p: argparse.ArgumentParser) -> None:
@@ -150,7 +235,8 @@ def _project(args: argparse.Namespace) -> int:
 def _explain_args(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--method", default="grad_cam", help="a registered method name, or 'all' (default grad_cam)")
+    p.add_argument("--method", default="grad_cam",
+                   help="a method name (`convscope methods` lists them), or 'all' (default grad_cam)")
     p.add_argument("--target", type=int, default=None, help="class index to explain (default: the predicted class)")
     p.add_argument("--layer", default=None, help="layer for CAM methods (default: chosen automatically)")
     p.add_argument("--eigen-smooth", action="store_true",
@@ -209,7 +295,8 @@ def _dream_args(p: argparse.ArgumentParser) -> None:
     featurevis_cli.configure_dream(p)
 
 
-@command("dream", "DeepDream an image: amplify what a layer sees in it, coarse to fine (octaves)", _dream_args)
+@command("dream", "DeepDream an image: amplify what a layer sees in it, coarse to fine (octaves)", _dream_args,
+         out_folder=False)
 def _dream(args: argparse.Namespace) -> int:
     from convscope.featurevis import cli as featurevis_cli
 
@@ -218,25 +305,124 @@ def _dream(args: argparse.Namespace) -> int:
 
 # --- entry point ------------------------------------------------------------------------------
 
+def version() -> str:
+    """The installed package's version, or the source's (``convscope.__version__``) in a checkout
+    that is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("convscope")
+    except PackageNotFoundError:
+        import convscope
+
+        return convscope.__version__
+
+
+class _Version(argparse.Action):
+    """``--version``: print ``convscope VERSION`` and exit (the version is looked up only then)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kwargs: object) -> None:
+        print(f"convscope {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convscope", description="See inside convolutional networks.")
+    parser.add_argument("--version", action=_Version)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, configure, _fn) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        # after the command too; SUPPRESS keeps a --debug given before it
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
         configure(p)
     return parser
 
 
+_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
+
+
+@contextmanager
+def _quiet_tensorflow(model_spec: str) -> Iterator[None]:
+    """TensorFlow's own log lines off for one command: its C++ logging (read when TensorFlow is
+    imported; a level the user set wins) and, for a Keras model, its Python loggers and warnings.
+    Everything is restored on exit: importing convscope changes nothing of this."""
+    from convscope.models import KERAS_SUFFIXES
+
+    saved = os.environ.get(_TF_LOG_LEVEL)
+    os.environ.setdefault(_TF_LOG_LEVEL, "3")
+    loggers = [logging.getLogger("tensorflow")]
+    if Path(model_spec.partition("?")[0]).suffix.lower() in KERAS_SUFFIXES:
+        try:  # absl's logger must be made by absl itself: import it rather than create it here
+            from absl import logging as absl_logging
+
+            loggers.append(absl_logging.get_absl_logger())
+        except ImportError:
+            pass
+    levels = [logger.level for logger in loggers]
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"(tensorflow|keras|absl|h5py)(\.|$)")
+            for logger in loggers:
+                logger.setLevel(logging.ERROR)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        if saved is None:
+            os.environ.pop(_TF_LOG_LEVEL, None)
+        else:
+            os.environ[_TF_LOG_LEVEL] = saved
+
+
+@contextmanager
+def _notes_on_stderr() -> Iterator[None]:
+    """convscope's notes (INFO and up on the ``convscope`` loggers, e.g. "random weights") printed
+    on stderr as ``convscope: note: ...`` while a command runs."""
+    logger = logging.getLogger("convscope")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("convscope: %(message)s"))
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # printed once, here, whatever handlers the root logger has
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names, after refusing an ``--out`` that cannot be written."""
+    from convscope.fileio import check_writable
+
+    if getattr(args, "out", None) is not None:
+        check_writable(args.out, folder=_OUT_IS_FOLDER[args.command])
+    quiet = nullcontext() if args.debug else _quiet_tensorflow(str(getattr(args, "model", "")))
+    with quiet, _notes_on_stderr():
+        return _COMMANDS[args.command][2](args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    version_only = argparse.ArgumentParser(prog="convscope", add_help=False)
+    version_only.add_argument("--version", action=_Version)
+    version_only.parse_known_args(argv)  # at once: the full parser imports the commands' modules (torch)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return _COMMANDS[args.command][2](args)
+        return _run(args)
     except ConvscopeError as exc:
         if args.debug:
             raise
-        print(textwrap.fill(f"convscope: error: {exc}", width=100), file=sys.stderr)
+        # paths and names stay whole: no break at their hyphens
+        print(textwrap.fill(f"convscope: error: {exc}", width=100, break_on_hyphens=False, break_long_words=False),
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("convscope: interrupted", file=sys.stderr)

@@ -35,11 +35,11 @@ def close_names(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     return close[:n]
 
 
-def did_you_mean(name: str, candidates: Iterable[str], what: str = "name") -> str:
-    """A hint sentence listing the closest candidates, or all of them when few."""
+def did_you_mean(name: str, candidates: Iterable[str], what: str = "name", show: int = 12) -> str:
+    """A hint sentence listing the closest candidates, or else the first ``show`` of them."""
     pool = list(candidates)
     close = close_names(name, pool)
     if close:
         return "Did you mean " + ", ".join(repr(c) for c in close) + "?"
-    shown = ", ".join(repr(c) for c in pool[:12]) + (" ..." if len(pool) > 12 else "")
-    return f"Known {what}s: {shown}" if pool else f"There are no {what}s to choose from."
+    shown = ", ".join(repr(c) for c in pool[:show]) + (f" and {len(pool) - show} more" if len(pool) > show else "")
+    return f"Known {what}s: {shown}." if pool else f"There are no {what}s to choose from."

@@ -97,5 +97,6 @@ def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = 
             sheet = render.grid([batch.pixels[i]] + [overlays[n][i] for n in names], labels=["input", *names],
                                 ncols=min(8, len(names) + 1), tile_size=(160, 160))
             written.append(render.save_png(out / f"{Path(image_name).stem}-all.png", sheet))
-    written.append(render.write_atomic(out / "maps.json", json.dumps(meta, indent=2).encode()))
+    record = {"model": {"name": loaded.name, "weights": loaded.weights}, **meta}
+    written.append(render.write_atomic(out / "maps.json", json.dumps(record, indent=2).encode()))
     return written

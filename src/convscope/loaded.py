@@ -7,7 +7,7 @@ a module of its own so that both loaders import it and neither imports the other
 
 Example::
 
-    loaded = LoadedModel(model.eval(), Preprocess(size=224, crop=224), "my-cnn")
+    loaded = LoadedModel(model.eval(), Preprocess(size=224, crop=224), "my-cnn", weights="my-cnn.pt")
     loaded.model(loaded.preprocess.to_tensor(pixels))
 """
 
@@ -20,11 +20,23 @@ from torch import nn
 from convscope.images import Preprocess
 
 
+#: the weights of a model built without trained ones (``torchvision:NAME`` without ``?weights=``)
+RANDOM_WEIGHTS = "random (untrained)"
+
+
 @dataclass
 class LoadedModel:
-    """A model ready to explain: the module (eval mode), its preprocessing and a display name."""
+    """A model ready to explain: the module (eval mode), its preprocessing, a display name and
+    what its ``weights`` are (e.g. ``"random (untrained)"``, ``"torchvision
+    ResNet18_Weights.IMAGENET1K_V1"``, ``"state dict cnn.pt"``), as outputs record them."""
 
     model: nn.Module
     preprocess: Preprocess
     name: str
     class_names: list[str] | None = None
+    weights: str = "unknown"
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the weights are (or may be) random: the model has learned nothing."""
+        return self.weights.startswith(RANDOM_WEIGHTS)

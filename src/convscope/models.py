@@ -12,7 +12,9 @@ Specs:
   state-dict file loaded with ``torch.load(weights_only=True)`` and ``strict=True``.
 
 Any spec takes ``?size=N&crop=M`` to override the preprocessing. Every failure is a
-:class:`~convscope.errors.ConvscopeError` naming the problem and the fix.
+:class:`~convscope.errors.ConvscopeError` naming the problem and the fix. The result says what its
+weights are (``loaded.weights``); a model with random weights is also logged (INFO, on the
+``convscope.models`` logger: the command line prints it).
 
 Example::
 
@@ -23,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -32,7 +35,9 @@ from torch import nn
 
 from convscope.errors import ConvscopeError, did_you_mean
 from convscope.images import Preprocess
-from convscope.loaded import LoadedModel  # re-exported: its home, shared with convscope.tf.models
+from convscope.loaded import RANDOM_WEIGHTS, LoadedModel  # re-exported: its home, shared with convscope.tf.models
+
+_log = logging.getLogger(__name__)
 
 
 SPEC_HELP = ("Give a model as zoo:shapes-vgg, torchvision:resnet18[?weights=DEFAULT], a TorchScript "
@@ -50,6 +55,7 @@ def load_model(spec: str, weights: str | Path | None = None) -> LoadedModel:
         loaded = _torchvision(base[len("torchvision:"):], options.pop("weights", None))
     elif Path(base).suffix.lower() in KERAS_SUFFIXES:
         loaded = _keras(Path(base), weights)
+        loaded.weights = f"saved in {Path(base).name}" if weights is None else f"Keras weights {Path(weights).name}"
         weights = None  # a Keras weights file is loaded by the Keras loader
     elif Path(base).suffix in {".pt", ".pth", ".ts", ".jit"} or Path(base).is_file():
         loaded = _torchscript(Path(base))
@@ -59,16 +65,32 @@ def load_model(spec: str, weights: str | Path | None = None) -> LoadedModel:
         raise ConvscopeError(f"cannot tell what kind of model {spec!r} is", SPEC_HELP)
     if weights is not None:
         load_state_dict_file(loaded.model, Path(weights))
-    size = options.pop("size", None)
-    crop = options.pop("crop", None)
+        loaded.weights = f"state dict {Path(weights).name}"
+    size = _pixels(options.pop("size", None), "size", spec)
+    crop = _pixels(options.pop("crop", None), "crop", spec)
     if size or crop:
-        loaded.preprocess = replace(loaded.preprocess, size=int(size or crop), crop=int(crop or size))
+        loaded.preprocess = replace(loaded.preprocess, size=size or crop, crop=crop or size)
     if options:
         raise ConvscopeError(f"unknown model options {sorted(options)} in {spec!r}",
                              "Known options: weights (torchvision only), size, crop.")
     if isinstance(loaded.model, nn.Module):
         loaded.model.eval()
+    if loaded.random_weights:
+        _log.info("note: the weights of %s are %s; the predictions and maps of an untrained model show no learned "
+                  "features. %s", loaded.name, loaded.weights,
+                  "For trained weights add ?weights=DEFAULT (downloaded once) or pass --weights FILE (a state dict)."
+                  if base.startswith("torchvision:") else "Pass --weights FILE (a state dict) for trained ones.")
     return loaded
+
+
+def _pixels(value: str | None, option: str, spec: str) -> int | None:
+    """The ``?size=``/``?crop=`` option as a positive number of pixels (None if not given)."""
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConvscopeError(f"{option}={value!r} in {spec!r} is not a positive number of pixels",
+                             f"Write e.g. {spec.partition('?')[0]}?size=256&crop=224.")
+    return int(value)
 
 
 def _keras(path: Path, weights: str | Path | None) -> LoadedModel:
@@ -85,7 +107,10 @@ def _zoo(name: str) -> LoadedModel:
     from convscope import zoo
     from convscope.data import CLASSES
 
-    return LoadedModel(zoo.load(name), zoo.preset(name), f"zoo:{name}", list(CLASSES))
+    model = zoo.load(name)
+    meta = zoo.info(name) or {}
+    accuracy = f", held-out accuracy {meta['val_accuracy']:.1%}" if "val_accuracy" in meta else ""
+    return LoadedModel(model, zoo.preset(name), f"zoo:{name}", list(CLASSES), f"zoo: trained on Shapes{accuracy}")
 
 
 def _torchvision(name: str, weights: str | None) -> LoadedModel:
@@ -115,7 +140,8 @@ def _torchvision(name: str, weights: str | None) -> LoadedModel:
         preprocess = Preprocess(size=int(_first(t.resize_size)), crop=int(_first(t.crop_size)),
                                 mean=tuple(t.mean), std=tuple(t.std))
         classes = list(weights_enum.meta.get("categories") or []) or None
-    return LoadedModel(model, preprocess, f"torchvision:{name}", classes)
+    return LoadedModel(model, preprocess, f"torchvision:{name}", classes,
+                       RANDOM_WEIGHTS if weights_enum is None else f"torchvision {weights_enum}")
 
 
 def _first(v: int | list[int] | tuple[int, ...]) -> int:
@@ -130,7 +156,7 @@ def _torchscript(path: Path) -> LoadedModel:
     except RuntimeError as exc:
         raise ConvscopeError(f"{str(path)!r} is not a TorchScript model ({str(exc).splitlines()[0]})",
                              "A state-dict file goes with its architecture: package.module:factory --weights FILE.") from None
-    return LoadedModel(model, Preprocess(), path.name)
+    return LoadedModel(model, Preprocess(), path.name, weights=f"saved in {path.name}")
 
 
 def _factory(spec: str) -> LoadedModel:
@@ -148,7 +174,7 @@ def _factory(spec: str) -> LoadedModel:
     if not isinstance(model, nn.Module):
         raise ConvscopeError(f"{spec!r} gave a {type(model).__name__}, not a torch.nn.Module",
                              "The factory must return the model (an nn.Module).")
-    return LoadedModel(model, Preprocess(), spec)
+    return LoadedModel(model, Preprocess(), spec, weights=f"{RANDOM_WEIGHTS} unless the factory loads trained ones")
 
 
 def load_state_dict_file(model: nn.Module, path: Path) -> None:

@@ -42,8 +42,8 @@ def project_images(loaded: LoadedModel, images: Sequence[str | Path], layer: str
         for k in range(top):
             heat = render.normalize(maps[n, k], mode="signed", percentile=99.5, channel_axis=0)
             tiles.append(render.channels_last(heat * 0.5 + 0.5))
-            y, x = positions[n, k].tolist()
-            labels.append(f"#{k + 1} a={float(values[n, k]):.3g} at ({y},{x})")
+            where = positions[n, k].tolist()  # (y, x); nothing for a layer without positions (a logit)
+            labels.append(f"#{k + 1} a={float(values[n, k]):.3g}" + (f" at ({','.join(map(str, where))})" if where else ""))
         sheet = render.grid(tiles, labels=labels, ncols=len(tiles), tile_size=(192, 192), interpolation="nearest")
         label = layer.replace("/", "_")  # a Keras layer inside a nested model: "block/conv"
         written.append(render.save_png(out / f"{Path(name).stem}-{label}-c{channel}-{rule}.png", sheet))

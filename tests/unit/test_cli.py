@@ -127,7 +127,8 @@ def test_explain_one_method_and_all(shapes_vgg: torch.nn.Module, tmp_path: Path,
                              "--method", "grad-cam", "--target", "2", "--out", str(tmp_path / "one"))
     assert code == 0, err
     meta = json.loads((tmp_path / "one" / "maps.json").read_text())
-    assert sorted(meta) == ["img0.png", "img1.png"]
+    assert sorted(meta) == ["img0.png", "img1.png", "model"]
+    assert meta["model"]["name"] == "zoo:shapes-vgg" and meta["model"]["weights"].startswith("zoo: trained on Shapes")
     assert meta["img0.png"][0]["method"] == "grad_cam" and meta["img0.png"][0]["target"] == 2
     assert meta["img0.png"][0]["shape"] == [1, 64, 64]
     assert (tmp_path / "one" / "img1-grad_cam.png").is_file()

@@ -105,7 +105,7 @@ class Method(ABC):
         if self.backend.name not in self.frameworks:
             raise ConvscopeError(f"{type(self).__name__} runs on {' and '.join(self.frameworks)} models only, "
                                  f"not on a {self.backend.name} model",
-                                 "Pick another method (`convscope explain --help` lists them).")
+                                 "Pick another method (`convscope methods` lists them, with the frameworks they run on).")
         self.model = model
         self.max_batch = check_max_batch(max_batch)
 

@@ -89,6 +89,8 @@ def get_method(name: str) -> type[Method]:
     if found is None:
         found = next((info for key, info in _REGISTRY.items() if _squashed(key) == _squashed(name)), None)
     if found is None:
+        names = list(_REGISTRY)
         raise ConvscopeError(f"there is no attribution method named {name!r}",
-                             did_you_mean(name.replace("-", "_"), list(_REGISTRY), "method"))
+                             did_you_mean(name.replace("-", "_"), names, "method", show=len(names))
+                             + " `convscope methods` lists every method with its description and options.")
     return found.cls
