@@ -130,6 +130,8 @@ class DeconvNet(GradientMethod):
     """
 
     default_rule = DeconvReLU()
+    #: ReLU rules inside the model: not on a TorchScript model (:mod:`convscope.formats`)
+    frameworks = ("torch", "tf")
 
 
 @register_method("guided_backprop", "guided backprop: relu(signal) * [input > 0] at each ReLU")
@@ -140,3 +142,5 @@ class GuidedBackprop(GradientMethod):
     """
 
     default_rule = GuidedReLU()
+    #: ReLU rules inside the model: not on a TorchScript model (:mod:`convscope.formats`)
+    frameworks = ("torch", "tf")
