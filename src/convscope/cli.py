@@ -168,17 +168,13 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
 @command("explain", "attribution maps for images: one overlay PNG per image x method, a JSON of the maps' metadata",
          _explain_args)
 def _explain(args: argparse.Namespace) -> int:
-    from convscope.backends.dispatch import framework_of
     from convscope.explain import explain
-    from convscope.methods.registry import check_runs_on, default_method, methods, supported
+    from convscope.methods.registry import method_for
 
     loaded = _load(args)
-    method = args.method or default_method(loaded.model)
-    check_runs_on(loaded.model, method)
-    if framework_of(loaded.model) == "torchscript" and (args.method is None or method == "all"):
-        hidden = [name for name in methods() if name not in supported("torchscript")]
-        print(f"convscope: {loaded.name} is a TorchScript model, whose layers take no hooks: "
-              f"{'leaving out ' + ', '.join(hidden) if method == 'all' else 'explaining with ' + method}", file=sys.stderr)
+    method, note = method_for(loaded.model, args.method, loaded.name)
+    if note:
+        print(f"convscope: {note}", file=sys.stderr)
     for path in explain(loaded, args.images, method=method, target=args.target, layer=args.layer,
                         eigen_smooth=args.eigen_smooth, aug_smooth=args.aug_smooth, out=Path(args.out)):
         print(path)

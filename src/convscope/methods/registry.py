@@ -104,6 +104,24 @@ def check_runs_on(model: object, name: str) -> None:
     raise ConvscopeError(f"--method {name} does not run on a {framework} model", f"{fix}.")
 
 
+def method_for(model: object, asked: str | None, name: str = "the model") -> tuple[str, str | None]:
+    """What ``convscope explain --method ASKED`` runs on ``model`` (called ``name``): the method
+    (``asked``, or :func:`default_method` for None), checked by :func:`check_runs_on` before any
+    work, and a note for the user when a TorchScript model changes the choice (None otherwise).
+
+    Example: ``method_for(torch.jit.load("m.pt"), None, "m.pt")`` -> ``("saliency", "m.pt is a ...")``.
+    """
+    from convscope.backends.dispatch import framework_of
+
+    method = asked or default_method(model)
+    check_runs_on(model, method)
+    if framework_of(model) != "torchscript" or (asked is not None and method != "all"):
+        return method, None
+    hidden = [n for n in methods() if n not in supported("torchscript")]
+    change = f"leaving out {', '.join(hidden)}" if method == "all" else f"explaining with {method}"
+    return method, f"{name} is a TorchScript model, whose layers take no hooks: {change}"
+
+
 def by_class_name(name: str) -> type[Method] | None:
     """The registered method whose class is called ``name`` (None if there is none)."""
     return next((info.cls for info in methods().values() if info.cls.__name__ == name), None)
