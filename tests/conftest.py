@@ -13,6 +13,10 @@ try:  # import order matters: torchvision before anything that may pull in Tenso
     import torchvision  # noqa: F401
 except ImportError:  # pragma: no cover - torchvision is a test dependency
     pass
+try:  # and Triton (torch's optimizers import it lazily), as convscope.tf does before TensorFlow
+    import triton  # noqa: F401
+except ImportError:  # pragma: no cover - only CUDA builds of torch bring it
+    pass
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

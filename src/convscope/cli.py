@@ -151,7 +151,11 @@ def _layers(args: argparse.Namespace) -> int:
         rows = keras_layer_table(loaded.model, probe)
     width = max((len("  " * (r.depth - 1) + r.name) for r in rows), default=4)
     kind = max([18, *(len(r.kind) for r in rows)])  # Keras type names run long (GlobalAveragePooling2D)
-    print(f"{loaded.name}  (probe input {'x'.join(map(str, probe.shape))})")
+    from convscope.formats import is_torchscript
+
+    probed = "no output shapes: a TorchScript model's layers take no hooks" if is_torchscript(loaded.model) else \
+        f"probe input {'x'.join(map(str, probe.shape))}"
+    print(f"{loaded.name}  ({probed})")
     print(f"{'layer':<{width}}  {'type':<{kind}} {'output shape':<20} {'params':>9}")
     for r in rows:
         shape = "x".join(map(str, r.output_shape)) if r.output_shape else "-"
@@ -235,8 +239,9 @@ def _project(args: argparse.Namespace) -> int:
 def _explain_args(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--method", default="grad_cam",
-                   help="a method name (`convscope methods` lists them), or 'all' (default grad_cam)")
+    p.add_argument("--method", default=None,
+                   help="a method name (`convscope methods` lists them), or 'all' (default grad_cam; saliency on a "
+                        "TorchScript model)")
     p.add_argument("--target", type=int, default=None, help="class index to explain (default: the predicted class)")
     p.add_argument("--layer", default=None, help="layer for CAM methods (default: chosen automatically)")
     p.add_argument("--eigen-smooth", action="store_true",
@@ -250,8 +255,13 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
          _explain_args)
 def _explain(args: argparse.Namespace) -> int:
     from convscope.explain import explain
+    from convscope.methods.registry import method_for
 
-    for path in explain(_load(args), args.images, method=args.method, target=args.target, layer=args.layer,
+    loaded = _load(args)
+    method, note = method_for(loaded.model, args.method, loaded.name)
+    if note:
+        print(f"convscope: {note}", file=sys.stderr)
+    for path in explain(loaded, args.images, method=method, target=args.target, layer=args.layer,
                         eigen_smooth=args.eigen_smooth, aug_smooth=args.aug_smooth, out=Path(args.out)):
         print(path)
     return 0

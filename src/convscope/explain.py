@@ -23,11 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from convscope import render
+from convscope.backends.dispatch import framework_of
 from convscope.errors import ConvscopeError
 from convscope.images import load_images
 from convscope.methods import AugSmooth, Method
-from convscope.methods import methods as registered
-from convscope.methods.registry import get_method
+from convscope.methods.registry import get_method, supported
 from convscope.models import LoadedModel
 
 
@@ -70,7 +70,7 @@ def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = 
     """Write the overlays (and grids, and maps.json) into ``out``; return the written paths.
     ``eigen_smooth`` applies to the CAM methods (with ``method="all"``, to those only);
     ``aug_smooth`` wraps every method in :class:`~convscope.methods.AugSmooth`."""
-    names = list(registered()) if method == "all" else [get_method(method).name]
+    names = supported(framework_of(loaded.model)) if method == "all" else [get_method(method).name]
     batch = load_images(images, loaded.preprocess)
     predicted = _predicted(loaded, batch.tensor)
     targets = [target] * len(batch.names) if target is not None else predicted

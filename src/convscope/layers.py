@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from convscope.errors import ConvscopeError, did_you_mean
+from convscope.formats import check_layers_visible, is_torchscript
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -25,7 +26,9 @@ def layer_names(model: nn.Module) -> list[str]:
 
 
 def resolve_layer(model: nn.Module, name: str | nn.Module) -> nn.Module:
-    """The submodule called ``name`` (a module passes through if it belongs to ``model``)."""
+    """The submodule called ``name`` (a module passes through if it belongs to ``model``); a
+    TorchScript model refuses (its layers take no hooks: :mod:`convscope.formats`)."""
+    check_layers_visible(model, f"the layer {name if isinstance(name, str) else type(name).__name__!r}")
     if isinstance(name, nn.Module):
         if any(m is name for m in model.modules()):
             return name
@@ -63,7 +66,11 @@ def layer_table(model: nn.Module, probe: torch.Tensor | None = None) -> list[Lay
     """Every submodule with the output shape it produced for ``probe`` (hooks removed after).
 
     A module called several times (a shared ReLU) reports its last output shape and its call count.
+    A TorchScript model's submodules take no hooks: they are listed (with their original type
+    names) without output shapes, and ``probe`` is not run.
     """
+    if is_torchscript(model):
+        probe = None
     shapes: dict[str, tuple[int, ...]] = {}
     calls: dict[str, int] = {}
     handles = []
@@ -95,7 +102,8 @@ def layer_table(model: nn.Module, probe: torch.Tensor | None = None) -> list[Lay
     for name, module in model.named_modules():
         if not name:
             continue
-        rows.append(LayerRow(name=name, depth=name.count(".") + 1, kind=type(module).__name__,
+        kind = getattr(module, "original_name", None) or type(module).__name__  # a script module's own class name
+        rows.append(LayerRow(name=name, depth=name.count(".") + 1, kind=kind,
                              output_shape=shapes.get(name), params=sum(p.numel() for p in module.parameters(recurse=False)),
                              calls=calls.get(name, 0)))
     return rows

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from convscope import render
+from convscope.formats import check_layers_visible
 from convscope.images import load_images
 from convscope.loaded import LoadedModel
 from convscope.projection import RULES, Projection, project
@@ -32,7 +33,9 @@ def _channels_first(maps: object) -> np.ndarray:
 
 def project_images(loaded: LoadedModel, images: Sequence[str | Path], layer: str, channel: int, *,
                    rule: str = "deconvnet", top: int = 1, out: Path = Path("convscope-project")) -> list[Path]:
-    """Write one sheet per image into ``out`` (see module doc) and return the paths."""
+    """Write one sheet per image into ``out`` (see module doc) and return the paths; a TorchScript
+    model is refused before any image is read (:mod:`convscope.formats`)."""
+    check_layers_visible(loaded.model, "`convscope project`")
     batch = load_images(images, loaded.preprocess)
     result = project(loaded.model, batch.tensor, layer, channel, rule=rule, top=top)
     maps, values, positions = _channels_first(result.maps), np.asarray(result.values), np.asarray(result.positions)

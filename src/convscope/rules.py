@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from convscope.errors import ConvscopeError
+from convscope.formats import check_layers_visible
 from convscope.layers import resolve_layer
 
 
@@ -128,7 +129,10 @@ class RuleMap:
         yield from self.layers.values()
 
     def resolve(self, model: nn.Module) -> list[tuple[nn.Module, BackwardRule]]:
-        """The listed layers as modules of ``model`` (unknown names raise a clear error)."""
+        """The listed layers as modules of ``model`` (unknown names raise a clear error). Rules other
+        than the gradient cannot reach the ReLUs of a TorchScript model: it refuses them."""
+        if not self.is_gradient:
+            check_layers_visible(model, f"the backward rule {self.default!r}" if not self.layers else repr(self))
         return [(resolve_layer(model, name), rule) for name, rule in self.layers.items()]
 
     def __repr__(self) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from convscope.atlas.mine import Mined, mine
+from convscope.atlas.mine import Mined, check_model, mine
 from convscope.atlas.project import project_units
 from convscope.atlas.receptive import crop, receptive_field
 from convscope.atlas.source import Source, open_source
@@ -78,8 +78,10 @@ def build_atlas(model: nn.Module, data: Any, layers: Sequence[str], out: str | P
     """Mine ``data`` and write a complete atlas folder at ``out`` (see module doc); returns it opened.
 
     ``mined`` skips mining (e.g. the merged result of a distributed run); ``per_image`` as in
-    :func:`~convscope.atlas.mine.mine`.
+    :func:`~convscope.atlas.mine.mine`. A Keras or TorchScript model is refused before any work
+    (:func:`~convscope.atlas.mine.check_model`).
     """
+    check_model(model)
     for method in methods:
         rule_map(method, option="method")  # unknown names fail before any work
     folder = Path(out)

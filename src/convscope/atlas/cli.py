@@ -21,8 +21,8 @@ from convscope.errors import ConvscopeError
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Add the ``atlas`` arguments to ``p``."""
-    p.add_argument("model", help="zoo:NAME, torchvision:NAME[?weights=DEFAULT], a TorchScript file, "
-                                 "or package.module:factory")
+    p.add_argument("model", help="zoo:NAME, torchvision:NAME[?weights=DEFAULT], or package.module:factory (a "
+                                 "PyTorch model whose layers can be hooked: not a TorchScript or Keras file)")
     p.add_argument("data", help="an image folder, or shapes:N (the built-in Shapes dataset, N images, seed 0)")
     p.add_argument("--weights", help="a state-dict file to load into the model (weights_only=True)")
     p.add_argument("--layers", required=True, help="comma-separated layer names, e.g. features.0,features.3")

@@ -43,6 +43,7 @@ from convscope.backends.torch.forward import model_device
 from convscope.backends.torch.session import eval_mode
 from convscope.cache import read_checked, write_checked
 from convscope.errors import ConvscopeError
+from convscope.formats import check_torch_modules
 from convscope.images import Preprocess
 from convscope.layers import resolve_layer
 
@@ -105,8 +106,19 @@ def _load(out: Path, rank: int, ident: dict[str, Any]) -> tuple[int, dict[str, T
     return int(meta["next_batch"]), results, [tuple(s) for s in meta["skipped"]]
 
 
+def check_model(model: nn.Module) -> None:
+    """A clear error, before any work, for a model the atlas cannot read: it hooks PyTorch modules
+    (a Keras model: :func:`convscope.project.project_images` shows its units on given images; a
+    TorchScript model hides its layers)."""
+    check_torch_modules(model, "the dataset atlas",
+                        "For a Keras model, show a channel's strongest units on your images with `convscope project "
+                        "MODEL IMAGES --layer L --channel C --top K`, or load a PyTorch version of the model.")
+
+
 def check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
-    """The layer names (resolved, de-duplicated); a clear error for none or an unknown one."""
+    """The layer names (resolved, de-duplicated); a clear error for a model the atlas cannot read
+    (:func:`check_model`), for no layer or an unknown one."""
+    check_model(model)
     names = list(dict.fromkeys(layers))
     if not names:
         raise ConvscopeError("no layers to mine", "Name them, e.g. --layers features.0,features.3.")

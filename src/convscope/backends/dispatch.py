@@ -12,12 +12,21 @@ import sys
 
 from convscope.backends.protocol import Backend
 from convscope.errors import ConvscopeError
+from convscope.formats import is_torchscript
 
 
 def is_keras_model(model: object) -> bool:
     """Whether ``model`` is a Keras model (never imports TensorFlow: Keras is imported if one exists)."""
     keras = sys.modules.get("keras")
     return keras is not None and isinstance(model, getattr(keras, "Model", ()))
+
+
+def framework_of(model: object) -> str:
+    """``"tf"`` for a Keras model, ``"torchscript"`` for a TorchScript module (its layers take no
+    hooks: :mod:`convscope.formats`), ``"torch"`` for any other object (:func:`backend_of` checks it)."""
+    if is_keras_model(model):
+        return "tf"
+    return "torchscript" if is_torchscript(model) else "torch"
 
 
 def backend_of(model: object) -> Backend:

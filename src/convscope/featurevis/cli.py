@@ -3,7 +3,9 @@
 ``convscope visualize MODEL --layer L --channels 0-15 --out DIR`` renders one image per channel
 in one batch and writes ``DIR/L-grid.png`` (labelled) and ``DIR/L-cN.png`` per channel.
 ``convscope dream MODEL IMAGE --layer L --out FILE`` writes the DeepDream of IMAGE (cropped by
-the model's preprocessing) amplifying layer L.
+the model's preprocessing) amplifying layer L. Both take PyTorch and Keras models (a Keras model's
+forward and backward passes run in TensorFlow); a TorchScript file is refused before any work,
+since its layers take no hooks.
 
 Example::
 
@@ -15,12 +17,28 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from convscope.errors import ConvscopeError
 
 
+MODEL_HELP = ("zoo:NAME, torchvision:NAME[?weights=DEFAULT], a Keras .keras/.h5 file, or package.module:factory "
+              "(a TorchScript file hides the layers these commands read)")
+
+
+def _load(args: argparse.Namespace, verb: str) -> Any:  # noqa: ANN401
+    """The model of ``args``; a TorchScript model is refused before any work."""
+    from convscope.formats import check_layers_visible
+    from convscope.models import load_model
+
+    loaded = load_model(args.model, weights=args.weights)
+    check_layers_visible(loaded.model, f"`convscope {verb}`")
+    return loaded
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", help="a state-dict file to load into the model (weights_only=True)")
+    p.add_argument("--weights", help="a state-dict file to load into the model (weights_only=True); for a Keras "
+                                     "model a .weights.h5 file")
     p.add_argument("--layer", required=True, help="qualified layer name (see `convscope layers MODEL`)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed gives the same image")
     p.add_argument("--max-batch", type=int, default=None, help="most images per forward pass (default: all)")
@@ -29,8 +47,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def configure_visualize(p: argparse.ArgumentParser) -> None:
     """Add the ``visualize`` arguments to ``p``."""
-    p.add_argument("model", help="zoo:NAME, torchvision:NAME[?weights=DEFAULT], a TorchScript file, "
-                                 "or package.module:factory")
+    p.add_argument("model", help=MODEL_HELP)
     _common(p)
     p.add_argument("--channels", default="0-15", help="channels to render, e.g. 0-15 or 0,3,5 (default 0-15)")
     p.add_argument("--out", required=True, help="output folder for the grid and the per-channel PNGs")
@@ -45,10 +62,9 @@ def visualize_command(args: argparse.Namespace) -> int:
     from convscope import render as draw
     from convscope.featurevis.objectives import channels, parse_channels
     from convscope.featurevis.render import render
-    from convscope.models import load_model
 
     index = parse_channels(args.channels)
-    loaded = load_model(args.model, weights=args.weights)
+    loaded = _load(args, "visualize")
     result = render(loaded.model, channels(args.layer, index), steps=args.steps, size=args.size, lr=args.lr,
                     seed=args.seed, max_batch=args.max_batch, preprocess=loaded.preprocess,
                     transforms=None if args.no_transforms else "standard", progress=not args.quiet)
@@ -61,8 +77,7 @@ def visualize_command(args: argparse.Namespace) -> int:
 
 def configure_dream(p: argparse.ArgumentParser) -> None:
     """Add the ``dream`` arguments to ``p``."""
-    p.add_argument("model", help="zoo:NAME, torchvision:NAME[?weights=DEFAULT], a TorchScript file, "
-                                 "or package.module:factory")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("image", help="the image file to dream on")
     _common(p)
     p.add_argument("--out", required=True, help="the PNG file to write")
@@ -79,11 +94,10 @@ def dream_command(args: argparse.Namespace) -> int:
     from convscope import render as draw
     from convscope.featurevis.dream import dream
     from convscope.images import load_images
-    from convscope.models import load_model
 
     if not str(args.out).lower().endswith(".png"):
         raise ConvscopeError(f"--out {args.out!r} is not a .png file", "Write e.g. --out dream.png.")
-    loaded = load_model(args.model, weights=args.weights)
+    loaded = _load(args, "dream")
     batch = load_images([args.image], loaded.preprocess)
     x = torch.from_numpy(batch.pixels).permute(0, 3, 1, 2).float().div(255)
     dreamt = dream(loaded.model, x, args.layer, octaves=args.octaves, octave_scale=args.octave_scale,

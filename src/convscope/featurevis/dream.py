@@ -19,13 +19,15 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from convscope.errors import ConvscopeError
 from convscope.featurevis.objectives import DeepDream
 from convscope.featurevis.params import ImageParam
-from convscope.featurevis.render import Normalization, model_device, render
+from convscope.featurevis.render import Normalization, as_module, model_device, render
 from convscope.featurevis.transforms import Jitter, Pad, Resize, compose
 from convscope.methods.base import check_input
 from convscope.methods.batching import MaxBatch
@@ -36,11 +38,11 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def dream(model: nn.Module, image: Tensor, layer: LayerKey | Target, *, octaves: int = 3, octave_scale: float = 1.4,
+def dream(model: Any, image: Tensor, layer: LayerKey | Target, *, octaves: int = 3, octave_scale: float = 1.4,
           steps: int = 20, lr: float = 0.004, jitter: int = 2, seed: int = 0, input_size: int | None = None,
           preprocess: Normalization | None = None, max_batch: MaxBatch = None, progress: bool = True) -> Tensor:
     """The dreamt image(s), same shape as ``image`` (``[N, C, H, W]`` or ``[C, H, W]`` pixels in
-    ``[0, 1]``, never modified). ``layer`` names the layer to amplify, or is any objective.
+    ``[0, 1]``, never modified), for a torch module or a Keras ``model``. ``layer`` names the layer to amplify, or is any objective.
     ``jitter``: each step sees a random shift by up to ``jitter`` pixels (reflect-padded).
     """
     single = isinstance(image, Tensor) and image.dim() == 3
@@ -52,7 +54,7 @@ def dream(model: nn.Module, image: Tensor, layer: LayerKey | Target, *, octaves:
         raise ConvscopeError(f"octaves={octaves!r} and octave_scale={octave_scale!r} must be >= 1",
                              "Write e.g. octaves=3, octave_scale=1.4.")
     objective = layer if isinstance(layer, Target) else DeepDream(layer)
-    x = x.to(model_device(model))
+    x = x.to(model_device(as_module(model)))  # a Keras model: the CPU
     h, w = x.shape[-2:]
     sizes = [(max(1, round(h / octave_scale ** k)), max(1, round(w / octave_scale ** k)))
              for k in reversed(range(octaves))]

@@ -14,7 +14,10 @@ renders 16 channel visualizations in one batch.
 Nothing is displayed or written: :func:`render` returns a :class:`Rendered` (the images and the
 objective history); :meth:`Rendered.save` writes a labelled grid when asked. The user's model
 is never changed (eval mode and probes only inside the session; gradients are taken with
-``torch.autograd.grad`` w.r.t. the input, so no parameter's ``.grad`` moves).
+``torch.autograd.grad`` w.r.t. the input, so no parameter's ``.grad`` moves). A Keras model runs
+as a :class:`~convscope.backends.tf.as_torch.KerasModule` (:func:`as_module`): the images,
+transforms and objectives stay PyTorch tensors ``[N, C, H, W]``, the model's forward and backward
+passes are TensorFlow's.
 
 Example::
 
@@ -30,13 +33,14 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from convscope.backends.dispatch import is_keras_model
 from convscope.backends.torch.forward import model_device
 from convscope.backends.torch.session import Session
 from convscope.errors import ConvscopeError
@@ -92,6 +96,20 @@ def normalizer(preprocess: Normalization | None, device: torch.device) -> Callab
     mean = torch.tensor(preprocess.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std = torch.tensor(preprocess.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     return lambda x: (x - mean) / std
+
+
+def as_module(model: object, layers: Sequence[object] = ()) -> nn.Module:
+    """``model`` if it is a torch module; a Keras model as a
+    :class:`~convscope.backends.tf.as_torch.KerasModule` recording ``layers`` (its gradients come
+    from TensorFlow); else a clear error."""
+    if isinstance(model, nn.Module):
+        return model
+    if is_keras_model(model):
+        from convscope.backends.tf.as_torch import KerasModule
+
+        return KerasModule(model, layers)
+    raise ConvscopeError(f"the model is a {type(model).__name__}, not a torch.nn.Module or a Keras model",
+                         "Pass a PyTorch model or a keras.Model.")
 
 
 def _identity(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -195,12 +213,13 @@ def _check_number(name: str, value: object, *, integer: bool) -> None:
                              f"Write e.g. {example}.")
 
 
-def render(model: nn.Module, objective: TargetLike | Sequence[TargetLike], *, steps: int = 256,
+def render(model: Any, objective: TargetLike | Sequence[TargetLike], *, steps: int = 256,
            param: ImageParam | None = None, size: int | tuple[int, int] | None = None, batch: int | None = None,
            transforms: Transform | str | None = "standard", lr: float = 0.05, seed: int = 0,
            max_batch: MaxBatch = None, preprocess: Normalization | None = None,
            progress: bool = True) -> Rendered:
-    """Optimize images to maximize ``objective`` for ``steps`` Adam steps of rate ``lr``.
+    """Optimize images to maximize ``objective`` for ``steps`` Adam steps of rate ``lr`` (``model``: a
+    torch module or a Keras model, see the module doc).
 
     ``param`` (default: an FFT, decorrelated-colour, sigmoid :class:`ImageParam` of ``size``,
     which defaults to ``preprocess.crop`` or 128, drawn from ``seed``); ``transforms``:
@@ -210,14 +229,13 @@ def render(model: nn.Module, objective: TargetLike | Sequence[TargetLike], *, st
     kernels of bilinear resampling and convolutions add with atomics, in no fixed order, and the
     optimization amplifies those last-bit differences, so GPU runs are only alike.
     """
-    if not isinstance(model, nn.Module):
-        raise ConvscopeError(f"the model is a {type(model).__name__}, not a torch.nn.Module", "Pass a PyTorch model.")
     _check_number("steps", steps, integer=True)
     _check_number("lr", lr, integer=False)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConvscopeError(f"seed={seed!r} must be an int", "Write e.g. seed=0.")
     max_batch = check_max_batch(max_batch)
     goal = Objective(objective, batch, default=None if param is None else param.shape[0])
+    model = as_module(model, goal.layers())
     device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
     if param is None:
@@ -269,4 +287,4 @@ def render(model: nn.Module, objective: TargetLike | Sequence[TargetLike], *, st
     return Rendered(images=param().detach(), history=torch.stack(history).cpu())
 
 
-__all__ = ["Normalization", "Objective", "Rendered", "model_device", "normalizer", "render"]
+__all__ = ["Normalization", "Objective", "Rendered", "as_module", "model_device", "normalizer", "render"]

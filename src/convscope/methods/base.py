@@ -35,11 +35,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar, overload
 
-from convscope.backends.dispatch import backend_of
+from convscope.backends.dispatch import backend_of, framework_of
 from convscope.backends.protocol import Backend, Engine, Tensor
 from convscope.backends.torch.backend import check_input
 from convscope.backends.torch.batching import MaxBatch, check_max_batch
 from convscope.errors import ConvscopeError
+from convscope.formats import FROM_PYTHON, hidden_layers
 from convscope.rules import RuleMap
 from convscope.targets import Target, TargetLike, as_targets
 
@@ -92,8 +93,10 @@ class Method(ABC):
 
     name: ClassVar[str] = ""
     expands: ClassVar[bool] = False  # True: _compute gets all rows and chunks its own evaluations
-    #: the backends this method runs on (a method using framework-specific code declares fewer)
-    frameworks: ClassVar[tuple[str, ...]] = ("torch", "tf")
+    #: the frameworks this method runs on (:func:`~convscope.backends.dispatch.framework_of`; a method
+    #: using framework-specific code declares fewer, one reading layers or ReLU rules leaves out
+    #: ``"torchscript"``, whose layers take no hooks)
+    frameworks: ClassVar[tuple[str, ...]] = ("torch", "torchscript", "tf")
     #: the command line's per-method options this method takes (``layer``, ``eigen_smooth``)
     options: ClassVar[frozenset[str]] = frozenset()
     #: True where every pass that scores a target sees the user's input unchanged, so a target
@@ -102,7 +105,11 @@ class Method(ABC):
 
     def __init__(self, model: Any, *, max_batch: MaxBatch = None) -> None:
         self.backend: Backend = backend_of(model)
-        if self.backend.name not in self.frameworks:
+        framework = framework_of(model)
+        if framework == "torchscript" and framework not in self.frameworks:
+            raise hidden_layers(type(self).__name__, "Use a method that needs no layer (such as Saliency, "
+                                f"IntegratedGradients or Occlusion), or {FROM_PYTHON}.")
+        if framework not in self.frameworks:
             raise ConvscopeError(f"{type(self).__name__} runs on {' and '.join(self.frameworks)} models only, "
                                  f"not on a {self.backend.name} model",
                                  "Pick another method (`convscope methods` lists them, with the frameworks they run on).")

@@ -131,6 +131,8 @@ class DeconvNet(GradientMethod):
     """
 
     default_rule = DeconvReLU()
+    #: ReLU rules inside the model: not on a TorchScript model (:mod:`convscope.formats`)
+    frameworks = ("torch", "tf")
 
 
 @register_method("guided_backprop", "guided backprop: relu(signal) * [input > 0] at each ReLU")
@@ -141,3 +143,5 @@ class GuidedBackprop(GradientMethod):
     """
 
     default_rule = GuidedReLU()
+    #: ReLU rules inside the model: not on a TorchScript model (:mod:`convscope.formats`)
+    frameworks = ("torch", "tf")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from convscope.errors import ConvscopeError, did_you_mean
+from convscope.formats import FROM_PYTHON, hidden_layers
 
 if TYPE_CHECKING:
     from convscope.methods.base import Method
@@ -68,9 +69,57 @@ def methods() -> dict[str, MethodInfo]:
 
 
 def supported(framework: str) -> list[str]:
-    """The names of the registered methods that run on ``framework`` (``"torch"`` or ``"tf"``):
-    every method not declared otherwise (``frameworks = ("torch",)``)."""
+    """The names of the registered methods that run on ``framework`` (``"torch"``, ``"torchscript"``
+    or ``"tf"``, as :func:`~convscope.backends.dispatch.framework_of` names a model's): every method
+    not declared otherwise (``frameworks = ("torch",)``; the layer and rule methods leave out
+    ``"torchscript"``)."""
     return [name for name, info in methods().items() if framework in info.cls.frameworks]
+
+
+def default_method(model: object) -> str:
+    """The method ``convscope explain`` runs when none is named: ``"grad_cam"``, or ``"saliency"``
+    on a model whose layers Grad-CAM cannot read (a TorchScript model).
+
+    Example: ``default_method(torch.jit.load("model.pt"))`` -> ``"saliency"``.
+    """
+    from convscope.backends.dispatch import framework_of
+
+    return "grad_cam" if "grad_cam" in supported(framework_of(model)) else "saliency"
+
+
+def check_runs_on(model: object, name: str) -> None:
+    """A clear error, naming the methods that do run, when method ``name`` (or ``"all"``: always
+    fine) cannot run on ``model``; the CLI asks before any work.
+
+    Example: ``check_runs_on(torch.jit.load("model.pt"), "grad_cam")`` raises: the layer is hidden.
+    """
+    from convscope.backends.dispatch import framework_of
+
+    framework = framework_of(model)
+    if name == "all" or framework in get_method(name).frameworks:
+        return
+    fix = f"Use --method {', '.join(supported(framework))}"
+    if framework == "torchscript":
+        raise hidden_layers(f"--method {name}", f"{fix}, or {FROM_PYTHON}.")
+    raise ConvscopeError(f"--method {name} does not run on a {framework} model", f"{fix}.")
+
+
+def method_for(model: object, asked: str | None, name: str = "the model") -> tuple[str, str | None]:
+    """What ``convscope explain --method ASKED`` runs on ``model`` (called ``name``): the method
+    (``asked``, or :func:`default_method` for None), checked by :func:`check_runs_on` before any
+    work, and a note for the user when a TorchScript model changes the choice (None otherwise).
+
+    Example: ``method_for(torch.jit.load("m.pt"), None, "m.pt")`` -> ``("saliency", "m.pt is a ...")``.
+    """
+    from convscope.backends.dispatch import framework_of
+
+    method = asked or default_method(model)
+    check_runs_on(model, method)
+    if framework_of(model) != "torchscript" or (asked is not None and method != "all"):
+        return method, None
+    hidden = [n for n in methods() if n not in supported("torchscript")]
+    change = f"leaving out {', '.join(hidden)}" if method == "all" else f"explaining with {method}"
+    return method, f"{name} is a TorchScript model, whose layers take no hooks: {change}"
 
 
 def by_class_name(name: str) -> type[Method] | None:

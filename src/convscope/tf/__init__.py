@@ -16,7 +16,14 @@ Example::
     restored = unpool(pooled, argmax, tf.shape(x))
 """
 
-from convscope.tf.gradients import layer_gradient
+import importlib.util
+
+# PyTorch imports its optional Triton package lazily (the first optimizer made imports it), and
+# loading Triton after TensorFlow crashes the process: where it is installed, load it first.
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: F401
+
+from convscope.tf.gradients import layer_gradient  # noqa: E402 - after Triton
 from convscope.tf.ops import max_pool_with_switches, unpool
 
 __all__ = ["layer_gradient", "max_pool_with_switches", "unpool"]

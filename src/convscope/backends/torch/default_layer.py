@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from convscope.backends.torch.session import call_model, eval_mode
 from convscope.errors import ConvscopeError
+from convscope.formats import check_layers_visible
 
 
 _RESIZERS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -35,7 +36,9 @@ def default_layer(model: nn.Module, x: Tensor) -> str:
     spatial feature map.
 
     One forward pass of ``x[:1]`` in eval mode without gradients; every hook is removed after.
+    A TorchScript model refuses (its layers take no hooks).
     """
+    check_layers_visible(model, "a class activation map")
     finished: list[str] = []  # names in the order their forward pass returned
     shapes: dict[str, tuple[int, ...] | None] = {}
     calls: dict[str, int] = {}

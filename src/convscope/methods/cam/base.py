@@ -126,6 +126,8 @@ class CAMMethod(Method):
     """
 
     options = frozenset({"layer", "eigen_smooth"})
+    #: layers inside the model: not on a TorchScript model (:mod:`convscope.formats`)
+    frameworks = ("torch", "tf")
     default_relu: ClassVar[bool] = True
     #: False where the map is a principal projection already (Eigen-CAM): ``eigen_smooth`` changes nothing
     eigen_smooth_applies: ClassVar[bool] = True

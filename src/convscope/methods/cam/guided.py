@@ -36,6 +36,8 @@ class GuidedGradCAM(Method):
 
     options = frozenset({"layer", "eigen_smooth"})
     scores_input = True
+    #: layers and ReLU rules inside the model: not on a TorchScript model (:mod:`convscope.formats`)
+    frameworks = ("torch", "tf")
 
     def __init__(self, model: Any, layer: Any = None, *, eigen_smooth: bool = False,
                  max_batch: MaxBatch = None) -> None:
