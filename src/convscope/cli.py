@@ -190,7 +190,7 @@ def _zoo(args: argparse.Namespace) -> int:
 
 # --- methods --------------------------------------------------------------------------------
 
-_FRAMEWORKS = {"torch": "PyTorch", "tf": "Keras"}
+_FRAMEWORKS = {"torch": "PyTorch", "torchscript": "TorchScript", "tf": "Keras"}
 
 
 @command("methods", "list the attribution methods (the names `explain --method` takes), with their options",

@@ -22,7 +22,7 @@ def test_methods_lists_every_registered_method(capsys: pytest.CaptureFixture[str
     assert lines[0].split() == ["method", "class", "options", "runs", "on", "description"]
     rows = {line.split()[0]: line for line in lines[1:len(methods()) + 1]}
     assert list(rows) == list(methods())  # registration order, every one
-    framework_names = {"torch": "PyTorch", "tf": "Keras"}
+    framework_names = {"torch": "PyTorch", "torchscript": "TorchScript", "tf": "Keras"}
     for name, info in methods().items():
         row = rows[name]
         assert row.split()[1] == info.cls.__name__
