@@ -42,8 +42,11 @@ class DemoContext:
     masks: np.ndarray
     pngs: list[Path] = field(default_factory=list)
 
-    def save(self, name: str, image: np.ndarray, caption: str) -> render.Figure:
-        """Write ``image`` as ``out/name.png`` and return it as a full-width figure for the page."""
+    def save(self, name: str, image: np.ndarray, caption: str, *scale: np.ndarray) -> render.Figure:
+        """Write ``image`` (with the colour bars ``scale`` centred under it) as ``out/name.png`` and
+        return it as a full-width figure for the page."""
+        if scale:
+            image = render.stack([image, *scale], gap=6)
         self.pngs.append(render.save_png(self.out / f"{name}.png", image))
         return render.figure(image, caption, wide=True)
 
@@ -101,7 +104,8 @@ def section_activations(ctx: DemoContext) -> tuple[str, list[Item]]:
         maps = [render.apply_colormap(render.normalize(a.numpy(), mode="positive"), "viridis") for a in acts[0, :16]]
         sheet = render.grid(maps, labels=[f"ch {c}" for c in range(len(maps))], ncols=8, tile_size=(96, 96),
                             interpolation="nearest")
-        items.append(ctx.save(f"activations-{name}", sheet, f"{name}: {tuple(acts.shape[1:])}"))
+        items.append(ctx.save(f"activations-{name}", sheet, f"{name}: {tuple(acts.shape[1:])}",
+                              render.colorbar("viridis", "0", "the channel's maximum", title="activation")))
     return "Layer activations", items
 
 
@@ -121,7 +125,8 @@ def section_unpooling(ctx: DemoContext) -> tuple[str, list[Item]] | None:
             tiles.append(render.apply_colormap(render.normalize(t[0, c].numpy(), mode="positive"), "inferno"))
             labels.append(f"ch {c} {what}")
     sheet = ctx.save("unpooling", render.grid(tiles, labels=labels, ncols=6, tile_size=(160, 160),
-                                              interpolation="nearest"), "switch unpooling")
+                                              interpolation="nearest"), "switch unpooling",
+                     render.colorbar("inferno", "0", "the channel's maximum", title="activation"))
     return "Max-pool switches and unpooling", [
         "The first block's activation, its 2x2 max-pool, and the pooled values put back at the argmax "
         "switches (convscope.ops.unpool): the deconvnet's way back through a pooling layer.",
@@ -129,34 +134,51 @@ def section_unpooling(ctx: DemoContext) -> tuple[str, list[Item]] | None:
     ]
 
 
+_KIND_TEXT = {
+    "magnitude": "Gradient-based maps: |attribution| summed over colour, each map scaled to its own 99.5th percentile.",
+    "positive": "Maps of the evidence for the class (the CAM family's ReLU'd maps, occlusion's score drop): the "
+                "positive part, each map scaled to its own 99.5th percentile; zero or less is black.",
+    "relative": "Maps whose values all sit near one level (RISE's: the expected score with a pixel kept, near the "
+                "mean score everywhere, so a scale from 0 would show a flat map): each map is shown from its own "
+                "lowest to its highest value, i.e. where keeping the pixel helps the score more than elsewhere.",
+}
+
+
 def section_methods(ctx: DemoContext) -> tuple[str, list[Item]] | None:
     try:
         from convscope.methods import registry
     except ImportError:
         return None
-    from convscope.methods import AugSmooth, GradCAM
+    from convscope.methods import AugSmooth, GradCAM, display_kind
 
-    rows = []
     predicted = ctx.model(ctx.x).argmax(1).tolist()
     builders = {name: spec.cls for name, spec in registry.methods().items()}
     builders |= {"grad_cam+eigen_smooth": lambda m: GradCAM(m, eigen_smooth=True),
                  "grad_cam+aug_smooth": lambda m: AugSmooth(GradCAM(m))}
+    rows: dict[str, list[tuple[str, list[np.ndarray]]]] = {}  # display kind -> (method, overlays)
     for name, build in tqdm(builders.items(), desc="demo: attribution methods", leave=False):
         method = build(ctx.model)
+        kind = display_kind(method)
         maps = method.attribute(ctx.x, target=predicted)
-        heat = [render.normalize(render.reduce_channels(m.detach().numpy(), "abs-sum", channel_axis=0)
-                                 if m.dim() == 3 else m.detach().numpy(), mode="positive", percentile=99.5)
-                for m in maps]
-        rows += [render.overlay(px, h, alpha=0.6) for px, h in zip(ctx.pixels, heat)]
-    labels = [f"{name}: {ctx.class_names[p]}" for name in builders for p in predicted]
-    sheet = ctx.save("methods", render.grid(rows, labels=labels, ncols=len(ctx.labels), tile_size=(160, 160),
-                                            interpolation="nearest"), "methods x images")
-    return "Attribution methods", [
-        "Every registered method explaining the predicted class of each image (|attribution| summed over colour, "
-        "clipped at the 99.5th percentile, over the image), then Grad-CAM with eigen_smooth and with AugSmooth "
-        "(mirrored and rescaled inputs).",
-        sheet,
-    ]
+        rows.setdefault(kind, []).append(
+            (name, [render.overlay(px, render.heat(m, kind), alpha=0.6) for px, m in zip(ctx.pixels, maps)]))
+    items: list[Item] = [
+        "Every registered method explaining the predicted class of each image (rows: methods; under each "
+        "picture: the predicted class), then Grad-CAM with eigen_smooth and with AugSmooth (mirrored and "
+        "rescaled inputs). Each method declares how its maps are shown; one sheet per kind, its colour scale "
+        "under it."]
+    for kind in render.DISPLAY_KINDS:
+        if kind not in rows:
+            continue
+        names = [name for name, _ in rows[kind]]
+        tiles = [tile for _, overlays in rows[kind] for tile in overlays]
+        sheet = render.grid(tiles, labels=[ctx.class_names[p] for _ in names for p in predicted],
+                            row_labels=names, ncols=len(ctx.labels), tile_size=(160, 160), interpolation="nearest")
+        d = render.DISPLAYS[kind]
+        items += [_KIND_TEXT.get(kind, d.meaning),
+                  ctx.save(f"methods-{kind}", sheet, f"{kind} maps: {', '.join(names)}",
+                           render.colorbar("inferno", d.low, d.high, title=d.meaning))]
+    return "Attribution methods", items
 
 
 def section_projections(ctx: DemoContext) -> tuple[str, list[Item]] | None:
@@ -187,7 +209,6 @@ def section_projections(ctx: DemoContext) -> tuple[str, list[Item]] | None:
 def section_atlas(ctx: DemoContext) -> tuple[str, list[Item]] | None:
     try:
         from convscope.atlas import build_atlas, write_pages
-        from convscope.atlas.pages import card_image
     except ImportError:
         return None
     layer, n_images = "features.7", 1000
@@ -197,15 +218,27 @@ def section_atlas(ctx: DemoContext) -> tuple[str, list[Item]] | None:
     acc = atlas.topk(layer)
     strongest = np.argsort(-acc.values[:, 0], kind="stable")[:6]
     items: list[Item] = [
-        f"For each channel of {layer}, the 9 of {n_images} Shapes images that excite it most (top row: the image "
-        "patch under the unit's receptive field) and the deconvnet projection of that single activation (bottom "
-        f"row). The six channels with the strongest activations are shown; all channels: "
-        f"{index.relative_to(ctx.out)} (open it beside this report)."]
+        f"For each channel of {layer}, the {atlas.k} of {n_images} Shapes images that excite it most (top row: the "
+        "image patch under the unit's receptive field, with the activation) and the deconvnet projection of that "
+        "single activation (bottom row; grey = 0). The six channels with the strongest activations are shown.",
+        render.link("atlas/pages/index.html", index.relative_to(ctx.out),
+                    before=f"All {acc.channels} channels of {layer}, one card each, are in the atlas pages: ",
+                    after=" (keep the atlas folder beside this report)."),
+    ]
     projections, patches = atlas.projections(layer), atlas.patches(layer)
     for c in strongest.tolist():
-        card = card_image(patches[c], projections[c])
-        items.append(ctx.save(f"atlas-{layer}-c{c}", card, f"{layer} channel {c}: top activation {acc.values[c, 0]:.3g}"))
+        items.append(ctx.save(f"atlas-{layer}-c{c}", _atlas_card(patches[c], projections[c], acc.values[c]),
+                              f"{layer} channel {c}: top activation {acc.values[c, 0]:.3g}"))
     return f"Dataset atlas ({layer}, {n_images} images)", items
+
+
+def _atlas_card(patches: np.ndarray, projections: np.ndarray, values: np.ndarray, tile: int = 56) -> np.ndarray:
+    """One channel's top patches (HWC uint8) over their projections (CHW), ``tile`` px each, labelled."""
+    k = len(patches)
+    tiles = list(patches) + [_signed_rgb(p) for p in projections]
+    labels = [f"{v:.3g}" for v in values[:k]] + [""] * k
+    return render.grid(tiles, labels=labels, row_labels=["patch", "deconv"], ncols=k, tile_size=(tile, tile),
+                       interpolation="nearest")
 
 
 def _support_box(proj: np.ndarray, margin: int = 2) -> tuple[slice, slice]:
@@ -245,10 +278,14 @@ def section_class_visualizations(ctx: DemoContext) -> tuple[str, list[Item]] | N
     labels = [f"{name}: p = {float(probs[k, k]):.3f}" for k, name in enumerate(ctx.class_names)]
     sheet = render.grid(tiles, labels=labels, ncols=len(tiles), tile_size=(128, 128), interpolation="nearest")
     text = ("One image per class, optimized from noise (Fourier basis, decorrelated colour, random shifts, scales "
-            "and rotations) to maximize log p(class) under a small total-variation prior; each caption is the "
-            "probability the model gives that class for the image.")
-    return "Class visualizations", [text, ctx.save("class-visualizations", sheet,
-                                                   "What shapes-vgg thinks each class looks like")]
+            "and rotations) to maximize log p(class) under a small total-variation prior; under each image, the "
+            "probability the model gives that class for it. They are not pictures of the classes: a Shapes image "
+            "is one flat-coloured geometric figure (circle, square, triangle, cross, ring, star) on a textured "
+            "background; these are whatever patterns raise the class's probability (here to at least "
+            f"{float(probs.diagonal().min()):.2f}). A model's score can be driven up by colour and texture patterns "
+            "that look like no shape to us: the images show what moves the score, not what the class looks like.")
+    return "Class visualizations", [text, ctx.save(
+        "class-visualizations", sheet, "Images optimized for each class (not what the classes look like)")]
 
 
 SECTIONS: list[Section] = [section_predictions, section_activations, section_unpooling, section_methods,
@@ -257,22 +294,20 @@ SECTIONS: list[Section] = [section_predictions, section_activations, section_unp
 
 def run_demo(out: Path, n_images: int = 6, model_name: str = "shapes-vgg") -> Path:
     """Write the demo report into ``out`` and return the path of its ``index.html``."""
-    from convscope import zoo
-    from convscope.data import CLASSES
+    from convscope.models import load_model
 
     start = time.perf_counter()
-    model = zoo.load(model_name)
-    preprocess = zoo.preset(model_name)
+    loaded = load_model(f"zoo:{model_name}")
     pixels, masks, labels = _pick_images(n_images)
-    ctx = DemoContext(model, preprocess, preprocess.to_tensor(pixels), pixels, labels, list(CLASSES), out, masks)
+    ctx = DemoContext(loaded.model, loaded.preprocess, loaded.preprocess.to_tensor(pixels), pixels, labels,
+                      list(loaded.class_names or []), out, masks)
     out.mkdir(parents=True, exist_ok=True)
     sections = []
     for section in SECTIONS:
         made = section(ctx)
         if made is not None:
             sections.append(made)
-    meta = zoo.info(model_name) or {}
-    subtitle = (f"zoo:{model_name} - held-out accuracy {meta.get('val_accuracy', float('nan')):.1%}, "
-                f"report made in {time.perf_counter() - start:.0f}s")
+    subtitle = (f"Model {loaded.name}, weights: {loaded.weights}. Report made in "
+                f"{time.perf_counter() - start:.0f}s.")
     page = render.html_page("convscope demo", sections, subtitle=subtitle)
     return render.save_html(out / "index.html", page)

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import io
 import re
+from contextlib import redirect_stdout
 from pathlib import Path
 
+import pytest
 import torch
+from PIL import Image
 
 from convscope.cli import main
 
 
-def test_demo_writes_a_self_contained_report(shapes_vgg: torch.nn.Module, tmp_path: Path, capsys) -> None:
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--images", "3"]) == 0
-    printed = capsys.readouterr().out.strip().splitlines()[-1]
-    page = Path(printed)
+@pytest.fixture(scope="module")
+def demo_report(shapes_vgg: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo report on three images, made once for this module's tests: its index.html."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    with redirect_stdout(io.StringIO()) as printed:
+        assert main(["demo", "--out", str(out), "--images", "3"]) == 0
+    page = Path(printed.getvalue().strip().splitlines()[-1])
     assert page == out / "index.html" and page.is_file()
-    html = page.read_text()
+    return page
+
+
+def test_demo_writes_a_self_contained_report(demo_report: Path) -> None:
+    out = demo_report.parent
+    html = demo_report.read_text()
     for heading in ("Predictions", "Layer activations", "Max-pool switches and unpooling",
                     "Attribution methods", "Deconvnet projections", "Dataset atlas (features.7, 1000 images)"):
         assert f">{heading}<" in html, heading
@@ -24,7 +35,30 @@ def test_demo_writes_a_self_contained_report(shapes_vgg: torch.nn.Module, tmp_pa
     sources = re.findall(r'src="([^"]*)"', html)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "http://" not in html and "https://" not in html
-    assert (out / "predictions.png").is_file() and (out / "methods.png").is_file()
+    assert (out / "predictions.png").is_file()
+    for kind in ("magnitude", "positive", "relative"):  # one methods sheet per display kind, RISE's on its own
+        assert (out / f"methods-{kind}.png").is_file(), kind
+    assert "<figcaption>relative maps: rise</figcaption>" in _section(html, "Attribution methods")
+    # the model's weights are named
+    assert re.search(r'class="subtitle">Model zoo:shapes-vgg, weights: zoo: trained on Shapes', html)
+
+
+def _section(html: str, heading: str) -> str:
+    return html.split(f"<h2>{heading}</h2>", 1)[1].split("</section>", 1)[0]
+
+
+def test_demo_atlas_section_links_to_its_pages_and_shows_readable_cards(demo_report: Path) -> None:
+    atlas = _section(demo_report.read_text(), "Dataset atlas (features.7, 1000 images)")
+    hrefs = re.findall(r'<a href="([^"]*)"', atlas)
+    assert hrefs == ["atlas/pages/index.html"]  # relative: the report folder can move
+    assert (demo_report.parent / hrefs[0]).is_file()
+    widths = [int(w) for w in re.findall(r'<img src="data:[^"]*" alt="[^"]*" width="(\d+)"', atlas)]
+    assert len(widths) == 6 and min(widths) >= 300
+    cards = sorted(demo_report.parent.glob("atlas-features.7-c*.png"))
+    assert len(cards) == 6
+    for card in cards:
+        with Image.open(card) as image:
+            assert image.width >= 300
 
 
 def test_atlas_command_is_registered(capsys) -> None:

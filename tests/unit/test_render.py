@@ -20,7 +20,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from PIL import Image
+from PIL import Image, ImageFont
 
 from convscope import render
 from convscope.errors import ConvscopeError
@@ -466,6 +466,113 @@ def test_img_tag_attributes() -> None:
     tag = render.img_tag(np.zeros((300, 200)), alt='"q"')
     assert 'width="200" height="300"' in tag and 'alt="&quot;q&quot;"' in tag
     assert "pixelated" not in tag
+
+
+# --------------------------------------------------------------------------- display kinds
+
+
+def test_heat_magnitude_sums_absolute_values_over_channels() -> None:
+    a = np.array([[[1.0, -2.0], [0.0, 4.0]], [[-1.0, 1.0], [1.0, 1.0]]])  # C x H x W, C = 2
+    # m = |a_0| + |a_1| = [[2, 3], [1, 5]]; P_99.5 of (1, 2, 3, 5): r = 2.985 -> 3 + 0.985 * 2 = 4.97
+    expected = [[2 / 4.97, 3 / 4.97], [1 / 4.97, 1.0]]
+    np.testing.assert_allclose(render.heat(a, "magnitude"), expected, rtol=1e-12)
+
+
+def test_heat_positive_keeps_the_positive_part_of_the_channel_sum() -> None:
+    a = np.array([[[1.0, -2.0], [0.0, 4.0]], [[-1.0, 1.0], [1.0, 1.0]]])
+    # s = a_0 + a_1 = [[0, -1], [1, 5]] -> max(s, 0) = [[0, 0], [1, 5]]; P_99.5 of (0, 0, 1, 5) = 1 + 0.985 * 4 = 4.94
+    np.testing.assert_allclose(render.heat(a, "positive"), [[0.0, 0.0], [1 / 4.94, 1.0]], rtol=1e-12)
+    cam = torch.tensor([[[0.0, 2.0], [1.0, 4.0]]])  # a CAM as methods return it: 1 x H x W, a tensor
+    np.testing.assert_allclose(render.heat(cam, "positive"), [[0.0, 2 / 3.97], [1 / 3.97, 1.0]], rtol=1e-6)
+
+
+def test_heat_relative_spans_the_maps_own_range() -> None:
+    np.testing.assert_allclose(render.heat(np.array([[1.0, 2.0], [3.0, 5.0]]), "relative"), [[0.0, 0.25], [0.5, 1.0]])
+    # a RISE-like map: the same value in every channel, all near one level (the mean score)
+    level = np.array([[10.0, 10.5], [11.0, 10.0]])
+    rise = np.stack([level] * 3)
+    # s = 3 * level = [[30, 31.5], [33, 30]] -> (s - 30) / 3
+    np.testing.assert_allclose(render.heat(rise, "relative"), [[0.0, 0.5], [1.0, 0.0]])
+    assert render.heat(rise, "magnitude").min() > 0.9  # scaled from 0, the same map is near-uniform
+    np.testing.assert_array_equal(render.heat(np.full((2, 2), 7.0), "relative"), np.zeros((2, 2)))  # no spread: zeros
+
+
+def test_every_display_kind_has_labels_and_unknown_kinds_are_refused() -> None:
+    assert set(render.DISPLAY_KINDS) == {"magnitude", "positive", "relative"}
+    for kind in render.DISPLAY_KINDS:
+        d = render.get_display(kind)
+        assert d.kind == kind and d.low and d.high and d.meaning
+    with pytest.raises(ConvscopeError, match="unknown display kind 'magnitudes'.*magnitude"):
+        render.heat(np.ones((2, 2)), "magnitudes")
+
+
+# --------------------------------------------------------------------------- colour bar
+
+_FONT_12 = ImageFont.load_default(size=12)
+_LH = int(np.ceil(_FONT_12.getbbox("Ag")[3] - _FONT_12.getbbox("Ag")[1])) + 4  # line height + 4
+
+
+def _hex(colour: str) -> list[int]:
+    return [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+
+
+def test_colorbar_geometry_and_end_colours() -> None:
+    pad, thickness = 4, 10
+    bar = render.colorbar("inferno", "a", "b", length=200, thickness=thickness, pad=pad)
+    assert bar.shape == (2 * pad + thickness + _LH, 2 * pad + 200, 3) and bar.dtype == np.uint8
+    strip = bar[pad : pad + thickness, pad : pad + 200]
+    assert np.all(strip == strip[:1])  # every row of the bar is the same ramp
+    np.testing.assert_array_equal(strip[0, 0], _hex("#000004"))  # inferno's first anchor
+    np.testing.assert_array_equal(strip[0, -1], _hex("#fcffa4"))  # and its last
+    assert np.all(bar[:pad] == 255) and np.all(bar[pad : pad + thickness, :pad] == 255)  # the frame is background
+    labels = bar[pad + thickness :]
+    assert (labels[:, : pad + 20] < 128).any() and (labels[:, -pad - 20 :] < 128).any()  # "a" left, "b" right
+    assert np.all(labels[:, 60:140] == 255)  # nothing between them
+
+
+def test_colorbar_of_a_diverging_map_is_centred_on_its_middle_colour() -> None:
+    bar = render.colorbar("bwr", "-1", "1", length=201, thickness=4, pad=0)
+    ramp = bar[0]
+    np.testing.assert_array_equal(ramp[0], [0, 0, 255])
+    np.testing.assert_array_equal(ramp[100], [255, 255, 255])  # column 100 of 201 holds t = 0
+    np.testing.assert_array_equal(ramp[200], [255, 0, 0])
+
+
+def test_colorbar_grows_to_fit_long_labels_and_puts_the_title_above() -> None:
+    low, high = "the lowest value of all", "the highest value of all"
+    need = int(np.ceil(_FONT_12.getlength(low))) + int(np.ceil(_FONT_12.getlength(high))) + 24
+    bar = render.colorbar("gray", low, high, title="what", length=50, thickness=6, pad=2)
+    assert need > 50 and bar.shape == (2 * 2 + _LH + 6 + _LH, 2 * 2 + need, 3)
+    ramp = bar[2 + _LH, 2 : 2 + need, 0]  # the bar starts under the title band
+    assert ramp[0] == 0 and ramp[-1] == 255 and np.all(np.diff(ramp.astype(int)) >= 0)
+    assert (bar[2 : 2 + _LH] < 128).any()  # the title is drawn
+    with pytest.raises(ConvscopeError, match="colour bar geometry"):
+        render.colorbar("gray", "0", "1", length=1)
+
+
+def test_stack_centres_images_one_under_another() -> None:
+    top = np.full((1, 4), 10, np.uint8)
+    bottom = np.full((2, 2), 20, np.uint8)
+    w = 255
+    expected = np.array([[10, 10, 10, 10], [w, w, w, w], [w, 20, 20, w], [w, 20, 20, w]], np.uint8)
+    np.testing.assert_array_equal(render.stack([top, bottom], gap=1), np.stack([expected] * 3, axis=-1))
+
+
+# --------------------------------------------------------------------------- links
+
+
+def test_link_is_relative_escaped_and_a_page_item() -> None:
+    tag = render.link("a <b> & c", Path("atlas dir") / "pages" / "index.html", before="see ", after=" <now>")
+    assert tag == '<p class="note">see <a href="atlas%20dir/pages/index.html">a &lt;b&gt; &amp; c</a> &lt;now&gt;</p>'
+    assert render.link("x", "page.html?a=1&b=2#top") == '<p class="note"><a href="page.html?a=1&amp;b=2#top">x</a></p>'
+    page = render.html_page("t", {"S": [tag]})
+    assert tag in page  # inserted as markup, not escaped again
+
+
+@pytest.mark.parametrize("href", ["/abs/index.html", "https://example.com/x", "javascript:alert(1)", "//host/x", ""])
+def test_link_refuses_targets_that_are_not_relative(href: str) -> None:
+    with pytest.raises(ConvscopeError, match="not relative"):
+        render.link("x", href)
 
 
 # --------------------------------------------------------------------------- imports

@@ -12,12 +12,12 @@ Example::
     maps = get_method("deconvnet")(model).attribute(x, targets=[3, 5])
 """
 
-from convscope.methods.base import Method
+from convscope.methods.base import Method, display_kind
 from convscope.methods.gradient import DeconvNet, GradientMethod, GuidedBackprop, InputXGradient, Saliency
 from convscope.methods.registry import MethodInfo, by_class_name, get_method, methods, register_method
 
 __all__ = ["DeconvNet", "GradientMethod", "GuidedBackprop", "InputXGradient", "Method", "MethodInfo", "Saliency",
-           "get_method", "methods", "register_method"]
+           "display_kind", "get_method", "methods", "register_method"]
 
 from convscope.methods.path import GradientSHAP, IntegratedGradients  # noqa: E402
 from convscope.methods.perturb import RISE, Occlusion  # noqa: E402

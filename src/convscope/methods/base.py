@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 from convscope.backends.dispatch import backend_of, framework_of
 from convscope.backends.protocol import Backend, Engine, Tensor
@@ -44,12 +44,15 @@ from convscope.formats import FROM_PYTHON, hidden_layers
 from convscope.rules import RuleMap
 from convscope.targets import Target, TargetLike, as_targets
 
+if TYPE_CHECKING:
+    from convscope.render.display import DisplayKind
+
 Wrt = Any  # a layer name or object (None or "input": the input)
 Rows = Tensor
 R = TypeVar("R")
 
 __all__ = ["MaxBatch", "Method", "Rows", "Wrapper", "Wrt", "check_input", "check_max_batch", "chunked", "chunks",
-           "numel", "wrapped_method"]
+           "display_kind", "numel", "wrapped_method"]
 
 
 def chunks(n: int, max_batch: int | None) -> list[slice]:
@@ -102,6 +105,9 @@ class Method(ABC):
     #: True where every pass that scores a target sees the user's input unchanged, so a target
     #: picked from the pass (:class:`~convscope.targets.Predicted`) is the model's prediction
     scores_input: ClassVar[bool] = False
+    #: how a map is shown (:mod:`convscope.render.display`): ``"magnitude"`` (|map|), ``"positive"``
+    #: (the evidence for the target) or ``"relative"`` (min..max of a map near a common level)
+    display: ClassVar[DisplayKind] = "magnitude"
 
     def __init__(self, model: Any, *, max_batch: MaxBatch = None) -> None:
         self.backend: Backend = backend_of(model)
@@ -196,3 +202,13 @@ class Wrapper(Method):
     def last_layers(self) -> tuple[str, ...]:
         """The wrapped method's layers of the latest call (CAM methods)."""
         return getattr(self.method, "last_layers", ())
+
+
+def display_kind(method: Method | type[Method]) -> DisplayKind:
+    """How ``method``'s maps are shown (its ``display``): a wrapper's (noise tunnel, AugSmooth)
+    instance shows what the method it wraps shows. Pass the result to
+    :func:`convscope.render.heat`. Example: ``display_kind(AugSmooth(RISE(model)))`` is ``"relative"``.
+    """
+    while isinstance(method, Wrapper):
+        method = method.method
+    return method.display

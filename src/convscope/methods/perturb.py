@@ -178,6 +178,7 @@ class Occlusion(Method):
     """
 
     expands = True
+    display = "positive"  # a score drop: covering the evidence for the class
 
     def __init__(self, model: Any, *, window: Size | None = None, stride: Size | None = None,
                  fill: Fill = 0.0, sigma: float | None = None, max_batch: MaxBatch = None) -> None:
@@ -267,6 +268,7 @@ class RISE(Method):
     """
 
     expands = True
+    display = "relative"  # E[score | pixel kept]: near the mean score everywhere, only differences show
 
     def __init__(self, model: Any, *, masks: int = 512, cells: int = 7, p: float = 0.5, fill: float = 0.0,
                  seed: int = 0, max_batch: MaxBatch = None) -> None:

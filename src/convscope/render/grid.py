@@ -153,3 +153,21 @@ def _ink(background: int | tuple[int, int, int]) -> tuple[int, int, int]:
     """Dark grey text on light backgrounds, near-white on dark ones."""
     luma = float(np.mean(np.asarray(background, dtype=np.float64)))
     return (40, 40, 40) if luma >= 128 else (235, 235, 235)
+
+
+def stack(images: Sequence[Any], gap: int = 4, background: int | tuple[int, int, int] = 255) -> np.ndarray:
+    """Images one under another, each centred horizontally (at ``(W - w) // 2``), ``gap`` rows of
+    ``background`` between them; ``W`` is the widest image. Example: ``stack([sheet, colorbar(...)])``.
+    """
+    tiles = [to_rgb_uint8(im) for im in images]
+    if not tiles or gap < 0:
+        raise ConvscopeError(f"stack got {len(tiles)} images and gap={gap}", "pass at least one image and gap >= 0")
+    width = max(t.shape[1] for t in tiles)
+    canvas = np.empty((sum(t.shape[0] for t in tiles) + gap * (len(tiles) - 1), width, 3), dtype=np.uint8)
+    canvas[...] = np.asarray(background, dtype=np.uint8)
+    y = 0
+    for t in tiles:
+        x = (width - t.shape[1]) // 2
+        canvas[y : y + t.shape[0], x : x + t.shape[1]] = t
+        y += t.shape[0] + gap
+    return canvas

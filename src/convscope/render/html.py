@@ -7,6 +7,7 @@ Example::
 
     page = html_page("Grad-CAM on shapes-vgg", {
         "Inputs": [("circle", image), "Heat maps are normalised per image."],
+        "More": [link("every channel", "atlas/pages/index.html", before="The atlas: ")],
         "Overlays": [figure(sheet, "layer features.8", wide=True)],
     })
     save_html("out/report.html", page)
@@ -20,7 +21,9 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
+from convscope.errors import ConvscopeError
 from convscope.fileio import write_atomic
 from convscope.render.image import to_image_uint8
 from convscope.render.png import to_png_bytes
@@ -52,6 +55,8 @@ h2 { font-size: 1.1rem; margin: 0 0 14px; padding-bottom: 6px;
 img.pixelated { image-rendering: pixelated; }
 figcaption { margin-top: 8px; font-size: 0.85rem; color: var(--muted); text-align: center;
   overflow-wrap: anywhere; }
+a { color: #0b62d6; }
+@media (prefers-color-scheme: dark) { a { color: #6aa8ff; } }
 footer { margin-top: 48px; color: var(--muted); font-size: 0.8rem; }
 """.strip()
 
@@ -95,6 +100,24 @@ def figure(image: Any, caption: str = "", wide: bool = False, alt: str | None = 
     caption_html = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
     tag = img_tag(image, alt=caption if alt is None else alt)
     return Figure(f'<figure class="{cls}">{tag}{caption_html}</figure>')
+
+
+def link(text: str, href: str | os.PathLike[str], *, before: str = "", after: str = "") -> Html:
+    """A paragraph ``before <a href="href">text</a> after``, all text escaped.
+
+    ``href`` must be relative to the page (a report folder can then be moved or served as a
+    whole): a path such as ``Path("atlas/pages/index.html")`` (``os.sep`` becomes ``/``) or a
+    relative URL; characters that a URL cannot hold are percent-encoded. An absolute path or a
+    URL with a scheme or host raises. Example: ``link("all channels", "atlas/pages/index.html")``.
+    """
+    target = os.fspath(href).replace(os.sep, "/")
+    parts = urlsplit(target)
+    if not target or parts.scheme or parts.netloc or target.startswith("/"):
+        raise ConvscopeError(f"link target {target!r} is not relative to the page",
+                             "pass a path relative to the page's folder, e.g. Path('atlas/pages/index.html')")
+    url = html.escape(quote(target, safe="/#?=&%"), quote=True)
+    return Html(f'<p class="note">{html.escape(before)}<a href="{url}">{html.escape(text)}</a>'
+                f"{html.escape(after)}</p>")
 
 
 def html_page(
