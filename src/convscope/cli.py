@@ -18,6 +18,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from convscope.cliargs import add_max_batch
 from convscope.errors import ConvscopeError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -133,6 +134,7 @@ def _project_args(p: argparse.ArgumentParser) -> None:
                    help="the backward rule at every ReLU (default deconvnet)")
     p.add_argument("--top", type=int, default=1, help="project the N strongest activations (default 1)")
     p.add_argument("--out", default="convscope-project", help="output folder (default: convscope-project)")
+    add_max_batch(p, what="images")
 
 
 @command("project", "project a unit's strongest activation(s) back to pixels (Zeiler-Fergus deconvnet)", _project_args)
@@ -140,7 +142,7 @@ def _project(args: argparse.Namespace) -> int:
     from convscope.project import project_images
 
     for path in project_images(_load(args), args.images, args.layer, args.channel, rule=args.rule, top=args.top,
-                               out=Path(args.out)):
+                               out=Path(args.out), max_batch=args.max_batch):
         print(path)
     return 0
 
@@ -158,6 +160,9 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aug-smooth", action="store_true",
                    help="average each map over mirrored and rescaled (0.9, 1, 1.1) copies of the images")
     p.add_argument("--out", default="convscope-explain", help="output folder (default: convscope-explain)")
+    p.add_argument("--crop", action="store_true",
+                   help="draw the maps on the model's crop of each image instead of the whole picture")
+    add_max_batch(p)
 
 
 @command("explain", "attribution maps for images: one overlay PNG per image x method, a JSON of the maps' metadata",
@@ -166,7 +171,8 @@ def _explain(args: argparse.Namespace) -> int:
     from convscope.explain import explain
 
     for path in explain(_load(args), args.images, method=args.method, target=args.target, layer=args.layer,
-                        eigen_smooth=args.eigen_smooth, aug_smooth=args.aug_smooth, out=Path(args.out)):
+                        eigen_smooth=args.eigen_smooth, aug_smooth=args.aug_smooth, out=Path(args.out),
+                        max_batch=args.max_batch, crop=args.crop):
         print(path)
     return 0
 
