@@ -17,13 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-from convscope import images
+from convscope import images, render
 from convscope.cli import build_parser, main
 from convscope.cliargs import parse_max_batch
 from convscope.data import Shapes
 from convscope.explain import blank_reason, explain
 from convscope.images import CropBox, ImageStream, Preprocess, load_images
-from convscope.methods import GradCAM
+from convscope.methods import GradCAM, Method, Occlusion
 from convscope.models import load_model
 
 RING = 8  # Shapes(200, seed=0)[8]: a ring whose default Grad-CAM on zoo:shapes-vgg is all zero
@@ -65,35 +65,48 @@ def test_streamed_batches_give_the_maps_of_one_big_batch(shapes_vgg: torch.nn.Mo
 def test_ctrl_c_leaves_an_index_of_exactly_the_pngs_on_disk(method: str, shapes_vgg: torch.nn.Module, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    paths = shapes(tmp_path / "in", 5)
+    """Interrupted in the middle of the second batch: with ``all``, by a method (Occlusion, after the
+    gradient and noise methods have written their PNGs); with one method, while writing PNGs."""
+    every = method == "all"
+    paths = shapes(tmp_path / "in", 3 if every else 5)
     out = tmp_path / "out"
-    if method == "grad_cam":  # a complete earlier run in the same folder: its PNGs must not linger
+    if not every:  # a complete earlier run in the same folder: its PNGs must not linger
         assert main(["explain", "zoo:shapes-vgg", str(tmp_path / "in"), "--method", "saliency", "--out", str(out)]) == 0
         assert len(list(out.glob("*.png"))) == 5
-    monkeypatch.setattr(images, "IMAGES_PER_BATCH", 2)
+    monkeypatch.setattr(images, "IMAGES_PER_BATCH", 1 if every else 2)
     calls = []
-    attribute = GradCAM.attribute
+    if every:
+        attribute = Occlusion.attribute
 
-    def interrupted(self: GradCAM, *args: object, **kwargs: object) -> object:
-        calls.append(type(self))
-        if calls.count(GradCAM) == 2:  # Grad-CAM on the second batch
-            raise KeyboardInterrupt
-        return attribute(self, *args, **kwargs)
+        def interrupted(self: Method, *args: object, **kwargs: object) -> object:
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return attribute(self, *args, **kwargs)
 
-    monkeypatch.setattr(GradCAM, "attribute", interrupted)
+        monkeypatch.setattr(Occlusion, "attribute", interrupted)
+    else:
+        save_png = render.save_png
+
+        def interrupted_save(path: Path, image: np.ndarray) -> Path:
+            calls.append(Path(path).name)
+            if len(calls) == 4:  # s3, the second PNG of the second batch
+                raise KeyboardInterrupt
+            return save_png(path, image)
+
+        monkeypatch.setattr(render, "save_png", interrupted_save)
     code = main(["explain", "zoo:shapes-vgg", str(tmp_path / "in"), "--method", method, "--out", str(out)])
     assert code == 130 and "interrupted" in capsys.readouterr().err
     index = json.loads((out / "maps.json").read_text())
     on_disk = {p.name for p in out.glob("*.png")}
     assert index["complete"] is False and listed(index) == on_disk
-    assert {"s0-grad_cam.png", "s1-grad_cam.png"} <= on_disk and "s2-grad_cam.png" not in on_disk
-    assert not any(name.startswith("s4") for name in on_disk)  # the third batch never began
-    if method == "all":  # the first batch's sheets, and the second batch's maps made before Grad-CAM
-        assert index["sheets"] == {"s0.png": "s0-all.png", "s1.png": "s1-all.png"}
-        assert {"s2-saliency.png", "s3-occlusion.png"} <= on_disk
-    else:
-        assert set(index["images"]) == {"s0.png", "s1.png"}
     assert not list(out.glob(".*.tmp"))  # no half-written file
+    if every:  # the first image with its sheet; the second image's maps made before Occlusion
+        assert index["sheets"] == {"s0.png": "s0-all.png"} and list(index["images"]) == ["s0.png", "s1.png"]
+        assert len(index["images"]["s0.png"]) > 20 and "s1-saliency.png" in on_disk
+        assert [e["method"] for e in index["images"]["s1.png"]][-1] == "gradient_shap"  # the one before occlusion
+    else:  # the first batch and the first PNG of the second; the earlier run's PNGs are gone
+        assert on_disk == {"s0-grad_cam.png", "s1-grad_cam.png", "s2-grad_cam.png"}
 
 
 def test_maps_are_drawn_on_the_whole_picture(shapes_vgg: torch.nn.Module, tmp_path: Path) -> None:
@@ -228,3 +241,21 @@ def test_files_per_batch_follow_max_batch() -> None:
 
     assert images_per_batch("auto") == IMAGES_PER_BATCH == images_per_batch(None) == 16
     assert images_per_batch(3) == 3 and images_per_batch(10_000) == 16
+
+
+def test_atlas_projections_show_progress_and_auto_batches_change_nothing(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from nets import TinyVGG
+
+    from convscope.atlas import build_atlas
+
+    torch.manual_seed(0)
+    model = TinyVGG().eval()
+    data = torch.utils.data.TensorDataset(torch.randn(6, 3, 16, 16))
+    auto = build_atlas(model, data, ["features.3"], tmp_path / "auto", k=2, batch_size=3, max_batch="auto",
+                       progress=True)
+    err = capsys.readouterr().err
+    pairs = 8 * 2  # 8 channels x k
+    assert "project features.3" in err and f"{pairs}/{pairs}" in err
+    fixed = build_atlas(model, data, ["features.3"], tmp_path / "fixed", k=2, batch_size=3, max_batch=3)
+    np.testing.assert_allclose(auto.projections("features.3"), fixed.projections("features.3"), rtol=1e-4, atol=1e-7)
