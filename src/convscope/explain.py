@@ -165,9 +165,10 @@ class _Views:
             return render.overlay(self.images[i], heat, alpha=0.6)
         return pictures.overlay_on_picture(self.images[i], self.batch.boxes[i], heat, alpha=0.6)
 
-    def tile_size(self, i: int) -> tuple[int, int]:
+    def tile(self, i: int, image: np.ndarray) -> np.ndarray:
+        """``image`` (drawn on view ``i``) at its sheet size: :data:`SHEET_TILE` high, its aspect kept."""
         height, width = self.images[i].shape[:2]
-        return SHEET_TILE, max(1, round(SHEET_TILE * width / height))
+        return render.resize(image, (SHEET_TILE, max(1, round(SHEET_TILE * width / height))))
 
 
 def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = "grad_cam", target: int | None = None,
@@ -214,7 +215,8 @@ def _explain_batch(loaded: LoadedModel, batch: ImageBatch, methods: dict[str, tu
     """Explain one batch of images with every method; write its PNGs and index them."""
     targets = [target] * len(batch.names) if target is not None else _predicted(loaded, batch.tensor)
     views = _Views(batch, crop)
-    tiles: list[list[np.ndarray]] = [[image] for image in views.images]
+    sheets = len(methods) > 1
+    tiles = [[views.tile(i, image)] for i, image in enumerate(views.images)] if sheets else []
     labels: list[list[str]] = [["input"] for _ in batch.names]
     written: list[Path] = []
     for name, (method, kwargs, cam) in methods.items():
@@ -233,7 +235,8 @@ def _explain_batch(loaded: LoadedModel, batch: ImageBatch, methods: dict[str, tu
                 where = f" at {', '.join(method.last_layers)}" if cam and getattr(method, "last_layers", ()) else ""
                 tqdm.write(f"convscope: {image_name}: the {name} map for class {targets[i]}{where} is blank "
                            f"({blank})", file=sys.stderr)
-            tiles[i].append(tile)
+            if sheets:
+                tiles[i].append(views.tile(i, tile))
             written.append(render.save_png(out / f"{Path(image_name).stem}-{name}.png", shown))
             index.add(image_name, {
                 "method": name, "target": int(targets[i]), "eigen_smooth": "eigen_smooth" in kwargs,
@@ -242,9 +245,9 @@ def _explain_batch(loaded: LoadedModel, batch: ImageBatch, methods: dict[str, tu
                 "png": written[-1].name}, _box(batch, i))
         bar.update(len(batch.names))
         del maps
-    if len(methods) > 1:
+    if sheets:
         for i, image_name in enumerate(batch.names):
-            sheet = render.grid(tiles[i], labels=labels[i], ncols=min(8, len(tiles[i])), tile_size=views.tile_size(i))
+            sheet = render.grid(tiles[i], labels=labels[i], ncols=min(8, len(tiles[i])))
             written.append(render.save_png(out / f"{Path(image_name).stem}-all.png", sheet))
             index.data["sheets"][image_name] = written[-1].name
     return written
