@@ -229,10 +229,10 @@ def _explain_batch(loaded: LoadedModel, batch: ImageBatch, methods: dict[str, tu
                 tile = shown = views.overlay(i, heat_map(maps[i]))
                 labels[i].append(name)
             else:  # no place to show: the plain image, captioned
-                kind = blank.split(":")[0]
+                kind = blank.split(":")[0].split(" (")[0]  # "all zero", "constant"
                 tile, shown = views.images[i], pictures.captioned(views.images[i], f"blank: {kind}")
                 labels[i].append(f"{name}: {kind}")
-                where = f" at {', '.join(method.last_layers)}" if cam and getattr(method, "last_layers", ()) else ""
+                where = f" at layer {', '.join(method.last_layers)}" if cam and getattr(method, "last_layers", ()) else ""
                 tqdm.write(f"convscope: {image_name}: the {name} map for class {targets[i]}{where} is blank "
                            f"({blank})", file=sys.stderr)
             if sheets:

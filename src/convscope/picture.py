@@ -81,10 +81,13 @@ def paste(picture: np.ndarray, box: CropBox, image: np.ndarray) -> np.ndarray:
     return shown
 
 
-def captioned(picture: np.ndarray, caption: str) -> np.ndarray:
-    """``picture`` with a one-line caption band below it (cut with "..." where it is too long)."""
+def captioned(picture: np.ndarray, caption: str, min_width: int = 128) -> np.ndarray:
+    """``picture`` with a one-line caption band below it; a picture narrower than ``min_width`` is
+    padded on the right with white so a short caption fits (a longer one is cut with "...")."""
     height, width = picture.shape[:2]
-    return render.grid([picture], labels=[caption], pad=0, tile_size=(height, width))
+    if width < min_width:
+        picture = np.pad(picture, ((0, 0), (0, min_width - width), (0, 0)), constant_values=255)
+    return render.grid([picture], labels=[caption], pad=0, tile_size=picture.shape[:2])
 
 
 __all__ = ["MAX_SIDE", "captioned", "open_picture", "overlay_on_picture", "paste", "region", "resized_picture"]

@@ -154,10 +154,10 @@ def test_a_blank_map_is_named_in_the_index_the_picture_and_on_stderr(shapes_vgg:
     assert code == 0
     entry = json.loads((tmp_path / "out" / "maps.json").read_text())["images"]["ring.png"][0]
     assert entry["blank"] == "all zero: nothing positive at this layer for this class"
-    assert err.count("is blank") == 1 and "ring.png" in err and "features" in err  # names the layer
+    assert err.count("is blank") == 1 and "ring.png" in err and "at layer features" in err
     shown = np.asarray(Image.open(tmp_path / "out" / "ring-grad_cam.png"))
-    assert shown.shape[0] > 64 and shown.shape[1] == 64  # a caption band below the picture
-    np.testing.assert_array_equal(shown[:64], ring)  # no evidence: the plain picture
+    assert shown.shape[0] > 64  # a caption band below the picture
+    np.testing.assert_array_equal(shown[:64, :64], ring)  # no evidence: the plain picture
 
 
 def test_blank_reason() -> None:
