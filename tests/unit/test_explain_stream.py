@@ -255,7 +255,8 @@ def test_atlas_projections_show_progress_and_auto_batches_change_nothing(tmp_pat
     auto = build_atlas(model, data, ["features.3"], tmp_path / "auto", k=2, batch_size=3, max_batch="auto",
                        progress=True)
     err = capsys.readouterr().err
-    pairs = 8 * 2  # 8 channels x k
-    assert "project features.3" in err and f"{pairs}/{pairs}" in err
+    acc = auto.topk("features.3")
+    steps = len({tuple(u) for u in acc.coords().reshape(-1, 2).tolist()}) + 8 * 2  # the units, then 8 channels x k
+    assert "atlas features.3" in err and f"{steps}/{steps}" in err
     fixed = build_atlas(model, data, ["features.3"], tmp_path / "fixed", k=2, batch_size=3, max_batch=3)
     np.testing.assert_allclose(auto.projections("features.3"), fixed.projections("features.3"), rtol=1e-4, atol=1e-7)

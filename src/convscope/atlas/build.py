@@ -41,12 +41,17 @@ def layer_views(model: nn.Module, layer: str, acc: TopK, source: Source, input_s
     cropped to the same boxes [C, k, 3, S, S] (a projection is zero outside its unit's field).
     ``S`` is the layer's largest field; border boxes are zero-padded. Images are read
     ``max_batch`` pairs at a time (256 with ``"auto"`` or None), so memory stays bounded;
-    ``progress`` shows a bar over the pairs on stderr."""
+    ``progress`` shows a bar on stderr over the units' fields, then the pairs' projections."""
     field = receptive_field(model, layer, input_shape)
     used = np.argwhere(acc.images != EMPTY)
     coords = acc.coords()[used[:, 0], used[:, 1]]
     units = sorted({tuple(int(v) for v in unit) for unit in coords})
-    box_of = dict(zip(units, field.boxes(units)))
+    # one bar: the units' fields (measured by gradients on a model that is not a plain chain), then the pairs
+    bar = tqdm(total=len(units) + len(used) * len(methods), desc=f"atlas {layer}", unit="step", disable=not progress)
+    box_of: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for lo in range(0, len(units), 256):
+        box_of.update(zip(units[lo:lo + 256], field.boxes(units[lo:lo + 256])))
+        bar.update(len(units[lo:lo + 256]))
     boxes = np.zeros((acc.channels, acc.k, 4), dtype=np.int64)
     for (c, j), unit in zip(used, coords):
         boxes[c, j] = box_of[tuple(int(v) for v in unit)]
@@ -56,7 +61,6 @@ def layer_views(model: nn.Module, layer: str, acc: TopK, source: Source, input_s
         views[method] = np.zeros((acc.channels, acc.k, input_shape[0], size, size), dtype=np.float32)
     device = model_device(model)
     step = max_batch if isinstance(max_batch, int) else 256
-    bar = tqdm(total=len(used) * len(methods), desc=f"project {layer}", unit="pair", disable=not progress)
     for lo in range(0, len(used), step):
         part, part_coords = used[lo:lo + step], coords[lo:lo + step]
         ids = acc.images[part[:, 0], part[:, 1]]
