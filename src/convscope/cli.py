@@ -28,6 +28,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from convscope.cliargs import add_max_batch
 from convscope.errors import ConvscopeError
 
 if TYPE_CHECKING:
@@ -222,6 +223,7 @@ def _project_args(p: argparse.ArgumentParser) -> None:
                    help="the backward rule at every ReLU (default deconvnet)")
     p.add_argument("--top", type=int, default=1, help="project the N strongest activations (default 1)")
     p.add_argument("--out", default="convscope-project", help="output folder (default: convscope-project)")
+    add_max_batch(p, what="images")
 
 
 @command("project", "project a unit's strongest activation(s) back to pixels (Zeiler-Fergus deconvnet)", _project_args)
@@ -229,7 +231,7 @@ def _project(args: argparse.Namespace) -> int:
     from convscope.project import project_images
 
     for path in project_images(_load(args), args.images, args.layer, args.channel, rule=args.rule, top=args.top,
-                               out=Path(args.out)):
+                               out=Path(args.out), max_batch=args.max_batch):
         print(path)
     return 0
 
@@ -249,6 +251,9 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aug-smooth", action="store_true",
                    help="average each map over mirrored and rescaled (0.9, 1, 1.1) copies of the images")
     p.add_argument("--out", default="convscope-explain", help="output folder (default: convscope-explain)")
+    p.add_argument("--crop", action="store_true",
+                   help="draw the maps on the model's crop of each image instead of the whole picture")
+    add_max_batch(p)
 
 
 @command("explain", "attribution maps for images: one overlay PNG per image x method, a JSON of the maps' metadata",
@@ -262,7 +267,8 @@ def _explain(args: argparse.Namespace) -> int:
     if note:
         print(f"convscope: {note}", file=sys.stderr)
     for path in explain(loaded, args.images, method=method, target=args.target, layer=args.layer,
-                        eigen_smooth=args.eigen_smooth, aug_smooth=args.aug_smooth, out=Path(args.out)):
+                        eigen_smooth=args.eigen_smooth, aug_smooth=args.aug_smooth, out=Path(args.out),
+                        max_batch=args.max_batch, crop=args.crop):
         print(path)
     return 0
 

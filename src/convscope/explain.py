@@ -1,8 +1,21 @@
 """``convscope explain``: run registered attribution methods on image files and write pictures.
 
 For every image x method an overlay PNG (the map, reduced over colour by ``|.|`` sum, clipped at
-the 99.5th percentile, over the image), with ``method="all"`` also one side-by-side grid per image
-(rows = images, columns = methods), and ``maps.json`` with each raw map's shape, range and target.
+the 99.5th percentile, over the image), with ``method="all"`` also one side-by-side sheet per
+image (the input, then every method), and ``maps.json`` (see :class:`MapIndex`).
+
+The maps are computed on the model's crop of each image (what the model classifies). By default
+they are drawn on the user's whole picture: the crop's region is mapped back to the picture
+(:mod:`convscope.picture`) and everything outside it, where the model saw nothing, is the plain
+picture. ``crop=True`` draws them on the crop instead.
+
+Memory does not grow with the number of images: the files are read a batch at a time
+(:func:`~convscope.images.images_per_batch`), each batch explained by every method and its PNGs
+and ``maps.json`` written before the next is read. ``max_batch`` bounds the samples of every
+model evaluation (``"auto"``: sized from free memory, see :mod:`convscope.methods.batching`).
+
+A map that is all zero or constant shows no place: it is drawn as the plain picture captioned
+as blank, recorded in ``maps.json`` under ``"blank"`` and reported on stderr.
 
 A Keras model (``load_model("model.keras")``) takes the same path: its NHWC maps are transposed to
 [N, C, H, W] for rendering.
@@ -15,26 +28,44 @@ Example::
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from convscope import picture as pictures
 from convscope import render
 from convscope.backends.dispatch import framework_of
 from convscope.errors import ConvscopeError
-from convscope.images import load_images
+from convscope.images import ImageBatch, ImageStream, images_per_batch
 from convscope.methods import AugSmooth, Method
+from convscope.methods.batching import MaxBatch, check_max_batch
 from convscope.methods.registry import get_method, supported
 from convscope.models import LoadedModel
+
+SHEET_TILE = 160  # pixels: the height of each tile of an image's "-all" sheet
 
 
 def heat_map(attribution: torch.Tensor) -> np.ndarray:
     """One sample's map [C, H, W] as a 2-D heat map in [0, 1] (|.| summed over channels)."""
     a = attribution.detach().float().cpu().numpy()
     return render.normalize(np.abs(a).sum(axis=0), mode="positive", percentile=99.5)
+
+
+def blank_reason(attribution: torch.Tensor, cam: bool) -> str | None:
+    """Why a map shows no place (None when it does): all zero, or one constant value. ``cam``: the
+    map is a CAM (a ReLU of weighted layer channels), whose all-zero map has a known cause."""
+    low, high = float(attribution.min()), float(attribution.max())
+    if low != high:
+        return None
+    if high == 0.0:
+        return ("all zero: nothing positive at this layer for this class" if cam else
+                "all zero: the score does not respond to this input under this method")
+    return f"constant ({high:.3g} everywhere): it points at no place"
 
 
 def _predicted(loaded: LoadedModel, x: object) -> list[int]:
@@ -64,39 +95,167 @@ def _options(cls: type[Method], layer: str | None, eigen_smooth: bool, asked_alo
     return options
 
 
+class MapIndex:
+    """``maps.json``: what a run has written so far, rewritten atomically after every batch.
+
+    ``{"complete": bool, "model": str, "view": "picture" | "crop", "images": {image: [entry per
+    method]}, "sheets": {image: png}, "crops": {image: [left, top, right, bottom]}}``; an entry
+    holds the method, target, options, the raw map's shape, min and max, ``"blank"`` (why the map
+    shows no place, or null) and its ``"png"``. ``"complete"`` stays false until the last batch
+    is done, so an interrupted run leaves an index of exactly the PNGs it wrote. The PNGs a
+    previous index in the same folder lists are removed when the first new one is written: the
+    folder then never mixes two runs.
+    """
+
+    def __init__(self, out: Path, header: dict[str, Any]) -> None:
+        self.path = out / "maps.json"
+        self.data: dict[str, Any] = {"complete": False, **header, "images": {}, "sheets": {}, "crops": {}}
+        self.started = False
+
+    def start(self) -> None:
+        """Before the first PNG: remove the previous run's PNGs, then index this run's."""
+        if self.started:
+            return
+        for name in _listed_pngs(self.path):
+            (self.path.parent / name).unlink(missing_ok=True)
+        self.started = True
+        self.save()
+
+    def add(self, image: str, entry: dict[str, Any], box: list[float]) -> None:
+        self.data["images"].setdefault(image, []).append(entry)
+        self.data["crops"][image] = box
+
+    def save(self, complete: bool = False) -> Path:
+        self.data["complete"] = complete
+        return render.write_atomic(self.path, json.dumps(self.data, indent=2).encode())
+
+
+def _listed_pngs(path: Path) -> list[str]:
+    """The PNG file names an existing ``maps.json`` lists (none if there is no readable one)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    found: list[str] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str) and value.endswith(".png") and Path(value).name == value:
+            found.append(value)
+
+    walk(data.get("images", data) if isinstance(data, dict) else data)
+    walk(data.get("sheets", {}) if isinstance(data, dict) else {})
+    return found
+
+
+class _Views:
+    """What the maps of one batch are drawn on: each image's crop, or its whole picture."""
+
+    def __init__(self, batch: ImageBatch, crop: bool) -> None:
+        self.batch, self.crop = batch, crop
+        self.images = list(batch.pixels) if crop else [pictures.open_picture(f) for f in batch.files]
+
+    def overlay(self, i: int, heat: np.ndarray) -> np.ndarray:
+        if self.crop:
+            return render.overlay(self.images[i], heat, alpha=0.6)
+        return pictures.overlay_on_picture(self.images[i], self.batch.boxes[i], heat, alpha=0.6)
+
+    def tile(self, i: int, image: np.ndarray) -> np.ndarray:
+        """``image`` (drawn on view ``i``) at its sheet size: :data:`SHEET_TILE` high, its aspect kept."""
+        height, width = self.images[i].shape[:2]
+        return render.resize(image, (SHEET_TILE, max(1, round(SHEET_TILE * width / height))))
+
+
 def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = "grad_cam", target: int | None = None,
             layer: str | None = None, eigen_smooth: bool = False, aug_smooth: bool = False,
-            out: Path = Path("convscope-explain")) -> list[Path]:
-    """Write the overlays (and grids, and maps.json) into ``out``; return the written paths.
+            out: Path = Path("convscope-explain"), max_batch: MaxBatch = "auto", crop: bool = False,
+            progress: bool | None = None) -> list[Path]:
+    """Write the overlays (and sheets, and maps.json) into ``out``; return the written paths.
     ``eigen_smooth`` applies to the CAM methods (with ``method="all"``, to those only);
-    ``aug_smooth`` wraps every method in :class:`~convscope.methods.AugSmooth`."""
+    ``aug_smooth`` wraps every method in :class:`~convscope.methods.AugSmooth`; ``max_batch``: most
+    samples per model evaluation (an int, ``"auto"`` or None for no limit); ``crop``: draw on the
+    model's crop instead of the whole picture; ``progress``: a progress bar on stderr (None: when
+    stderr is a terminal)."""
     names = supported(framework_of(loaded.model)) if method == "all" else [get_method(method).name]
-    batch = load_images(images, loaded.preprocess)
-    predicted = _predicted(loaded, batch.tensor)
-    targets = [target] * len(batch.names) if target is not None else predicted
-    written: list[Path] = []
-    meta: dict[str, list[dict[str, object]]] = {}
-    overlays: dict[str, list[np.ndarray]] = {}
-    for name in tqdm(names, desc="explain", disable=len(names) == 1, leave=False):
+    max_batch = check_max_batch(max_batch)
+    methods = {}
+    for name in names:
         cls = get_method(name)
         kwargs = _options(cls, layer, eigen_smooth, asked_alone=len(names) == 1)
-        method = cls(loaded.model, **kwargs)
-        maps = _channels_first((AugSmooth(method) if aug_smooth else method).attribute(batch.tensor, target=targets))
-        overlays[name] = []
-        for i, image_name in enumerate(batch.names):
-            picture = render.overlay(batch.pixels[i], heat_map(maps[i]), alpha=0.6)
-            overlays[name].append(picture)
-            written.append(render.save_png(out / f"{Path(image_name).stem}-{name}.png", picture))
-            meta.setdefault(image_name, []).append({
-                "method": name, "target": int(targets[i]), "eigen_smooth": "eigen_smooth" in kwargs,
-                "aug_smooth": aug_smooth,
-                "shape": list(maps[i].shape),
-                "min": float(maps[i].min()), "max": float(maps[i].max()), "png": written[-1].name})
-    if len(names) > 1:
-        for i, image_name in enumerate(batch.names):
-            sheet = render.grid([batch.pixels[i]] + [overlays[n][i] for n in names], labels=["input", *names],
-                                ncols=min(8, len(names) + 1), tile_size=(160, 160))
-            written.append(render.save_png(out / f"{Path(image_name).stem}-all.png", sheet))
-    record = {"model": {"name": loaded.name, "weights": loaded.weights}, **meta}
-    written.append(render.write_atomic(out / "maps.json", json.dumps(record, indent=2).encode()))
+        made = cls(loaded.model, max_batch=max_batch, **kwargs)
+        methods[name] = (AugSmooth(made) if aug_smooth else made, kwargs, "layer" in cls.options)
+    stream = ImageStream(images, loaded.preprocess, images_per_batch(max_batch))
+    index = MapIndex(out, {"model": {"name": loaded.name, "weights": loaded.weights}, "method": method if method == "all" else names[0],
+                           "view": "crop" if crop else "picture"})
+    written: list[Path] = []
+    bar = tqdm(total=len(stream) * len(names), desc="explain", unit="map" if len(names) > 1 else "image",
+               disable=None if progress is None else not progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        for batch in stream:
+            written += _explain_batch(loaded, batch, methods, target, aug_smooth, crop, out, index, bar)
+            index.save()
+        written.append(index.save(complete=True))
+    except BaseException:
+        if index.started:
+            index.save(complete=False)
+        raise
+    finally:
+        bar.close()
     return written
+
+
+def _explain_batch(loaded: LoadedModel, batch: ImageBatch, methods: dict[str, tuple[Method, dict, bool]],
+                   target: int | None, aug_smooth: bool, crop: bool, out: Path, index: MapIndex,
+                   bar: tqdm) -> list[Path]:
+    """Explain one batch of images with every method; write its PNGs and index them."""
+    targets = [target] * len(batch.names) if target is not None else _predicted(loaded, batch.tensor)
+    views = _Views(batch, crop)
+    sheets = len(methods) > 1
+    tiles = [[views.tile(i, image)] for i, image in enumerate(views.images)] if sheets else []
+    labels: list[list[str]] = [["input"] for _ in batch.names]
+    written: list[Path] = []
+    for name, (method, kwargs, cam) in methods.items():
+        bar.set_postfix_str(name, refresh=False)
+        maps = _channels_first(method.attribute(batch.tensor, target=targets))
+        index.start()
+        for i, image_name in enumerate(batch.names):
+            blank = blank_reason(maps[i], cam)
+            if blank is None:
+                tile = shown = views.overlay(i, heat_map(maps[i]))
+                labels[i].append(name)
+            else:  # no place to show: the plain image, captioned
+                kind = blank.split(":")[0].split(" (")[0]  # "all zero", "constant"
+                tile, shown = views.images[i], pictures.captioned(views.images[i], f"blank: {kind}")
+                labels[i].append(f"{name}: {kind}")
+                where = f" at layer {', '.join(method.last_layers)}" if cam and getattr(method, "last_layers", ()) else ""
+                tqdm.write(f"convscope: {image_name}: the {name} map for class {targets[i]}{where} is blank "
+                           f"({blank})", file=sys.stderr)
+            if sheets:
+                tiles[i].append(views.tile(i, tile))
+            written.append(render.save_png(out / f"{Path(image_name).stem}-{name}.png", shown))
+            index.add(image_name, {
+                "method": name, "target": int(targets[i]), "eigen_smooth": "eigen_smooth" in kwargs,
+                "aug_smooth": aug_smooth, "shape": list(maps[i].shape),
+                "min": float(maps[i].min()), "max": float(maps[i].max()), "blank": blank,
+                "png": written[-1].name}, _box(batch, i))
+        bar.update(len(batch.names))
+        del maps
+    if sheets:
+        for i, image_name in enumerate(batch.names):
+            sheet = render.grid(tiles[i], labels=labels[i], ncols=min(8, len(tiles[i])))
+            written.append(render.save_png(out / f"{Path(image_name).stem}-all.png", sheet))
+            index.data["sheets"][image_name] = written[-1].name
+    return written
+
+
+def _box(batch: ImageBatch, i: int) -> list[float]:
+    box = batch.boxes[i]
+    return [round(v, 2) for v in (box.left, box.top, box.right, box.bottom)]
+
+
+__all__ = ["MapIndex", "blank_reason", "explain", "heat_map"]

@@ -19,8 +19,9 @@ import numpy as np
 
 from convscope import render
 from convscope.formats import check_layers_visible
-from convscope.images import load_images
+from convscope.images import ImageBatch, ImageStream, images_per_batch
 from convscope.loaded import LoadedModel
+from convscope.methods.batching import MaxBatch
 from convscope.projection import RULES, Projection, project
 
 
@@ -32,12 +33,22 @@ def _channels_first(maps: object) -> np.ndarray:
 
 
 def project_images(loaded: LoadedModel, images: Sequence[str | Path], layer: str, channel: int, *,
-                   rule: str = "deconvnet", top: int = 1, out: Path = Path("convscope-project")) -> list[Path]:
-    """Write one sheet per image into ``out`` (see module doc) and return the paths; a TorchScript
-    model is refused before any image is read (:mod:`convscope.formats`)."""
+                   rule: str = "deconvnet", top: int = 1, out: Path = Path("convscope-project"),
+                   max_batch: MaxBatch = "auto") -> list[Path]:
+    """Write one sheet per image into ``out`` (see module doc) and return the paths. The images are
+    read and projected a batch at a time (:func:`~convscope.images.images_per_batch`); ``max_batch``:
+    most images per model evaluation (an int, ``"auto"`` or None). A TorchScript model is refused
+    before any image is read (:mod:`convscope.formats`)."""
     check_layers_visible(loaded.model, "`convscope project`")
-    batch = load_images(images, loaded.preprocess)
-    result = project(loaded.model, batch.tensor, layer, channel, rule=rule, top=top)
+    written = []
+    for batch in ImageStream(images, loaded.preprocess, images_per_batch(max_batch)):
+        written += _project_batch(loaded, batch, layer, channel, rule, top, out, max_batch)
+    return written
+
+
+def _project_batch(loaded: LoadedModel, batch: ImageBatch, layer: str, channel: int, rule: str, top: int, out: Path,
+                   max_batch: MaxBatch) -> list[Path]:
+    result = project(loaded.model, batch.tensor, layer, channel, rule=rule, top=top, max_batch=max_batch)
     maps, values, positions = _channels_first(result.maps), np.asarray(result.values), np.asarray(result.positions)
     written = []
     for n, name in enumerate(batch.names):

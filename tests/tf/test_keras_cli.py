@@ -121,7 +121,7 @@ def test_explain_grad_cam_end_to_end(saved: tuple[keras.Model, Path], tmp_path: 
                                  "--out", str(tmp_path / "out"), *extra)
         assert code == 0, err
         assert out.split() == [str(tmp_path / "out" / "a-grad_cam.png"), str(tmp_path / "out" / "maps.json")]
-        meta = json.loads((tmp_path / "out" / "maps.json").read_text())["a.png"][0]
+        meta = json.loads((tmp_path / "out" / "maps.json").read_text())["images"]["a.png"][0]
         method = AugSmooth(GradCAM(model, eigen_smooth=True)) if layer == "smooth" else \
             GradCAM(model, layer) if layer else GradCAM(model)
         cam = np.asarray(method.attribute(x, target=target))[0]

@@ -75,6 +75,6 @@ def test_the_example_runs_in_the_command_line(shapes_vgg: torch.nn.Module, tmp_p
     code = main(["explain", "zoo:shapes-vgg", str(tmp_path / "img.png"), "--method", "positive_grad_cam",
                  "--layer", "features.7", "--out", str(tmp_path / "out")])
     assert code == 0, capsys.readouterr().err
-    meta = json.loads((tmp_path / "out" / "maps.json").read_text())
+    meta = json.loads((tmp_path / "out" / "maps.json").read_text())["images"]
     assert meta["img.png"][0]["method"] == "positive_grad_cam" and meta["img.png"][0]["shape"] == [1, 64, 64]
     assert (tmp_path / "out" / "img-positive_grad_cam.png").is_file()

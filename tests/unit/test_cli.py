@@ -127,8 +127,9 @@ def test_explain_one_method_and_all(shapes_vgg: torch.nn.Module, tmp_path: Path,
                              "--method", "grad-cam", "--target", "2", "--out", str(tmp_path / "one"))
     assert code == 0, err
     meta = json.loads((tmp_path / "one" / "maps.json").read_text())
-    assert sorted(meta) == ["img0.png", "img1.png", "model"]
     assert meta["model"]["name"] == "zoo:shapes-vgg" and meta["model"]["weights"].startswith("zoo: trained on Shapes")
+    meta = meta["images"]
+    assert sorted(meta) == ["img0.png", "img1.png"]
     assert meta["img0.png"][0]["method"] == "grad_cam" and meta["img0.png"][0]["target"] == 2
     assert meta["img0.png"][0]["shape"] == [1, 64, 64]
     assert (tmp_path / "one" / "img1-grad_cam.png").is_file()
@@ -136,7 +137,7 @@ def test_explain_one_method_and_all(shapes_vgg: torch.nn.Module, tmp_path: Path,
     code, out, err = run_cli(capsys, "explain", "zoo:shapes-vgg", str(tmp_path / "img0.png"), "--method", "all",
                              "--out", str(tmp_path / "all"))
     assert code == 0, err
-    meta = json.loads((tmp_path / "all" / "maps.json").read_text())
+    meta = json.loads((tmp_path / "all" / "maps.json").read_text())["images"]
     assert [m["method"] for m in meta["img0.png"]] == list(methods())
     assert (tmp_path / "all" / "img0-all.png").is_file()
 
@@ -153,7 +154,7 @@ def test_explain_with_eigen_smooth_and_aug_smooth(shapes_vgg: torch.nn.Module, t
     code, _, err = run_cli(capsys, "explain", "zoo:shapes-vgg", str(tmp_path / "img0.png"), "--method", "grad_cam",
                            "--target", "2", "--eigen-smooth", "--out", str(tmp_path / "smooth"))
     assert code == 0, err
-    entry = json.loads((tmp_path / "smooth" / "maps.json").read_text())["img0.png"][0]
+    entry = json.loads((tmp_path / "smooth" / "maps.json").read_text())["images"]["img0.png"][0]
     x = load_images([tmp_path / "img0.png"], preset("shapes-vgg")).tensor
     want = GradCAM(shapes_vgg, eigen_smooth=True).attribute(x, 2)
     assert entry["eigen_smooth"] is True and entry["aug_smooth"] is False
@@ -161,7 +162,7 @@ def test_explain_with_eigen_smooth_and_aug_smooth(shapes_vgg: torch.nn.Module, t
     assert entry["max"] != pytest.approx(float(GradCAM(shapes_vgg).attribute(x, 2).max()), rel=1e-3)
     code, _, err = run_cli(capsys, "explain", "zoo:shapes-vgg", str(tmp_path / "img0.png"), "--method", "grad_cam",
                            "--target", "2", "--aug-smooth", "--eigen-smooth", "--out", str(tmp_path / "both"))
-    entry = json.loads((tmp_path / "both" / "maps.json").read_text())["img0.png"][0]
+    entry = json.loads((tmp_path / "both" / "maps.json").read_text())["images"]["img0.png"][0]
     want = AugSmooth(GradCAM(shapes_vgg, eigen_smooth=True)).attribute(x, 2)
     assert code == 0 and entry["aug_smooth"] is True and entry["max"] == pytest.approx(float(want.max()), rel=1e-5)
     # a method without the option, asked for alone: a clear error, and nothing written

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from convscope.atlas.mine import Mined, check_model, mine
 from convscope.atlas.project import project_units
@@ -29,21 +30,28 @@ from convscope.atlas.store import FORMAT, Atlas, open_atlas, read_manifest, topk
 from convscope.atlas.topk import EMPTY, TopK
 from convscope.backends.torch.forward import model_device
 from convscope.images import Preprocess
+from convscope.methods.batching import MaxBatch
 from convscope.projection import rule_map
 
 
 def layer_views(model: nn.Module, layer: str, acc: TopK, source: Source, input_shape: Sequence[int],
-                methods: Sequence[str], max_batch: int | None) -> dict[str, np.ndarray]:
+                methods: Sequence[str], max_batch: MaxBatch, progress: bool = False) -> dict[str, np.ndarray]:
     """The receptive-field ``boxes`` [C, k, 4] ``(y0, y1, x0, x1)`` of a layer's top activations,
     the image ``patches`` [C, k, S, S, 3] uint8 under them, and per method the projections
     cropped to the same boxes [C, k, 3, S, S] (a projection is zero outside its unit's field).
     ``S`` is the layer's largest field; border boxes are zero-padded. Images are read
-    ``max_batch`` pairs at a time, so memory stays bounded."""
+    ``max_batch`` pairs at a time (256 with ``"auto"`` or None), so memory stays bounded;
+    ``progress`` shows a bar on stderr over the units' fields, then the pairs' projections."""
     field = receptive_field(model, layer, input_shape)
     used = np.argwhere(acc.images != EMPTY)
     coords = acc.coords()[used[:, 0], used[:, 1]]
     units = sorted({tuple(int(v) for v in unit) for unit in coords})
-    box_of = dict(zip(units, field.boxes(units)))
+    # one bar: the units' fields (measured by gradients on a model that is not a plain chain), then the pairs
+    bar = tqdm(total=len(units) + len(used) * len(methods), desc=f"atlas {layer}", unit="step", disable=not progress)
+    box_of: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for lo in range(0, len(units), 256):
+        box_of.update(zip(units[lo:lo + 256], field.boxes(units[lo:lo + 256])))
+        bar.update(len(units[lo:lo + 256]))
     boxes = np.zeros((acc.channels, acc.k, 4), dtype=np.int64)
     for (c, j), unit in zip(used, coords):
         boxes[c, j] = box_of[tuple(int(v) for v in unit)]
@@ -52,7 +60,7 @@ def layer_views(model: nn.Module, layer: str, acc: TopK, source: Source, input_s
     for method in methods:
         views[method] = np.zeros((acc.channels, acc.k, input_shape[0], size, size), dtype=np.float32)
     device = model_device(model)
-    step = max_batch or 256
+    step = max_batch if isinstance(max_batch, int) else 256
     for lo in range(0, len(used), step):
         part, part_coords = used[lo:lo + step], coords[lo:lo + step]
         ids = acc.images[part[:, 0], part[:, 1]]
@@ -67,11 +75,13 @@ def layer_views(model: nn.Module, layer: str, acc: TopK, source: Source, input_s
                                  max_batch=max_batch, field=field).cpu().numpy()
             for (c, j), m in zip(part, maps):
                 views[method][c, j] = np.moveaxis(crop(np.moveaxis(m, 0, -1), tuple(boxes[c, j]), size), -1, 0)
+            bar.update(len(part))
+    bar.close()
     return views
 
 
 def build_atlas(model: nn.Module, data: Any, layers: Sequence[str], out: str | Path, *, k: int = 9,  # noqa: ANN401
-                batch_size: int = 64, max_batch: int | None = 64, methods: Sequence[str] = ("deconvnet",),
+                batch_size: int = 64, max_batch: MaxBatch = 64, methods: Sequence[str] = ("deconvnet",),
                 resume: bool = False, preprocess: Preprocess | None = None, progress: bool = False,
                 model_name: str | None = None, checkpoint_every: int | None = None,
                 mined: Mined | None = None, per_image: bool = True) -> Atlas:
@@ -99,7 +109,7 @@ def build_atlas(model: nn.Module, data: Any, layers: Sequence[str], out: str | P
     names = mined.identity["layers"]
     input_shape = tuple(source.take(np.asarray([_first_readable(mined)])).tensor.shape[1:])
     files = {"topk.npz": write_arrays(folder, "topk.npz", topk_arrays(names, mined.results))}
-    views = {name: layer_views(model, name, mined.results[name], source, input_shape, methods, max_batch)
+    views = {name: layer_views(model, name, mined.results[name], source, input_shape, methods, max_batch, progress)
              for name in names}
     files["patches.npz"] = write_arrays(folder, "patches.npz", {
         f"L{i}_{key}": views[name][key] for i, name in enumerate(names) for key in ("boxes", "patches")})

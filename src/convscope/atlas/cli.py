@@ -1,4 +1,4 @@
-"""``convscope atlas MODEL DATA --layers L1,L2 --k 9 --out DIR [--resume] [--max-batch N]``.
+"""``convscope atlas MODEL DATA --layers L1,L2 --k 9 --out DIR [--resume] [--max-batch N|auto]``.
 
 Mines the top-k activations of every channel of the layers over DATA, projects them, and
 writes the store and its HTML pages (``DIR/pages/index.html``). DATA is an image folder or
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from convscope.cliargs import add_max_batch
 from convscope.errors import ConvscopeError
 
 
@@ -32,7 +33,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="keep the k strongest units of a channel even when several lie in one image")
     p.add_argument("--out", required=True, help="output folder for the store and pages")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--max-batch", type=int, default=64, help="most (image, unit) pairs per projection pass (default 64)")
+    add_max_batch(p, what="(image, unit) pairs")
     p.add_argument("--batch-size", type=int, default=64, help="images per mining batch (default 64)")
     p.add_argument("--methods", default="deconvnet",
                    help="projections to compute: deconvnet, guided, gradient (comma-separated; default deconvnet)")
@@ -49,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     if not layers:
         raise ConvscopeError("--layers names no layer", "Write e.g. --layers features.0,features.3.")
-    if args.k < 1 or args.max_batch < 1 or args.batch_size < 1:
-        raise ConvscopeError("--k, --max-batch and --batch-size must be positive", "Use e.g. --k 9 --max-batch 64.")
+    if args.k < 1 or args.batch_size < 1:
+        raise ConvscopeError("--k and --batch-size must be positive", "Use e.g. --k 9 --batch-size 64.")
     loaded = load_model(args.model, weights=args.weights)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     atlas = build_atlas(loaded.model, args.data, layers, args.out, k=args.k, batch_size=args.batch_size,

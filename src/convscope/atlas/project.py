@@ -46,14 +46,15 @@ from convscope.backends.torch.rule_mode import apply_rules
 from convscope.backends.torch.session import eval_mode
 from convscope.errors import ConvscopeError
 from convscope.layers import resolve_layer
-from convscope.methods.base import check_max_batch, chunks
+from convscope.methods.base import check_max_batch
+from convscope.methods.batching import Batches, MaxBatch
 from convscope.projection import rule_map
 from convscope.rules import RuleMap
 
 
 def project_units(model: nn.Module, layer: str | nn.Module, images: Tensor, channels: Sequence[int] | Tensor,
                   coords: Sequence[Sequence[int]] | Tensor | np.ndarray, *, method: str = "deconvnet",
-                  max_batch: int | None = 64, crop: bool = True, field: Field | None = None) -> Tensor:
+                  max_batch: MaxBatch = 64, crop: bool = True, field: Field | None = None) -> Tensor:
     """Row ``i``: the projection of unit ``(channels[i], *coords[i])`` of ``layer`` for input ``images[i]``.
 
     ``images`` is ``[P, C, H, W]`` (one row per pair), ``coords`` ``[P, spatial dims]``.
@@ -72,13 +73,16 @@ def project_units(model: nn.Module, layer: str | nn.Module, images: Tensor, chan
     win = _crop_windows(model, module, images, coords, field) if crop else None
     out = torch.zeros_like(images, dtype=torch.float32)
     with _projector(model, module, layer, rules) as project:
-        for rows in chunks(images.shape[0], max_batch):
+        def run(rows: slice) -> None:
             if win is None:
                 out[rows] = project(images[rows], channels[rows], coords[rows])
             else:  # each row cut to its unit's window, projected, pasted back
                 inside = torch.from_numpy(win[rows, 2 * coords.shape[1]:])  # the unit's place in its window
                 (cut, index), (paste, _) = _window_view(images, win, rows), _window_view(out, win, rows)
                 paste[index] = project(cut[index], channels[rows], inside)
+
+        for _ in Batches(max_batch, images.device).map(images.shape[0], run):
+            pass
     return out
 
 

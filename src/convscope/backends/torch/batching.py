@@ -47,7 +47,7 @@ def check_max_batch(max_batch: MaxBatch) -> MaxBatch:
                              "'auto' sizes it from free memory.")
     return max_batch
 
-CPU_BUDGET_CAP = 2 << 30  # bytes: beyond a few GiB of activations CPU throughput no longer grows
+CPU_BUDGET_CAP = 512 << 20  # bytes: beyond this CPU throughput no longer grows, only peak memory does
 BUDGET_FRACTION = 0.5
 
 
