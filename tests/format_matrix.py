@@ -76,7 +76,7 @@ def check_works(verb: str, fmt: Format, tmp_path: Path, capsys: pytest.CaptureFi
     paths = [Path(p) for p in printed.split()]
     assert paths and all(p.is_file() and p.stat().st_size > 0 for p in paths), printed
     if verb == "explain":
-        assert paths[-1].name == "maps.json" and json.loads(paths[-1].read_text())["a.png"]
+        assert paths[-1].name == "maps.json" and json.loads(paths[-1].read_text())["images"]["a.png"]
     elif verb == "visualize":
         assert [p.name for p in paths] == [f"{fmt.layer}-grid.png", f"{fmt.layer}-c0.png", f"{fmt.layer}-c1.png"]
         height, width, _ = np.asarray(Image.open(paths[1])).shape

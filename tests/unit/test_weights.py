@@ -57,9 +57,8 @@ def test_explain_records_the_weights_in_maps_json(tmp_path: Path, capsys: pytest
     assert main(["explain", "torchvision:resnet18", str(tmp_path / "photo.png"), "--out", str(tmp_path / "out")]) == 0
     assert capsys.readouterr().err.count("random (untrained)") == 1
     meta = json.loads((tmp_path / "out" / "maps.json").read_text())
-    assert list(meta) == ["model", "photo.png"]
     assert meta["model"] == {"name": "torchvision:resnet18", "weights": "random (untrained)"}
-    assert meta["photo.png"][0]["method"] == "grad_cam"
+    assert list(meta["images"]) == ["photo.png"] and meta["images"]["photo.png"][0]["method"] == "grad_cam"
 
 
 def test_weights_given_on_the_command_line_are_not_announced(tmp_path: Path,
