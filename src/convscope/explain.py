@@ -1,8 +1,15 @@
 """``convscope explain``: run registered attribution methods on image files and write pictures.
 
-For every image x method an overlay PNG (the map, reduced over colour by ``|.|`` sum, clipped at
-the 99.5th percentile, over the image), with ``method="all"`` also one side-by-side sheet per
-image (the input, then every method), and ``maps.json`` (see :class:`MapIndex`).
+For every image x method an overlay PNG (the map scaled as the method's display kind says,
+:func:`convscope.render.heat`: ``|.|`` summed over colour and clipped at the 99.5th percentile for
+gradients, the positive part for CAMs and occlusion, min..max for RISE; over the image), with
+``method="all"`` also one side-by-side sheet per image (the input, then every method), and
+``maps.json`` (see :class:`MapIndex`).
+
+Without ``target`` each image's predicted class is explained. A PyTorch method whose passes score
+the clean input (the gradient and gradient-CAM families) picks it in its own forward pass
+(:class:`~convscope.targets.Predicted`); otherwise one prediction pass per batch comes first, and
+with ``method="all"`` the classes the first method picked serve the rest.
 
 The maps are computed on the model's crop of each image (what the model classifies). By default
 they are drawn on the user's whole picture: the crop's region is mapped back to the picture
@@ -42,18 +49,34 @@ from convscope import render
 from convscope.backends.dispatch import framework_of
 from convscope.errors import ConvscopeError
 from convscope.images import ImageBatch, ImageStream, images_per_batch
-from convscope.methods import AugSmooth, Method
+from convscope.methods import AugSmooth, Method, display_kind
 from convscope.methods.batching import MaxBatch, check_max_batch
 from convscope.methods.registry import get_method, supported
 from convscope.models import LoadedModel
+from convscope.targets import Predicted
 
 SHEET_TILE = 160  # pixels: the height of each tile of an image's "-all" sheet
 
 
-def heat_map(attribution: torch.Tensor) -> np.ndarray:
-    """One sample's map [C, H, W] as a 2-D heat map in [0, 1] (|.| summed over channels)."""
-    a = attribution.detach().float().cpu().numpy()
-    return render.normalize(np.abs(a).sum(axis=0), mode="positive", percentile=99.5)
+def heat_map(attribution: torch.Tensor, kind: str = "magnitude") -> np.ndarray:
+    """One sample's map [C, H, W] as a 2-D heat map in [0, 1], scaled as its method's display
+    ``kind`` says (:func:`convscope.render.heat`; ``magnitude``: ``|.|`` summed over channels)."""
+    return render.heat(attribution.detach().float().cpu().numpy(), kind)
+
+
+def _explained(loaded: LoadedModel, method: Method, x: object, classes: list[int] | None
+               ) -> tuple[object, list[int]]:
+    """The maps of ``method`` for ``classes`` (None: each sample's predicted class) and those classes.
+    A PyTorch method whose passes score the clean input explains :class:`~convscope.targets.Predicted`
+    and reports the classes it picked: one forward pass per chunk serves prediction and attribution."""
+    if classes is not None:
+        return method.attribute(x, target=classes), classes
+    if method.scores_input and isinstance(loaded.model, torch.nn.Module):
+        picked = Predicted()
+        maps = method.attribute(x, target=picked)
+        return maps, picked.classes()
+    classes = _predicted(loaded, x)
+    return method.attribute(x, target=classes), classes
 
 
 def blank_reason(attribution: torch.Tensor, cam: bool) -> str | None:
@@ -213,7 +236,7 @@ def _explain_batch(loaded: LoadedModel, batch: ImageBatch, methods: dict[str, tu
                    target: int | None, aug_smooth: bool, crop: bool, out: Path, index: MapIndex,
                    bar: tqdm) -> list[Path]:
     """Explain one batch of images with every method; write its PNGs and index them."""
-    targets = [target] * len(batch.names) if target is not None else _predicted(loaded, batch.tensor)
+    targets = [target] * len(batch.names) if target is not None else None  # None: predicted with the first map
     views = _Views(batch, crop)
     sheets = len(methods) > 1
     tiles = [[views.tile(i, image)] for i, image in enumerate(views.images)] if sheets else []
@@ -221,12 +244,13 @@ def _explain_batch(loaded: LoadedModel, batch: ImageBatch, methods: dict[str, tu
     written: list[Path] = []
     for name, (method, kwargs, cam) in methods.items():
         bar.set_postfix_str(name, refresh=False)
-        maps = _channels_first(method.attribute(batch.tensor, target=targets))
+        found, targets = _explained(loaded, method, batch.tensor, targets)
+        maps = _channels_first(found)
         index.start()
         for i, image_name in enumerate(batch.names):
             blank = blank_reason(maps[i], cam)
             if blank is None:
-                tile = shown = views.overlay(i, heat_map(maps[i]))
+                tile = shown = views.overlay(i, heat_map(maps[i], display_kind(method)))
                 labels[i].append(name)
             else:  # no place to show: the plain image, captioned
                 kind = blank.split(":")[0].split(" (")[0]  # "all zero", "constant"

@@ -260,3 +260,26 @@ def test_atlas_projections_show_progress_and_auto_batches_change_nothing(tmp_pat
     assert "atlas features.3" in err and f"{steps}/{steps}" in err
     fixed = build_atlas(model, data, ["features.3"], tmp_path / "fixed", k=2, batch_size=3, max_batch=3)
     np.testing.assert_allclose(auto.projections("features.3"), fixed.projections("features.3"), rtol=1e-4, atol=1e-7)
+
+
+def test_the_predicted_class_comes_from_the_attribution_pass(tmp_path: Path) -> None:
+    """Without a target, Grad-CAM predicts and explains in one forward pass per batch; the
+    classes recorded are the model's own argmax (oracle: a separate forward pass)."""
+    loaded = load_model("zoo:shapes-vgg")
+    images = Shapes(3, seed=4).arrays()[0]
+    files = []
+    for i, pixels in enumerate(images):
+        files.append(tmp_path / f"s{i}.png")
+        Image.fromarray(pixels).save(files[-1])
+    with torch.no_grad():
+        expected = loaded.model(loaded.preprocess.to_tensor(images)).argmax(1).tolist()
+    calls: list[int] = []
+    handle = loaded.model.register_forward_hook(lambda _m, inputs, _o: calls.append(int(inputs[0].shape[0])))
+    try:
+        # a given layer: no default-layer probe, so every pass the model sees is counted here
+        explain(loaded, files, method="grad_cam", layer="features.7", out=tmp_path / "out", max_batch=None)
+    finally:
+        handle.remove()
+    assert calls == [3]  # one pass for the batch: no separate prediction pass
+    meta = json.loads((tmp_path / "out" / "maps.json").read_text())["images"]
+    assert [meta[f.name][0]["target"] for f in files] == expected
