@@ -3,7 +3,8 @@
 The computation is :func:`convscope.projection.project` (re-exported here), on PyTorch and Keras
 models alike. Each sheet shows the image, then projection ``k`` of its ``k``-th strongest unit
 as a grey signed map ``0.5 + 0.5 * clip(s / q, -1, 1)`` (``s`` the projection summed over colour,
-``q`` the 99.5th percentile of ``|s|``), labelled with the unit's activation and position.
+``q`` the 99.5th percentile of ``|s|``), labelled with the unit's activation and position. A unit that does not fire (``a <= 0``) is
+labelled "never fires" and its image named on stderr: its projection is blank, not broken.
 
 Example::
 
@@ -12,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,11 +55,15 @@ def _project_batch(loaded: LoadedModel, batch: ImageBatch, layer: str, channel: 
     written = []
     for n, name in enumerate(batch.names):
         tiles, labels = [batch.pixels[n]], [name]
+        if float(values[n, 0]) <= 0:  # the strongest unit is not positive: nothing to project
+            print(f"convscope: {name}: channel {channel} of {layer} never fires on this image (its strongest unit is "
+                  f"{float(values[n, 0]):.3g}): its projections are blank", file=sys.stderr)
         for k in range(top):
             heat = render.normalize(maps[n, k], mode="signed", percentile=99.5, channel_axis=0)
             tiles.append(render.channels_last(heat * 0.5 + 0.5))
             where = positions[n, k].tolist()  # (y, x); nothing for a layer without positions (a logit)
-            labels.append(f"#{k + 1} a={float(values[n, k]):.3g}" + (f" at ({','.join(map(str, where))})" if where else ""))
+            place = f" at ({','.join(map(str, where))})" if where else ""
+            labels.append(f"#{k + 1} a={float(values[n, k]):.3g}" + (place if float(values[n, k]) > 0 else ": never fires"))
         sheet = render.grid(tiles, labels=labels, ncols=len(tiles), tile_size=(192, 192), interpolation="nearest")
         label = layer.replace("/", "_")  # a Keras layer inside a nested model: "block/conv"
         written.append(render.save_png(out / f"{Path(name).stem}-{label}-c{channel}-{rule}.png", sheet))

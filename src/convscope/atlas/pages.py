@@ -65,13 +65,18 @@ def write_pages(atlas: Atlas, method: str = "deconvnet") -> Path:
     for i, layer in enumerate(atlas.layers):
         acc, patches = atlas.topk(layer), atlas.patches(layer)
         proj = atlas.projections(layer, method) if has_proj else None
-        cards = []
+        cards, dead = [], 0
         for c in range(acc.channels):
             src = f"img/L{i}_c{c}.png"
             write_atomic(root / src, to_png_bytes(card_image(patches[c], None if proj is None else proj[c])))
             used = acc.images[c] != EMPTY
             caption = ", ".join(f"{v:.3g} @ {html.escape(names.get(str(int(n)), f'#{n}'))}"
                                 for v, n in zip(acc.values[c][used], acc.images[c][used]))
+            best = float(acc.values[c][used].max()) if used.any() else 0.0
+            if best <= 0:  # no unit of the channel is positive on any image: its patches are ties, not evidence
+                dead += 1
+                caption = (f"<i>never fires on these {atlas.manifest['data']['count']} images</i> (strongest unit "
+                           f"{best:.3g}): its patches are arbitrary")
             h, w = patches.shape[2] * (2 if proj is not None else 1), patches.shape[3] * patches.shape[1]
             cards.append(f'<figure class="card"><img src="{src}" loading="lazy" width="{w * 2}" height="{h * 2}" '
                          f'alt="channel {c}"><figcaption><b>channel {c}</b>: {caption}</figcaption></figure>')
@@ -81,7 +86,8 @@ def write_pages(atlas: Atlas, method: str = "deconvnet") -> Path:
                 f'{f", with their {html.escape(method)} projections below" if proj is not None else ""}.</p>'
                 f'<div class="cards">{"".join(cards)}</div>')
         write_atomic(root / page, _page(f"{layer} - {acc.channels} channels", body))
-        links.append(f'<li><a href="{page}">{html.escape(layer)}</a> ({acc.channels} channels)</li>')
+        silent = f", {dead} never fire" if dead else ""
+        links.append(f'<li><a href="{page}">{html.escape(layer)}</a> ({acc.channels} channels{silent})</li>')
     model = atlas.manifest["model"]
     body = (f"<p>Model {html.escape(str(model['name']))} ({model['hash']}), data "
             f"{html.escape(str(atlas.manifest['data']['fingerprint']))}, k = {atlas.k}.</p><ul>{''.join(links)}</ul>")

@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +78,13 @@ def visualize_command(args: argparse.Namespace) -> int:
                     seed=args.seed, max_batch=args.max_batch, preprocess=loaded.preprocess,
                     transforms=None if args.no_transforms else "standard", progress=not args.quiet)
     out = Path(args.out)
-    print(result.save(out / f"{args.layer}-grid.png", labels=[f"{args.layer} c{c}" for c in index]))
+    stuck = result.stuck()
+    for c, flat in zip(index, stuck):
+        if flat:
+            print(f"convscope: {args.layer} channel {c}: the optimization did not move (the channel never fired on "
+                  "the starting images, so it gave no gradient): its picture is blank", file=sys.stderr)
+    labels = [f"{args.layer} c{c}" + (": did not move" if flat else "") for c, flat in zip(index, stuck)]
+    print(result.save(out / f"{args.layer}-grid.png", labels=labels))
     for c, pixels in zip(index, result.pixels()):
         print(draw.save_png(out / f"{args.layer}-c{c}.png", pixels))
     return 0

@@ -67,6 +67,14 @@ class Rendered:
     images: Tensor
     history: Tensor
 
+    def stuck(self) -> list[bool]:
+        """Per image, whether its objective never changed over the steps (``max - min`` of its
+        history within float rounding of its size): a unit that never fired gives no gradient, so
+        its image is the starting noise blurred by the prior, not a picture of the unit."""
+        h = self.history.double()
+        spread = h.amax(0) - h.amin(0)
+        return (spread <= 1e-6 * (1.0 + h.abs().amax(0))).tolist()
+
     def pixels(self) -> np.ndarray:
         """The images as uint8 ``[N, H, W, C]``."""
         return self.images.mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
