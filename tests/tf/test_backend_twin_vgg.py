@@ -1,5 +1,6 @@
 """shapes-vgg (the trained zoo VGG: conv-relu-pool blocks, an MLP head with dropout) on both
-backends: every method of the issue gives the same maps (see tests/tf/twin_checks.py)."""
+backends: the methods of the issue with their own options give the same maps (see
+tests/tf/twin_checks.py; every registered method, alone and wrapped: test_registry_conformance.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed: pip 
 
 import torch  # noqa: E402
 from twin_checks import (  # noqa: E402
-    METHODS, Pair, check_delta_and_layers, check_layer_targets, check_method, make_pair, registered)
-
-from convscope.methods import methods  # noqa: E402
+    METHODS, Pair, check_delta_and_layers, check_layer_targets, check_method, make_pair)
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +21,6 @@ def pair(shapes_vgg: torch.nn.Module) -> Pair:
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_gives_the_torch_maps(pair: Pair, method: str) -> None:
     check_method(pair, METHODS[method])
-
-
-@pytest.mark.parametrize("name", [name for name in methods() if name not in METHODS])
-def test_every_other_registered_method_gives_the_torch_maps(pair: Pair, name: str) -> None:
-    check_method(pair, registered(name))
 
 
 @pytest.mark.parametrize("method", ["deconvnet", "guided_backprop"])
