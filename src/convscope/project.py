@@ -54,7 +54,7 @@ def _project_batch(loaded: LoadedModel, batch: ImageBatch, layer: str, channel: 
     maps, values, positions = _channels_first(result.maps), np.asarray(result.values), np.asarray(result.positions)
     written = []
     for n, name in enumerate(batch.names):
-        tiles, labels = [batch.pixels[n]], [name]
+        tiles, labels = [batch.pixels[n]], [name + (" (random weights)" if loaded.random_weights else "")]
         if float(values[n, 0]) <= 0:  # the strongest unit is not positive: nothing to project
             print(f"convscope: {name}: channel {channel} of {layer} never fires on this image (its strongest unit is "
                   f"{float(values[n, 0]):.3g}): its projections are blank", file=sys.stderr)

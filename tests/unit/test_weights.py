@@ -68,3 +68,30 @@ def test_weights_given_on_the_command_line_are_not_announced(tmp_path: Path,
     torch.save(resnet18().state_dict(), tmp_path / "resnet18.pt")
     assert main(["layers", "torchvision:resnet18", "--weights", str(tmp_path / "resnet18.pt")]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_project_sheets_and_atlas_pages_say_the_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The project sheet's picture label says "random weights" (the labels handed to the grid, for
+    random and for trained weights), and the atlas index names the weights."""
+    import convscope.render as render
+    from convscope.atlas import build_atlas, write_pages
+    from convscope.images import Preprocess
+    from convscope.loaded import LoadedModel
+    from convscope.project import project_images
+
+    labels: list[str] = []
+    grid = render.grid
+
+    def recording_grid(tiles: list[np.ndarray], labels_: list[str], **kw: object) -> np.ndarray:
+        labels.append(labels_[0])
+        return grid(tiles, labels=labels_, **kw)
+
+    monkeypatch.setattr(render, "grid", lambda tiles, labels=None, **kw: recording_grid(tiles, labels, **kw))
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 20, 3), np.uint8)).save(tmp_path / "p.png")
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3)).eval()
+    pre = Preprocess(size=16, crop=16)
+    for weights, out in ((RANDOM_WEIGHTS, "a"), ("state dict net.pt", "b")):
+        project_images(LoadedModel(net, pre, "net", weights=weights), [tmp_path / "p.png"], "1", 0, out=tmp_path / out)
+    assert labels == ["p.png (random weights)", "p.png"]
+    atlas = build_atlas(net, torch.utils.data.TensorDataset(torch.rand(4, 3, 8, 8)), ["1"], tmp_path / "atlas", k=1)
+    assert f"weights: {RANDOM_WEIGHTS}" in write_pages(atlas, weights=RANDOM_WEIGHTS).read_text()

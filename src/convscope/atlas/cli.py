@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
     skipped = atlas.manifest.get("skipped", [])
     for _index, name, reason in skipped:
         print(f"convscope: skipped unreadable image {name}: {reason}", file=sys.stderr)
-    path = atlas.path if args.no_pages else write_pages(atlas, methods[0])
+    path = atlas.path if args.no_pages else write_pages(atlas, methods[0], weights=loaded.weights)
     print(path)
     return 0

@@ -56,8 +56,9 @@ def card_image(patches: np.ndarray, projections: np.ndarray | None) -> np.ndarra
     return np.concatenate(rows, axis=0)
 
 
-def write_pages(atlas: Atlas, method: str = "deconvnet") -> Path:
-    """Write ``atlas.path/pages`` (index + one page per layer); returns the index path."""
+def write_pages(atlas: Atlas, method: str = "deconvnet", weights: str | None = None) -> Path:
+    """Write ``atlas.path/pages`` (index + one page per layer); returns the index path. ``weights``
+    says what the model's weights are (:attr:`convscope.loaded.LoadedModel.weights`), on the index."""
     root = atlas.path / "pages"
     names = atlas.manifest.get("names", {})
     has_proj = method in atlas.manifest.get("methods", [])
@@ -89,6 +90,7 @@ def write_pages(atlas: Atlas, method: str = "deconvnet") -> Path:
         silent = f", {dead} never fire" if dead else ""
         links.append(f'<li><a href="{page}">{html.escape(layer)}</a> ({acc.channels} channels{silent})</li>')
     model = atlas.manifest["model"]
-    body = (f"<p>Model {html.escape(str(model['name']))} ({model['hash']}), data "
+    said = f", weights: {html.escape(weights)}" if weights else ""
+    body = (f"<p>Model {html.escape(str(model['name']))} ({model['hash']}{said}), data "
             f"{html.escape(str(atlas.manifest['data']['fingerprint']))}, k = {atlas.k}.</p><ul>{''.join(links)}</ul>")
     return write_atomic(root / "index.html", _page("convscope atlas", body))
