@@ -198,7 +198,7 @@ class IncrementalGraph:
         n_el = len(sample)
         with torch.no_grad():
             for i, n in enumerate(self.order):
-                start, before = time.perf_counter(), regions.gathered
+                start, before = time.process_time(), regions.gathered
                 stats, kind = self.stats[n], self.kinds[n]
                 if kind == "input":
                     env[n] = Local(clean[n], box, patch)
@@ -216,10 +216,13 @@ class IncrementalGraph:
                     done = _full_macs(n, self.modules, self.shapes, n_el)
                     stats.macs += done
                     stats.full_macs += done
+                spent = time.process_time() - start
                 stats.calls += 1
                 stats.elements += n_el
                 stats.gathered += regions.gathered - before
-                stats.seconds += time.perf_counter() - start
+                stats.seconds += spent
+                if kind == "local" and env[n].whole:
+                    stats.whole_seconds += spent
                 for m in n.all_input_nodes:
                     if self.last_use.get(m) == i and m not in self.layers.values() and m is not self.output:
                         env.pop(m, None)

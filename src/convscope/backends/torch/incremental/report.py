@@ -36,7 +36,8 @@ class NodeRun:
     macs: int = 0
     full_macs: int = 0
     gathered: int = 0  # bytes copied by region reads feeding this node
-    seconds: float = 0.0
+    seconds: float = 0.0  # CPU time of this process
+    whole_seconds: float = 0.0  # of which in local calls whose box had grown to the whole map
 
     def line(self) -> str:
         share = f"{self.area / self.elements:6.1%}" if self.elements and self.mode == "local" else "     -"
@@ -65,6 +66,8 @@ class Report:
         macs, full = sum(n.macs for n in self.nodes), sum(n.full_macs for n in self.nodes)
         return {"macs": macs, "full_macs": full, "mac_share": macs / full if full else float("nan"),
                 "gathered": sum(n.gathered for n in self.nodes), "seconds": sum(n.seconds for n in self.nodes),
+                "whole_seconds": sum(n.whole_seconds for n in self.nodes),
+                "full_seconds": sum(n.seconds for n in self.full_nodes()),
                 "local_nodes": sum(n.mode in ("local", "global") for n in self.nodes),
                 "full_nodes": len(self.full_nodes()), "cache_bytes": self.cache_bytes}
 

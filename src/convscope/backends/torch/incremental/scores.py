@@ -131,7 +131,7 @@ def _self_check(graph: IncrementalGraph, scorer: IncrementalScores, values: Tens
                 top: np.ndarray, left: np.ndarray, h: int, w: int) -> str:
     """Why one changed copy of sample 0 (its box negated and shifted) evaluated incrementally
     differs from a full pass, or ``""`` where they agree."""
-    changed = values[:1].clone()
+    changed = values[:1].detach().clone()
     t, lf = int(top[0]), int(left[0])
     changed[:, :, t:t + h, lf:lf + w] = 1 - changed[:, :, t:t + h, lf:lf + w]
     try:
