@@ -94,6 +94,45 @@ def test_zoo_models_match_the_naive_loop(shapes_vgg: nn.Module, shapes_resnet: n
         assert_same_map(got, naive_occlusion(model, x, classes, window, stride, fill=0.5))
 
 
+class Pools(nn.Module):
+    """One of each local rule at small sizes: strided, dilated and grouped convolutions, max pooling with
+    padding and ceil mode, average pooling with padding, adaptive pooling to the map's own size (the
+    identity), to a divisor of it (a pooling) and to 1x1 (the global mean), a concatenation, an addition
+    and a product with a per-channel tensor, then flatten and a linear layer. 3x20x21 -> 4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, stride=2, padding=1)             # 20x21 -> 10x11
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=3)  # 10x11
+        self.same = nn.Conv2d(6, 4, 4, padding="same")                   # 10x11
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)  # 10x11 -> 6x6
+        self.avgpool = nn.AvgPool2d(3, stride=1, padding=1)               # 6x6
+        self.keep = nn.AdaptiveAvgPool2d((10, 11))                        # the identity
+        self.shrink = nn.AdaptiveMaxPool2d((3, 3))                        # 6x6 -> 3x3
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 10)[:, None, None])
+        self.fc = nn.Linear(10 * 3 * 3 + 10, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.keep(torch.relu(self.conv1(x)))
+        b = torch.cat([self.conv2(a), self.same(a)], dim=1) * self.scale
+        c = self.avgpool(self.maxpool(b)) + 0.5
+        d = c
+        pooled = torch.nn.functional.adaptive_avg_pool2d(d, 1).flatten(1)
+        return self.fc(torch.cat([self.shrink(d).flatten(1), pooled], dim=1))
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_one_model_with_every_rule_matches_the_naive_loop() -> None:
+    torch.manual_seed(0)
+    model, x, classes = Pools().eval(), images(2, 20, 21), torch.tensor([3, 1])
+    for window, stride in (((4, 3), (2, 3)), ((5, 5), (5, 5))):
+        occ = Occlusion(model, window=window, stride=stride, incremental=True, max_batch=7)
+        got = occ.attribute(x, classes)
+        assert occ.last_report.path == "incremental" and not any(
+            n.mode == "full" for n in occ.last_report.nodes if n.name in ("keep", "shrink", "adaptive_avg_pool2d"))
+        assert_same_map(got, naive_occlusion(model, x, classes, window, stride))
+
+
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_every_relu_spelling_and_the_residual_net(spelling: str) -> None:
     model = make(f"spelling:{spelling}").eval()

@@ -109,6 +109,14 @@ class Pointwise(Rule):
         return call(self.node, self.modules, args, kwargs)
 
 
+class Identity(Pointwise):
+    """An op that returns its input as it is (adaptive pooling to the input's own size): the
+    op itself would resize a region to the whole map's size."""
+
+    def compute(self, regions: Regions, value: Value, clean: Value, out: Box) -> Tensor:
+        return value(self.inputs[0]).patch.clone()  # a copy: later in-place ops must not reach the input
+
+
 class Sliding(Rule):
     """A convolution or pooling ``op(region)`` run without padding on the region its outputs read."""
 
@@ -216,7 +224,7 @@ def _adaptive(node: fx.Node, shapes: Mapping[fx.Node, tuple[int, ...]], average:
     h, w = shapes[source][-2:]
     oh, ow = shapes[node][-2:]
     if (oh, ow) == (h, w):
-        return Pointwise(node, [source], modules)  # the identity
+        return Identity(node, [source], modules)
     if (oh, ow) == (1, 1) and average:
         return GlobalMean(node, [source])
     if h % oh or w % ow:

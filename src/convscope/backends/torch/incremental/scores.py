@@ -3,8 +3,8 @@ and the choice between that and plain forward passes.
 
 :func:`open_scores` traces the model (:class:`~.graph.IncrementalGraph`), runs the first
 sample's clean pass, predicts the share of a full pass's multiply-adds a box of the given size
-costs (:meth:`~.graph.IncrementalGraph.estimate`) and checks one changed copy against a full
-forward pass. With ``mode="auto"`` it takes the incremental path on the CPU when that share is
+costs (:meth:`~.graph.IncrementalGraph.estimate`) and checks two changed copies (a corner box
+and a central one) against full forward passes. With ``mode="auto"`` it takes the incremental path on the CPU when that share is
 at most :data:`AUTO_MAX_SHARE` and the work is large enough to pay for the trace; with
 ``mode=True`` wherever it applies. Where it does not, the :class:`~.report.Report` says why.
 
@@ -112,14 +112,13 @@ def open_scores(model: nn.Module, layers: Mapping[Hashable, str], targets: Seque
         return None, Report("plain", str(why))
     h, w = values.shape[2:]
     wh, ww = min(window[0], h), min(window[1], w)
-    top, left = np.array([(h - wh) // 2]), np.array([(w - ww) // 2])
-    estimate = graph.estimate(Box(top, left, wh, ww))
+    estimate = graph.estimate(Box(np.array([(h - wh) // 2]), np.array([(w - ww) // 2]), wh, ww))
     report = Report("incremental", "forced" if mode is True else f"auto: {estimate:.0%} of a full pass", estimate)
     if auto and estimate > AUTO_MAX_SHARE:
         return None, Report("plain", f"auto: a {wh}x{ww} change costs {estimate:.0%} of a full pass, more than "
                                      f"{AUTO_MAX_SHARE:.0%}", estimate)
     scorer = IncrementalScores(graph, values, targets, report)
-    problem = _self_check(graph, scorer, values, clean, top, left, wh, ww)
+    problem = _self_check(graph, scorer, values, clean, wh, ww)
     if problem:
         return None, Report("plain", problem, estimate)
     graph.stats = {n: NodeRun(s.name, s.label, s.mode, s.reason) for n, s in graph.stats.items()}
@@ -128,17 +127,21 @@ def open_scores(model: nn.Module, layers: Mapping[Hashable, str], targets: Seque
 
 
 def _self_check(graph: IncrementalGraph, scorer: IncrementalScores, values: Tensor, clean: dict[fx.Node, Any],
-                top: np.ndarray, left: np.ndarray, h: int, w: int) -> str:
-    """Why one changed copy of sample 0 (its box negated and shifted) evaluated incrementally
-    differs from a full pass, or ``""`` where they agree."""
-    changed = values[:1].detach().clone()
-    t, lf = int(top[0]), int(left[0])
-    changed[:, :, t:t + h, lf:lf + w] = 1 - changed[:, :, t:t + h, lf:lf + w]
+                h: int, w: int) -> str:
+    """Why two changed copies of sample 0 (a box in the top left corner, where the changed
+    regions stay smallest, and one at the centre; each negated and shifted) evaluated
+    incrementally differ from full passes, or ``""`` where they agree."""
+    size = values.shape[2:]
+    top, left = np.array([0, (size[0] - h) // 2]), np.array([0, (size[1] - w) // 2])
+    changed = values[:1].detach().repeat(2, 1, 1, 1)
+    for b in range(2):
+        t, lf = int(top[b]), int(left[b])
+        changed[b, :, t:t + h, lf:lf + w] = 1 - changed[b, :, t:t + h, lf:lf + w]
+    patch = torch.stack([changed[b, :, int(top[b]):int(top[b]) + h, int(left[b]):int(left[b]) + w] for b in range(2)])
     try:
         full = graph.clean(changed)
         chunk = Chunk({n: clean[n] for n in graph.kept()})
-        output, acts = graph.run(chunk, np.zeros(1, np.int64), changed[:, :, t:t + h, lf:lf + w],
-                                 Box(top, left, h, w))
+        output, acts = graph.run(chunk, np.zeros(2, np.int64), patch, Box(top, left, h, w))
     except Exception as error:  # noqa: BLE001 - an op that behaves unexpectedly: take the plain path
         return f"the incremental pass failed ({type(error).__name__}: {str(error)[:120]})"
     pairs = [(output, full[graph.output])] if graph.output is not None else []
