@@ -77,6 +77,7 @@ def incremental(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, window
     return got
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("window, stride", [((24, 20), (16, 20)), ((20, 20), (20, 20))])  # overlap, none
 @pytest.mark.parametrize("arch", ["resnet18", "vgg16", "mobilenet_v2"])
 def test_torchvision_models_match_the_naive_loop(arch: str, window, stride) -> None:
@@ -86,6 +87,7 @@ def test_torchvision_models_match_the_naive_loop(arch: str, window, stride) -> N
     assert_same_map(got, naive_occlusion(model, x, classes, window, stride))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("window, stride", [((17, 13), (12, 10)), ((16, 16), (16, 16)), ((1, 20, 22), (1, 16, 22))])
 def test_zoo_models_match_the_naive_loop(shapes_vgg: nn.Module, shapes_resnet: nn.Module, window, stride) -> None:
     x, classes = images(2, 64, 64), torch.tensor([1, 4])
