@@ -174,6 +174,19 @@ class Occlusion(Method):
     a window of 1/8 of the height and width (at least 1 px) and a stride of half the window.
     ``fill``: a number (default 0), a tensor broadcastable to one sample, or ``"blur"`` (a
     Gaussian blur with std ``sigma``, default a quarter of the window).
+
+    ``incremental`` (PyTorch, attribution to the input): ``"auto"`` (default), True or False. A
+    window changes only a cone of each layer's activations (its projective field), so the
+    incremental path (:mod:`convscope.backends.torch.incremental`) runs the clean image once,
+    keeps every layer's output, and recomputes each layer of an occluded copy only on the region
+    the window can have changed, copying the rest: the same maps up to float32 rounding, at a
+    fraction of the cost where windows are small against the image (VGG-16, 224 px, window 16:
+    about 16% of the multiply-adds). It needs a model ``torch.fx`` can trace, without forward
+    hooks; layers it has no local rule for (and all after them) run on whole maps. ``"auto"``
+    takes it on the CPU where a window is predicted to cost at most 60% of a full pass and the
+    work pays for the trace; True takes it wherever it applies; False never. Where it does not
+    apply, the plain path runs. ``last_report`` tells which path the last call took, why, and
+    per layer how it ran (None on Keras).
     Example: ``Occlusion(model, window=(3, 16, 16), stride=8).attribute(x, 3)``.
     """
 
@@ -181,12 +194,17 @@ class Occlusion(Method):
     display = "positive"  # a score drop: covering the evidence for the class
 
     def __init__(self, model: Any, *, window: Size | None = None, stride: Size | None = None,
-                 fill: Fill = 0.0, sigma: float | None = None, max_batch: MaxBatch = None) -> None:
+                 fill: Fill = 0.0, sigma: float | None = None, max_batch: MaxBatch = None,
+                 incremental: bool | Literal["auto"] = "auto") -> None:
         super().__init__(model, max_batch=max_batch)
         self.window, self.stride = _per_dim(window, 2, "window"), _per_dim(stride, 2, "stride")
         if isinstance(fill, str) and fill != "blur":
             raise ConvscopeError(f"fill={fill!r} is not supported", "Use a number, a tensor or 'blur'.")
-        self.fill, self.sigma = fill, sigma
+        if not (incremental is True or incremental is False or incremental == "auto"):
+            raise ConvscopeError(f"incremental={incremental!r} is not supported",
+                                 "Use incremental=True, False or 'auto' (the default).")
+        self.fill, self.sigma, self.incremental = fill, sigma, incremental
+        self.last_report: Any = None
 
     def plan(self, shape: Sequence[int]) -> list[list[slice]]:
         """Per dimension of one sample of ``shape`` (C, H, W), the intervals the windows cover."""
@@ -208,14 +226,25 @@ class Occlusion(Method):
         n_windows = len(masks)
         engine.evaluations(int(x.shape[0]) * (n_windows + 1) * numel(x))
         clean = engine.scores(x, rows, value)
+        local = None
+        self.last_report = None
+        if self.incremental is not False:
+            window = (max(s.stop - s.start for s in plan[1]), max(s.stop - s.start for s in plan[2]))
+            local, self.last_report = engine.local(value, window, self.incremental)
         drops = engine.compiled(("occlusion",), self._drops)
+        spans = [(np.array([s.start for s in axis]), np.array([s.stop for s in axis])) for axis in plan[1:]]
 
         def evaluate(c: Chunk) -> list[Tensor]:
             ka, kb, kc = masks.split(c.k)
             a, b, cc = masks.axes
-            return drops(ops.take(x, c.sample), ops.take(value, c.sample), ops.take(fill, c.sample),
-                         ops.take(a, ka), ops.take(b, kb), ops.take(cc, kc), engine.take_rows(rows, c),
-                         [ops.take(s, c.sample) for s in clean])
+            args = (ops.take(x, c.sample), ops.take(value, c.sample), ops.take(fill, c.sample),
+                    ops.take(a, ka), ops.take(b, kb), ops.take(cc, kc), engine.take_rows(rows, c),
+                    [ops.take(s, c.sample) for s in clean])
+            if local is None:
+                return drops(*args)
+            _, hb, hc = masks.split(c.host_k)
+            box = (spans[0][0][hb], spans[0][1][hb], spans[1][0][hc], spans[1][1][hc])
+            return self._local_drops(engine, local, c.host, box, *args)
 
         sums = engine.accumulate(int(x.shape[0]), n_windows, evaluate, like=value)
         coverage = masks.coverage(value)
@@ -228,7 +257,22 @@ class Occlusion(Method):
         covered = ops.outer(a, b, c)
         occluded = ops.where(covered, fill, value)
         scores = engine.forward(x, rows, replace=(engine.wrt, occluded), fast=True).scores
-        return [ops.where(covered, ops.per_row(base - ops.detach(s), value), 0.0) for base, s in zip(clean, scores)]
+        return _drop_maps(ops, covered, value, clean, scores)
+
+    def _local_drops(self, engine: Engine, local: Any, samples: np.ndarray, box: tuple[np.ndarray, ...],
+                     x: Tensor, value: Tensor, fill: Tensor, a: Tensor, b: Tensor, c: Tensor, rows: Rows,
+                     clean: list[Tensor]) -> list[Tensor]:
+        """:meth:`_drops`, with the scores evaluated incrementally: each occluded input differs from
+        its sample only inside its window's ``box`` (tops, bottoms, lefts, rights)."""
+        ops = engine.ops
+        covered = ops.outer(a, b, c)
+        occluded = ops.where(covered, fill, value)
+        return _drop_maps(ops, covered, value, clean, local.scores(samples, occluded, *box, rows))
+
+
+def _drop_maps(ops: Ops, covered: Tensor, value: Tensor, clean: list[Tensor], scores: list[Tensor]) -> list[Tensor]:
+    """Per target the score drop ``clean - score`` of each row, on the row's covered positions."""
+    return [ops.where(covered, ops.per_row(base - ops.detach(s), value), 0.0) for base, s in zip(clean, scores)]
 
 
 def rise_masks(grid: Tensor, shifts: Tensor, size: tuple[int, int]) -> Tensor:

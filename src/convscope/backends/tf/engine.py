@@ -102,6 +102,10 @@ class KerasEngine:
     def evaluations(self, work: int) -> None:
         """Nothing to decide: every evaluation runs on the model's compiled functions."""
 
+    def local(self, value: tf.Tensor, window: tuple[int, int], mode: bool | str) -> tuple[None, None]:
+        """No incremental evaluation on Keras: every evaluation is a plain forward pass."""
+        return None, None
+
     def forward(self, x: tf.Tensor, rows: tf.Tensor, *, grad: bool = False,
                 replace: tuple[str | None, tf.Tensor] | None = None, fast: bool = False,
                 targets: Sequence[Target] | None = None, rules: RuleMap | None = None) -> KerasRun:

@@ -28,8 +28,9 @@ from torch import Tensor, nn
 from convscope.backends.protocol import Chunk
 from convscope.ops import tensors
 from convscope.backends.torch.forward import Forward
-from convscope.backends.torch.inference import InferenceSession
-from convscope.backends.torch.probes import LayerKey
+from convscope.backends.torch.incremental import IncrementalScores, Report, open_scores
+from convscope.backends.torch.inference import TWIN_MIN_WORK, InferenceSession
+from convscope.backends.torch.probes import LayerKey, key_name
 from convscope.backends.torch.session import Session
 from convscope.errors import ConvscopeError
 from convscope.backends.torch.draws import gaussian_draws
@@ -73,12 +74,32 @@ class TorchEngine:
         self.max_batch = max_batch
         self.device = device
         self._fast: Session | InferenceSession = session
+        self._work = 0
 
     def rows(self, r: slice) -> Tensor:
         return torch.arange(r.start, r.stop)
 
     def evaluations(self, work: int) -> None:
         self._fast = self.session.inference(work)
+        self._work = work
+
+    def local(self, value: Tensor, window: tuple[int, int], mode: bool | str
+              ) -> tuple[IncrementalScores | None, Report | None]:
+        """Incremental scores of copies of the input ``value`` changed inside one box of ``window``
+        each (:mod:`~convscope.backends.torch.incremental`), on the runner of ``fast``
+        evaluations, or None where plain passes serve; and the report saying which and why."""
+        if self.wrt is not None:
+            return None, Report("plain", "the attribution is to a layer's output, not to the input")
+        runner = self._fast
+        if isinstance(runner, InferenceSession):
+            module, names, own = runner.twin, runner.names, runner.probes.hook_ids()
+        else:
+            probes = self.session.probes
+            module, own = self.session.model, probes.hook_ids()
+            names = {key: key_name(module, key) for key in probes.keys}
+        wanted = {key: names[key] for t in self.targets for key in t.layers()}
+        return open_scores(module, wanted, self.targets, value, window, mode, own_hooks=own, work=self._work,
+                           min_work=TWIN_MIN_WORK)
 
     def forward(self, x: Tensor, rows: Tensor, *, grad: bool = False, replace: tuple[LayerKey | None, Tensor] | None
                 = None, fast: bool = False, targets: Sequence[Target] | None = None,
