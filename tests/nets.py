@@ -243,3 +243,17 @@ def sample(name: str, n: int = 3, seed: int = 1) -> Tensor:
     """A reproducible input batch for model ``name``."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, *INPUT_SHAPES[name], generator=g)
+
+
+def random_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``model`` in eval mode with non-trivial statistics in every batch norm (fresh ones are the
+    identity), so code that ignored them would differ."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+    return model.eval()

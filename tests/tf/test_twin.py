@@ -14,24 +14,11 @@ tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed: pip 
 
 import keras  # noqa: E402
 import torch  # noqa: E402
-from nets import SpellingNet, TinyResidual, TinyVGG  # noqa: E402
+from nets import SpellingNet, TinyResidual, TinyVGG, random_batch_norms  # noqa: E402
 from torch import nn  # noqa: E402
 from twin import keras_name, keras_twin, to_nchw, to_nhwc  # noqa: E402
 
 from convscope.zoo.architectures import ShapesResNet, ShapesVGG  # noqa: E402
-
-
-def randomise_batchnorm(model: nn.Module) -> nn.Module:
-    """Non-trivial eval-mode statistics, so a twin that ignored them would differ."""
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-    return model.eval()
 
 
 def torch_outputs(model: nn.Module, x: torch.Tensor, names: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -73,7 +60,7 @@ def test_vgg_every_layer_matches() -> None:
 
 def test_resnet_every_layer_matches_with_batchnorm_and_reused_relu() -> None:
     torch.manual_seed(0)
-    model = randomise_batchnorm(ShapesResNet())
+    model = random_batch_norms(ShapesResNet(), seed=3)
     names = assert_twin(model, (32, 32))
     # the reused in-place relu runs twice per block: ambiguous in torch, so not mapped, but each
     # call is its own Keras layer; the block's output is its second call's

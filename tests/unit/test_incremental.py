@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from nets import SPELLINGS, make, sample, torchvision_model
+from nets import SPELLINGS, make, random_batch_norms, sample, torchvision_model
 from torch import nn
 
 from convscope.backends.torch.incremental import geometry, open_scores
@@ -51,19 +51,6 @@ def assert_same_map(got: torch.Tensor, expected: torch.Tensor) -> None:
     scale = float(expected.abs().max())
     assert scale > 0
     assert float((got - expected).abs().max()) <= 1e-4 * scale
-
-
-def random_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial eval-mode statistics for every batch norm (torchvision's are the identity)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-    return model
 
 
 def images(n: int, h: int, w: int, seed: int = 3) -> torch.Tensor:
