@@ -22,13 +22,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from convscope.cliargs import add_max_batch
 from convscope.errors import ConvscopeError
-
-if TYPE_CHECKING:
-    import torch
 
 
 MODEL_HELP = ("zoo:NAME, torchvision:NAME[?weights=DEFAULT], a Keras .keras/.h5 file, or package.module:factory "

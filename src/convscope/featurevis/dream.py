@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from convscope.errors import ConvscopeError
 from convscope.featurevis.objectives import DeepDream

@@ -42,7 +42,7 @@ from convscope.backends.torch.batching import MaxBatch, check_max_batch
 from convscope.errors import ConvscopeError
 from convscope.formats import FROM_PYTHON, hidden_layers
 from convscope.rules import RuleMap
-from convscope.targets import Target, TargetLike, as_targets
+from convscope.targets import Target, TargetLike
 
 if TYPE_CHECKING:
     from convscope.render.display import DisplayKind
