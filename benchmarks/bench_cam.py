@@ -176,8 +176,8 @@ def pointing_game_table(n: int = 500, max_batch: int = 100) -> str:
     from convscope import zoo
     from convscope.data import Shapes
     from convscope.methods import methods
-    from convscope.metrics import mass_inside, pointing_game
-    from convscope.metrics.localisation import dilate
+    from convscope.evaluate import mass_inside, pointing_game
+    from convscope.evaluate.localisation import dilate
 
     model = zoo.load("shapes-vgg", progress=False)
     images, masks, labels = Shapes(n, seed=2).arrays()
@@ -217,7 +217,7 @@ def smoothing_table(n: int = 500) -> str:
     from convscope import zoo
     from convscope.data import Shapes
     from convscope.methods import AugSmooth, methods
-    from convscope.metrics import pointing_game
+    from convscope.evaluate import pointing_game
 
     model = zoo.load("shapes-vgg", progress=False)
     images, masks, labels = Shapes(n, seed=2).arrays()
@@ -251,7 +251,7 @@ def _pgc_smoothing(model: torch.nn.Module, x: torch.Tensor, labels: np.ndarray, 
         return ["- pytorch-grad-cam is not installed: its rows are left out"]
     from convscope.methods import AugSmooth, GradCAM
     from convscope.methods.cam import default_layer
-    from convscope.metrics import pointing_game
+    from convscope.evaluate import pointing_game
 
     _quiet_tqdm()
     targets = [ClassifierOutputTarget(int(c)) for c in labels]
@@ -279,7 +279,7 @@ def grad_cam_layers_table(n: int = 500, misses_png: str | None = None) -> str:
     from convscope import zoo
     from convscope.data import CLASSES, Shapes
     from convscope.methods import GradCAM
-    from convscope.metrics import pointing_game
+    from convscope.evaluate import pointing_game
 
     model = zoo.load("shapes-vgg", progress=False)
     images, masks, labels = Shapes(n, seed=2).arrays()

@@ -38,7 +38,7 @@ from convscope import zoo
 from convscope.data import Shapes
 from convscope.methods import GradCAM
 from convscope.methods.cam.base import upsample
-from convscope.metrics import pointing_game
+from convscope.evaluate import pointing_game
 from convscope.zoo.architectures import ShapesVGG
 
 RECIPES: dict[str, dict[str, Any]] = {

@@ -40,7 +40,7 @@ _LAZY: dict[str, str | None] = {
     "projection": None,
     "atlas": None,
     "featurevis": None,
-    "metrics": None,
+    "evaluate": None,
     "ConvscopeError": "convscope.errors",
     "load_model": "convscope.models",
     "load_images": "convscope.images",

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from convscope.errors import ConvscopeError
-from convscope.metrics import mass_inside, pointing_game
+from convscope.evaluate import mass_inside, pointing_game
 
 MASK = torch.tensor([[0, 0, 0],
                      [0, 1, 1],

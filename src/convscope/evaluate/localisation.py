@@ -5,9 +5,19 @@
   (Euclidean) of the mask, as their 15 pixels on ~224 px images). Ties: when several positions
   share the maximum, *every* one of them must be accepted, so a constant map (all zero, say)
   only hits when the mask covers the whole image.
+  ``tolerance="standard"`` is Zhang et al.'s protocol: 15 px at 224 px, scaled with the
+  image's shorter side (:func:`standard_tolerance`). Quantus's ``PointingGame`` has no tolerance
+  and counts a hit when *any* maximum is inside; on maps with one maximum the two agree.
+- :func:`centre_maps`: the baseline that always points at the image centre (Zhang et al.'s
+  "center" baseline), to print beside every pointing game: a method that does not beat it has
+  not shown that it localises.
+- :func:`class_mean`: Zhang et al.'s accuracy, the mean over classes of each class's mean.
 - :func:`mass_inside`: per sample, the fraction of positive attribution mass inside the mask,
-  ``sum(relu(map) * mask) / sum(relu(map))``; NaN for a map with no positive mass (average
-  with ``torch.nanmean`` or count them apart).
+  ``sum(relu(map) * mask) / sum(relu(map))`` (Arras et al.'s relevance mass accuracy, 2022,
+  on positive relevance); NaN for a map with no positive mass (average with ``torch.nanmean``).
+- :func:`rank_inside`: Arras et al.'s relevance rank accuracy: with ``K`` the mask's size, the
+  fraction of the map's ``K`` highest positions that lie inside it (ties: the earlier position
+  ranks first); NaN for an empty mask.
 
 ``maps`` are ``[N, 1, H, W]`` or ``[N, H, W]`` (tensors or arrays; reduce several channels first,
 e.g. ``maps.abs().sum(1, keepdim=True)``); ``masks`` are ``[N, H, W]`` (or ``[N, 1, H, W]``),
@@ -66,14 +76,22 @@ def dilate(masks: Tensor, radius: float) -> Tensor:
     return hits[:, 0] > 0.5
 
 
-def pointing_game(maps: ArrayLike, masks: ArrayLike, tolerance: float = 0.0) -> Tensor:
+def standard_tolerance(height: int, width: int) -> float:
+    """Zhang et al.'s 15 px at 224 px, scaled with the shorter side: ``15 * min(H, W) / 224``."""
+    return 15.0 * min(height, width) / 224.0
+
+
+def pointing_game(maps: ArrayLike, masks: ArrayLike, tolerance: float | str = 0.0) -> Tensor:
     """Bool ``[N]``: whether every position of each map's maximum lies inside its mask (or within
-    ``tolerance`` pixels of it).
+    ``tolerance`` pixels of it; ``"standard"``: :func:`standard_tolerance`).
 
     Example: ``pointing_game(maps, masks).float().mean()`` is the pointing-game accuracy.
     """
-    if not tolerance >= 0:
-        raise ConvscopeError(f"tolerance={tolerance!r} must be >= 0", "Give a distance in pixels, e.g. tolerance=4.")
+    if tolerance == "standard":
+        tolerance = standard_tolerance(*torch.as_tensor(masks).shape[-2:])
+    if isinstance(tolerance, str) or not tolerance >= 0:
+        raise ConvscopeError(f"tolerance={tolerance!r} must be >= 0 or 'standard'",
+                             "Give a distance in pixels, e.g. tolerance=4, or 'standard' (15 px at 224 px).")
     m, k = _flat_pair(maps, masks)
     if tolerance >= 1:
         height, width = torch.as_tensor(masks).shape[-2:]
@@ -90,3 +108,35 @@ def mass_inside(maps: ArrayLike, masks: ArrayLike) -> Tensor:
     m, k = _flat_pair(maps, masks)
     positive = torch.relu(m)
     return (positive * k).sum(1) / positive.sum(1)
+
+
+def rank_inside(maps: ArrayLike, masks: ArrayLike) -> Tensor:
+    """Float ``[N]``: the fraction of each map's ``K = |mask|`` highest positions inside the mask.
+
+    Example: ``rank_inside(maps, masks).nanmean()``.
+    """
+    m, k = _flat_pair(maps, masks)
+    size = k.sum(1)
+    order = torch.argsort(-m, dim=1, stable=True)
+    top = torch.arange(m.shape[1], device=m.device)[None] < size[:, None]
+    inside = (k.gather(1, order) & top).sum(1)
+    return torch.where(size > 0, inside / size.clamp_min(1), torch.nan)
+
+
+def centre_maps(n: int, height: int, width: int) -> Tensor:
+    """``[n, 1, height, width]`` maps peaking at the image centre (``-`` the distance to it): the
+    pointing game's centre baseline (with an even side, the middle two rows or columns tie)."""
+    rows = torch.arange(height, dtype=torch.float32) - (height - 1) / 2
+    cols = torch.arange(width, dtype=torch.float32) - (width - 1) / 2
+    distance = rows[:, None] ** 2 + cols[None, :] ** 2
+    return (-distance).expand(n, 1, height, width)
+
+
+def class_mean(values: ArrayLike, classes: ArrayLike) -> float:
+    """The mean over classes of each class's mean of ``values [N]`` (NaNs left out), Zhang et al.'s
+    accuracy; NaN when no class has a value."""
+    v = torch.as_tensor(values).detach().float().cpu()
+    c = torch.as_tensor(classes).detach().cpu()
+    means = [torch.nanmean(v[c == k]) for k in torch.unique(c)]
+    kept = [float(m) for m in means if not torch.isnan(m)]
+    return sum(kept) / len(kept) if kept else float("nan")
