@@ -289,6 +289,22 @@ def _atlas(args: argparse.Namespace) -> int:
     return atlas_cli.run(args)
 
 
+# --- check ----------------------------------------------------------------------------------
+
+def _check_args(p: argparse.ArgumentParser) -> None:
+    from convscope.check import cli as check_cli
+
+    check_cli.configure(p)
+
+
+@command("check", "score attribution methods on a dataset (faithfulness, randomisation sanity checks, pointing "
+         "game, complexity) and write a report of which map to trust", _check_args)
+def _check(args: argparse.Namespace) -> int:
+    from convscope.check import cli as check_cli
+
+    return check_cli.run(args)
+
+
 # --- feature visualization ------------------------------------------------------------------
 
 def _visualize_args(p: argparse.ArgumentParser) -> None:

@@ -57,6 +57,10 @@ figcaption { margin-top: 8px; font-size: 0.85rem; color: var(--muted); text-alig
   overflow-wrap: anywhere; }
 a { color: #0b62d6; }
 @media (prefers-color-scheme: dark) { a { color: #6aa8ff; } }
+.scroll { overflow-x: auto; }
+table.data { border-collapse: collapse; margin: 0 0 16px; font-size: 0.9rem; }
+table.data th, table.data td { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }
+table.data th:first-child, table.data td:first-child { text-align: left; }
 footer { margin-top: 48px; color: var(--muted); font-size: 0.8rem; }
 """.strip()
 
@@ -118,6 +122,20 @@ def link(text: str, href: str | os.PathLike[str], *, before: str = "", after: st
     url = html.escape(quote(target, safe="/#?=&%"), quote=True)
     return Html(f'<p class="note">{html.escape(before)}<a href="{url}">{html.escape(text)}</a>'
                 f"{html.escape(after)}</p>")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], strong: set[tuple[int, int]] = frozenset()) -> Html:
+    """A plain table, every cell escaped; cells ``(row, column)`` in ``strong`` are bold.
+
+    Example: ``table(["method", "AUC"], [["saliency", "0.31"]], strong={(0, 1)})``.
+    """
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{'<strong>' if (r, c) in strong else ''}{html.escape(cell)}"
+                         f"{'</strong>' if (r, c) in strong else ''}</td>" for c, cell in enumerate(row)) + "</tr>"
+        for r, row in enumerate(rows))
+    return Html(f'<div class="scroll"><table class="data"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+                f'</table></div>')
 
 
 def html_page(
