@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from torch import Tensor
 
 from convscope.methods.base import display_kind
 from convscope.methods.registry import get_method
@@ -28,8 +30,14 @@ from convscope.render.display import heat
 from convscope.render.html import Html, figure, html_page, save_html, table
 from convscope.render.overlay import overlay
 
-if TYPE_CHECKING:
-    from convscope.check.run import Examples
+
+@dataclass(frozen=True)
+class Examples:
+    """Images ``pixels [n, H, W, 3]`` and, per method, their maps before and after each
+    randomisation step (``maps[method][0]`` the trained model's): the randomisation figure."""
+
+    pixels: np.ndarray
+    maps: dict[str, list[Tensor]]
 
 CURVES = {"deletion": ("fraction of pixels deleted", "p(class)"),
           "insertion": ("fraction of pixels inserted", "p(class)"),

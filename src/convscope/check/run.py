@@ -31,7 +31,6 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from tqdm.auto import tqdm
 from convscope.atlas.source import Source, ShapesSource, open_source
 from convscope.backends.dispatch import framework_of
 from convscope.check.metrics import DEFAULT, METRICS, Context, MetricSpec, Result
+from convscope.check.report import Examples, write_report
 from convscope.errors import ConvscopeError
 from convscope.evaluate import centre_maps, pointing_game
 from convscope.evaluate.maps import as_maps
@@ -54,14 +54,6 @@ from convscope.methods.registry import check_runs_on, get_method
 
 VERSION = 1
 
-
-@dataclass(frozen=True)
-class Examples:
-    """Images ``pixels [n, H, W, 3]`` and, per method, their maps before and after each
-    randomisation step (``maps[method][0]`` the trained model's)."""
-
-    pixels: np.ndarray
-    maps: dict[str, list[Tensor]]
 EXAMPLES = 3  # images whose randomised maps the report shows
 
 
@@ -201,8 +193,6 @@ def check(loaded: LoadedModel, data: Any, methods: Sequence[str], metrics: Seque
     state["complete"] = True
     totals.summary()
     path = write_atomic(out / "results.json", json.dumps(state, indent=1).encode("utf-8"))
-    from convscope.check.report import write_report
-
     randomised = any(spec.name == "randomisation" for spec in active)
     write_report(out, state, _examples(source, instances, seed) if randomised else None)
     return path
