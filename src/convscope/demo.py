@@ -41,6 +41,7 @@ class DemoContext:
     out: Path
     masks: np.ndarray
     pngs: list[Path] = field(default_factory=list)
+    loaded: Any = None  # the LoadedModel (name and weights, for the sections that record them)
 
     def save(self, name: str, image: np.ndarray, caption: str, *scale: np.ndarray) -> render.Figure:
         """Write ``image`` (with the colour bars ``scale`` centred under it) as ``out/name.png`` and
@@ -288,8 +289,41 @@ def section_class_visualizations(ctx: DemoContext) -> tuple[str, list[Item]] | N
         "class-visualizations", sheet, "Images optimized for each class (not what the classes look like)")]
 
 
+TRUST_METHODS = ("saliency", "guided_backprop", "grad_cam")
+TRUST_METRICS = ("deletion", "insertion", "randomisation", "random_logit", "pointing_game", "sparseness")
+
+
+def section_trust(ctx: DemoContext) -> tuple[str, list[Item]] | None:
+    """Which map to trust: ``convscope check`` on 32 Shapes images for three methods, its ranking
+    table here and its full report (curves, the randomisation figure) linked."""
+    import json
+
+    from convscope.check import check
+    from convscope.check.report import ranking_table
+
+    folder = ctx.out / "check"
+    if (folder / "results.json").exists():
+        (folder / "results.json").unlink()  # the demo's own previous run: the report is made afresh
+    path = check(ctx.loaded, "shapes:32", TRUST_METHODS, TRUST_METRICS, folder, progress=False)
+    state = json.loads(path.read_text(encoding="utf-8"))
+    baseline = state["baselines"].get("pointing_game")
+    items: list[Item] = [
+        "Each method's maps scored on 32 Shapes images: deletion (the class score should fall fast as the "
+        "top-ranked pixels go: lower is better), insertion (it should rise fast: higher is better), model "
+        "randomisation (the map should change when the model's layers are re-initialised: lower SSIM is better), "
+        "random logit (the map for another class should differ: lower is better), the pointing game and "
+        "sparseness.",
+        ranking_table(state),
+        render.link("the full report", "check/report.html", before="Curves and the randomisation figure: ")]
+    if baseline is not None:
+        items.insert(2, f"The centre baseline (a map that always points at the image centre) scores {baseline:.3f} "
+                        "in the pointing game: these shapes sit near the centre, so a method must beat that number "
+                        "to show that it localises.")
+    return "Which map to trust", items
+
+
 SECTIONS: list[Section] = [section_predictions, section_activations, section_unpooling, section_methods,
-                           section_projections, section_class_visualizations, section_atlas]
+                           section_trust, section_projections, section_class_visualizations, section_atlas]
 
 
 def run_demo(out: Path, n_images: int = 6, model_name: str = "shapes-vgg") -> Path:
@@ -300,7 +334,7 @@ def run_demo(out: Path, n_images: int = 6, model_name: str = "shapes-vgg") -> Pa
     loaded = load_model(f"zoo:{model_name}")
     pixels, masks, labels = _pick_images(n_images)
     ctx = DemoContext(loaded.model, loaded.preprocess, loaded.preprocess.to_tensor(pixels), pixels, labels,
-                      list(loaded.class_names or []), out, masks)
+                      list(loaded.class_names or []), out, masks, loaded=loaded)
     out.mkdir(parents=True, exist_ok=True)
     sections = []
     for section in SECTIONS:

@@ -47,6 +47,19 @@ def _section(html: str, heading: str) -> str:
     return html.split(f"<h2>{heading}</h2>", 1)[1].split("</section>", 1)[0]
 
 
+def test_demo_says_which_map_to_trust(demo_report: Path) -> None:
+    import json
+
+    section = _section(demo_report.read_text(), "Which map to trust")
+    assert 'href="check/report.html"' in section and (demo_report.parent / "check" / "report.html").is_file()
+    state = json.loads((demo_report.parent / "check" / "results.json").read_text())
+    assert state["complete"] and state["images"]["done"] == 32
+    for method in ("saliency", "guided_backprop", "grad_cam"):  # each method's row, with its mean deletion AUC
+        assert f"<td>{method}</td>" in section
+        assert f"{state['methods'][method]['deletion']:.3f}" in section
+    assert f"scores {state['baselines']['pointing_game']:.3f} in the pointing game" in section
+
+
 def test_demo_atlas_section_links_to_its_pages_and_shows_readable_cards(demo_report: Path) -> None:
     atlas = _section(demo_report.read_text(), "Dataset atlas (features.7, 1000 images)")
     hrefs = re.findall(r'<a href="([^"]*)"', atlas)

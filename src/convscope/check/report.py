@@ -64,7 +64,8 @@ def ranking(state: dict[str, Any]) -> tuple[list[str], list[str], dict[str, floa
     return sorted(means, key=lambda n: mean_rank[n]), metrics, mean_rank
 
 
-def _ranking_table(state: dict[str, Any]) -> Html:
+def ranking_table(state: dict[str, Any]) -> Html:
+    """The ranking as a table: methods by mean rank, their mean per metric, the best of a column bold."""
     order, metrics, mean_rank = ranking(state)
     header = ["method", "mean rank"] + [f"{state['metrics'][m]['title']} {'↑' if state['metrics'][m]['higher_is_better'] else '↓'}"
                                         for m in metrics] + ["seconds"]
@@ -143,7 +144,7 @@ def write_report(out: Path, state: dict[str, Any], examples: Examples | None) ->
                 f"of {state['data']}, seed {state['seed']}; each image explained for the class the model predicts")
     notes = [f"{state['metrics'][m]['title']}: {reason}" for m, reason in state["skipped"].items()]
     costs = [f"{spec['title']}: {spec['cost']} per image" for spec in state["metrics"].values()]
-    sections = [("Which map to trust", [_ranking_table(state),
+    sections = [("Which map to trust", [ranking_table(state),
                                         "↑: higher is better, ↓: lower is better; bold: the best of a column; mean rank: "
                                         "the average place over the metrics (1 = first)."]),
                 ("Faithfulness curves", _curves(state)),

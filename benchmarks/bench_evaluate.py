@@ -1,0 +1,139 @@
+"""convscope.evaluate against Quantus 0.6, side by side in one process: the same model (ResNet-18,
+``weights=None``, seed 0, eval mode), the same images (random 224 x 224), the same maps (absolute
+saliency) and targets, the same protocol settings, on the CPU.
+
+Rows per table: Quantus (the reference), then convscope. Perturbation metrics cost the same
+model passes in both (the notes count them), so their ratio shows the per-step work around the
+passes; model-parameter randomisation recomputes the same maps in both (convscope's Saliency as
+Quantus's ``explain_func``), so its ratio shows the work around the explanations (copies,
+normalisation, per-sample SSIM). The cheap map-only metrics run on 64 maps.
+
+    python -m benchmarks.bench_evaluate [--quick] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from benchmarks.harness import Table
+
+
+def _timed(fn: Callable[[], object], rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _add(table: Table, name: str, fn: Callable[[], object], rounds: int, note: str = "") -> None:
+    from benchmarks.harness import Row
+
+    table.rows.append(Row(name, _timed(fn, rounds), note=note))
+
+
+def run(quick: bool = False, rounds: int = 1) -> list[Table]:
+    import torchvision
+
+    import quantus
+    from convscope import evaluate
+    from convscope.evaluate.randomisation import randomisable_layers
+    from convscope.methods import Saliency
+
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    size = 64 if quick else 224
+    model = torchvision.models.resnet18(weights=None).eval()
+    g = torch.Generator().manual_seed(1)
+    n = 4 if quick else 8
+    x = torch.randn(n, 3, size, size, generator=g)
+    y = torch.randint(0, 1000, (n,), generator=g)
+    maps = Saliency(model).attribute(x, y.tolist()).abs().sum(1, keepdim=True)
+    xs, ys, ms = x.numpy(), y.numpy(), maps.numpy()
+    common = {"abs": False, "normalise": False, "disable_warnings": True}
+    tables = []
+
+    # Quantus flips channel elements and wants its step to divide H x W (never a multiple of 3 at 224 px):
+    # convscope flips whole pixels, as many per step as give the same number of steps
+    features = size * 16
+    steps = 3 * size * size // features
+    pixels_in_step = -(-size * size // steps)
+    t = Table(f"pixel flipping, ResNet-18, {n} images {size}x{size}, {steps} steps", reference="Quantus")
+    q = quantus.PixelFlipping(features_in_step=features, perturb_baseline=0.0, **common)
+    _add(t, "Quantus", lambda: q(model=model, x_batch=xs, y_batch=ys, a_batch=ms, device="cpu", batch_size=n), rounds)
+    _add(t, "convscope", lambda: evaluate.pixel_flipping(model, x, y, maps, pixels_in_step=pixels_in_step,
+                                                         max_batch=n), rounds)
+    t.notes.append(f"both: {steps} model passes per image, {n} images per pass (Quantus: {features} channel "
+                   f"elements per step; convscope: {pixels_in_step} pixels)")
+    tables.append(t)
+
+    patch, regions = 16, (8 if quick else 20)
+    t = Table(f"region perturbation, ResNet-18, {n} images {size}x{size}, {regions} patches of {patch}x{patch}",
+              reference="Quantus")
+    q = quantus.RegionPerturbation(patch_size=patch, regions_evaluation=regions, perturb_baseline=0.0, **common)
+    _add(t, "Quantus", lambda: q(model=model, x_batch=xs, y_batch=ys, a_batch=ms, device="cpu", batch_size=n), rounds)
+    _add(t, "convscope", lambda: evaluate.region_perturbation(model, x, y, maps, patch=patch, regions=regions,
+                                                              max_batch=n), rounds)
+    t.notes.append(f"Quantus: {regions + 1} passes per image; convscope: {regions + 1} (the unperturbed one included)")
+    tables.append(t)
+
+    k = 2 if quick else 4
+    layers = randomisable_layers(model)
+
+    def explain(model: torch.nn.Module, inputs: np.ndarray, targets: np.ndarray, **_: object) -> np.ndarray:
+        return Saliency(model).attribute(torch.as_tensor(inputs), torch.as_tensor(targets).tolist()).abs().sum(
+            1, keepdim=True).numpy()
+
+    t = Table(f"model-parameter randomisation (cascading, SSIM), ResNet-18, {k} images {size}x{size}, "
+              f"{len(layers)} layers, saliency", reference="Quantus")
+    q = quantus.MPRT(similarity_func=quantus.similarity_func.ssim, layer_order="top_down", **common)
+    _add(t, "Quantus", lambda: q(model=model, x_batch=xs[:k], y_batch=ys[:k], a_batch=ms[:k], explain_func=explain,
+                                 device="cpu", batch_size=k), rounds)
+    _add(t, "convscope", lambda: evaluate.model_randomisation(Saliency(model), x[:k], y[:k], similarities=("ssim",)),
+         rounds)
+    t.notes.append(f"both: {len(layers)} + 1 saliency maps per image (one per randomised layer and the trained model's)")
+    tables.append(t)
+
+    many = torch.rand(64, 1, size, size, generator=g)
+    masks = torch.rand(64, 1, size, size, generator=g) > 0.7
+    xm, ym = torch.zeros(64, 3, size, size), np.zeros(64, dtype=np.int64)
+    for title, ours, theirs, needs_mask in [
+        ("sparseness", lambda: evaluate.sparseness(many), quantus.Sparseness(**common), False),
+        ("complexity", lambda: evaluate.complexity(many), quantus.Complexity(**common), False),
+        ("relevance mass", lambda: evaluate.mass_inside(many, masks), quantus.RelevanceMassAccuracy(**common), True),
+        ("relevance rank", lambda: evaluate.rank_inside(many, masks), quantus.RelevanceRankAccuracy(**common), True),
+        ("pointing game", lambda: evaluate.pointing_game(many, masks), quantus.PointingGame(**common), True),
+    ]:
+        t = Table(f"{title}, 64 maps {size}x{size}", reference="Quantus")
+        s = masks.numpy() if needs_mask else None
+        _add(t, "Quantus", lambda theirs=theirs, s=s: theirs(model=None, x_batch=xm.numpy(), y_batch=ym,
+                                                             a_batch=many.numpy(), s_batch=s, batch_size=64), 3)
+        _add(t, "convscope", ours, 3)
+        tables.append(t)
+    return tables
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for table in run(args.quick, args.rounds):
+        print(table.markdown(), flush=True)
+        print(flush=True)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
