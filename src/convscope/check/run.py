@@ -45,7 +45,7 @@ from convscope.check.metrics import DEFAULT, METRICS, Context, MetricSpec, Resul
 from convscope.check.report import Examples, write_report
 from convscope.errors import ConvscopeError
 from convscope.evaluate import centre_maps, pointing_game
-from convscope.evaluate.maps import as_maps
+from convscope.evaluate.maps import attribute
 from convscope.evaluate.scoring import model_outputs
 from convscope.fileio import check_writable, write_atomic
 from convscope.loaded import LoadedModel
@@ -81,11 +81,6 @@ def _masks(source: Source, index: np.ndarray) -> Tensor | None:
     if not isinstance(source, ShapesSource):
         return None
     return torch.from_numpy(np.stack([source.shapes.mask(int(i)) for i in index]))
-
-
-def _attribute(method: Method, x: Tensor, classes: Tensor) -> Tensor:
-    given = x if framework_of(method.model) != "tf" else np.ascontiguousarray(x.movedim(1, -1).numpy())
-    return as_maps(method.attribute(given, classes.tolist()), x, method.model).cpu()
 
 
 class _Totals:
@@ -224,7 +219,7 @@ def _score_batch(state: dict[str, Any], totals: _Totals, batch: Any, instances: 
             state["baselines"][name] = _mean(state["centre_hits"][name])
     for name, method in instances.items():
         began = time.perf_counter()
-        maps = _attribute(method, x, classes)
+        maps = attribute(method, x, classes)
         for spec in metrics:
             result = spec.compute(context, method, maps)
             totals.add(name, spec, result)

@@ -8,6 +8,7 @@ model's inputs and maps (channels-last, numpy or tf) are moved to channels-first
 - :func:`as_maps`: maps with one channel or ``C`` channels and ``x``'s spatial size (else a clear
   error naming both shapes);
 - :func:`as_classes`: an int, a sequence or a tensor of class indices as ``[N]`` int64;
+- :func:`attribute`: a method's maps of a channels-first batch, channels-first;
 - :func:`one_channel`: ``[N, 1, *space]``, the channels summed (``absolute=True``: their absolute
   values summed, Adebayo et al.'s "absolute" maps).
 
@@ -83,6 +84,13 @@ def as_classes(targets: Any, n: int) -> Tensor:
     if bool((t < 0).any()):
         raise ConvscopeError("a target class index is negative", "Give class indices >= 0.")
     return t.long()
+
+
+def attribute(method: Any, x: Tensor, classes: Tensor) -> Tensor:
+    """``method``'s maps of the channels-first batch ``x`` for ``classes``, channels-first on the CPU
+    (a Keras model gets ``x`` channels-last and its maps come back transposed)."""
+    given = x if framework_of(method.model) != "tf" else np.ascontiguousarray(x.movedim(1, -1).cpu().numpy())
+    return as_maps(method.attribute(given, classes.tolist()), x, method.model).cpu()
 
 
 def one_channel(maps: Tensor, absolute: bool = False) -> Tensor:

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from convscope.errors import ConvscopeError
-from convscope.evaluate.maps import as_classes, as_inputs, as_maps, one_channel
+from convscope.evaluate.maps import as_classes, as_inputs, attribute, one_channel
 from convscope.evaluate.scoring import model_outputs
 from convscope.evaluate.similarity import pearson, spearman, ssim
 from convscope.methods.base import Method
@@ -120,10 +120,6 @@ def _reset(layer: nn.Module, seed: int) -> None:
             mine.copy_(new)
 
 
-def _maps(method: Method, x: Tensor, classes: Tensor) -> Tensor:
-    return as_maps(method.attribute(x, classes.tolist()), x, method.model).cpu()
-
-
 def model_randomisation(method: Method, x: Any, targets: Any, *, order: Literal["cascading", "independent"] = "cascading",
                         layers: Sequence[str] | None = None, similarities: Sequence[str] = SIMILARITIES,
                         seed: int = 0, progress: bool = False) -> Randomisation:
@@ -148,7 +144,7 @@ def model_randomisation(method: Method, x: Any, targets: Any, *, order: Literal[
         raise ConvscopeError("the model has no layer with parameters to randomise", "Give a model with trained layers.")
     inputs = as_inputs(x, model)
     classes = as_classes(targets, len(inputs))
-    original = _maps(method, inputs, classes)
+    original = attribute(method, inputs, classes)
     twin = copy.deepcopy(model)
     copied = dict(twin.named_modules())
     trained = {name: copy.deepcopy(copied[name].state_dict()) for name in chosen} if order == "independent" else {}
@@ -156,7 +152,7 @@ def model_randomisation(method: Method, x: Any, targets: Any, *, order: Literal[
     maps, scores = [one_channel(original)], {name: [] for name in similarities}
     for step, name in enumerate(tqdm(chosen, desc=f"randomising ({order})", disable=not progress)):
         _reset(copied[name], seed + step)
-        after = _maps(explain, inputs, classes)
+        after = attribute(explain, inputs, classes)
         if order == "independent":
             copied[name].load_state_dict(trained[name])
         maps.append(one_channel(after))
@@ -179,6 +175,6 @@ def random_logit(method: Method, x: Any, targets: Any, *, classes: int | None = 
                              "Pass classes= the number of the model's outputs.")
     draw = torch.randint(0, classes - 1, (len(inputs),), generator=torch.Generator().manual_seed(seed))
     other = draw + (draw >= wanted).long()  # uniform over the classes other than the target
-    first, second = _maps(method, inputs, wanted), _maps(method, inputs, other)
+    first, second = attribute(method, inputs, wanted), attribute(method, inputs, other)
     return compare(first, second, [similarity])[similarity], other
 

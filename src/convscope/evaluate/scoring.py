@@ -95,4 +95,4 @@ def _keras_outputs(model: Any, x: Tensor) -> Tensor:
     if arr.ndim >= 3:
         arr = np.moveaxis(arr, 1, -1)
     out = model(np.ascontiguousarray(arr), training=False)
-    return torch.from_numpy(np.asarray(out))
+    return torch.from_numpy(np.array(out))  # a copy: TensorFlow's arrays are read-only
