@@ -146,3 +146,48 @@ def test_data_without_masks_skips_the_localisation_metrics(tmp_path: Path, shape
     assert state["images"]["done"] == 4 and len(state["per_image"]["saliency"]["deletion"]) == 3
     assert state["images"]["unreadable"] == ["broken.png"]
     assert not math.isnan(state["methods"]["saliency"]["sparseness"])
+
+
+SHARDED = dict(methods=["saliency", "grad_cam"], metrics=["deletion", "random_logit", "pointing_game", "randomisation"],
+               batch_size=2)
+
+
+def _shard_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from convscope.check import check
+    from convscope.models import load_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        check(load_model("zoo:shapes-vgg"), "shapes:5", SHARDED["methods"], SHARDED["metrics"], out,
+              batch_size=SHARDED["batch_size"], progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_shards_merge_to_the_one_process_run(tmp_path: Path, shapes_vgg: torch.nn.Module) -> None:  # noqa: ARG001
+    import torch.multiprocessing as mp
+
+    from convscope.check import check
+    from convscope.models import load_model
+
+    mp.spawn(_shard_worker, args=(f"file://{tmp_path / 'rendezvous'}", str(tmp_path / "sharded")), nprocs=2, join=True)
+    single = tmp_path / "single"
+    check(load_model("zoo:shapes-vgg"), "shapes:5", SHARDED["methods"], SHARDED["metrics"], single,
+          batch_size=SHARDED["batch_size"], progress=False)
+    merged = json.loads((tmp_path / "sharded" / "results.json").read_text())
+    whole = json.loads((single / "results.json").read_text())
+    assert (tmp_path / "sharded" / "results-r0.json").exists() and (tmp_path / "sharded" / "results-r1.json").exists()
+    assert merged["complete"] and merged["images"]["index"] == [0, 1, 2, 3, 4]
+    for key in ("names", "classes", "done"):
+        assert merged["images"][key] == whole["images"][key]
+    for method, per in whole["per_image"].items():
+        for metric, values in per.items():
+            np.testing.assert_allclose(np.array(merged["per_image"][method][metric], dtype=float),
+                                       np.array(values, dtype=float), atol=1e-6, err_msg=f"{method} {metric}")
+    assert merged["baselines"] == whole["baselines"]
+    np.testing.assert_allclose(merged["curves"]["deletion"]["grad_cam"], whole["curves"]["deletion"]["grad_cam"],
+                               atol=1e-6)
+    assert (tmp_path / "sharded" / "report.html").is_file()

@@ -4,13 +4,19 @@ For each batch of images: the model's predicted class is the class explained; ea
 are computed once and every metric (:data:`~convscope.check.metrics.METRICS`) scores them per
 image. After every batch, ``DIR/results.json`` is rewritten atomically with all per-image values
 so far, so a killed run loses at most one batch and ``resume=True`` continues it (the same model,
-data, methods, metrics and seed, else a clear error). At the end the report is written
-(:mod:`convscope.check.report`).
+data, methods, metrics, seed and batch size, else a clear error). At the end the report is
+written (:mod:`convscope.check.report`).
+
+Past one machine: under ``torchrun`` (an initialised ``torch.distributed`` process group) batch
+``b`` goes to rank ``b % world``, each rank checkpoints to ``DIR/results-r<rank>.json`` (resumable
+per rank), and rank 0 merges the shards (:func:`merge_states`: every per-image value in image
+order, so the means equal a one-process run's) into ``results.json`` and the report.
 
 ``results.json`` (version 1)::
 
     {"version": 1, "complete": bool, "model": {"name", "weights"}, "data": str, "seed": int,
-     "images": {"done": int, "total": int, "names": [...], "classes": [...], "unreadable": [...]},
+     "images": {"done": int, "total": int, "index": [...], "names": [...], "classes": [...],
+                "unreadable": [...]},
      "methods": {method: {metric: mean}},               # the ranking (NaNs left out)
      "per_image": {method: {metric: [value | null, ...]}},
      "metrics": {metric: {"title", "higher_is_better", "cost"}},
@@ -27,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -110,6 +117,7 @@ class _Totals:
         """The means (``methods``, ``curves``, ``randomisation``) from the running sums."""
         s, done = self.state, self.state["images"]["done"]
         s["methods"] = {m: {k: _mean(v) for k, v in per.items()} for m, per in s["per_image"].items()}
+        s["baselines"] = {k: _mean(v) for k, v in s["centre_hits"].items()}
         s["curves"] = {name: {k: (v if k == "fractions" else [t / max(done, 1) for t in v]) for k, v in c.items()}
                        for name, c in s["curve_sums"].items()}
         r = s["randomisation_sums"]
@@ -128,9 +136,8 @@ def _fingerprint(loaded: LoadedModel, source: Source, methods: list[str], metric
             "metrics": metrics, "seed": seed}
 
 
-def _start(out: Path, fingerprint: dict[str, Any], resume: bool) -> dict[str, Any] | None:
-    """The state to resume from (None: a fresh run), refusing to overwrite another run's results."""
-    path = out / "results.json"
+def _start(path: Path, fingerprint: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """The state in ``path`` to resume from (None: a fresh run), refusing to overwrite another run's."""
     if not path.exists():
         return None
     if not resume:
@@ -161,36 +168,94 @@ def check(loaded: LoadedModel, data: Any, methods: Sequence[str], metrics: Seque
     source = open_source(data, loaded.preprocess)
     if len(source) == 0:
         raise ConvscopeError("the data holds no images", "Give an image folder with images in it, or shapes:N.")
-    fingerprint = _fingerprint(loaded, source, method_names, metric_names, seed)
+    rank, world = _rank()
+    fingerprint = _fingerprint(loaded, source, method_names, metric_names, seed) | {"batch_size": batch_size,
+                                                                                     "shards": world}
     skipped = _skipped(metric_names, source, model)
-    state = _start(out, fingerprint, resume) or {
+    own = out / ("results.json" if world == 1 else f"results-r{rank}.json")
+    state = _start(own, fingerprint, resume) or {
         "version": VERSION, "complete": False, "fingerprint": fingerprint,
         "model": {"name": loaded.name, "weights": loaded.weights}, "data": str(data), "seed": seed,
-        "images": {"done": 0, "total": len(source), "names": [], "classes": [], "unreadable": []},
+        "images": {"done": 0, "total": len(source), "index": [], "names": [], "classes": [], "unreadable": []},
         "metrics": {n: {"title": METRICS[n].title, "higher_is_better": METRICS[n].higher_is_better,
                         "cost": METRICS[n].cost} for n in metric_names},
-        "skipped": skipped, "per_image": {}, "curve_sums": {}, "randomisation_sums": {}, "seconds": {},
-        "baselines": {}, "centre_hits": {}}
+        "skipped": skipped, "next_batch": 0, "per_image": {}, "curve_sums": {}, "randomisation_sums": {},
+        "seconds": {}, "centre_hits": {}}
     totals = _Totals(state)
     instances = {name: get_method(name)(model, max_batch=max_batch) for name in method_names}
     active = [METRICS[n] for n in metric_names if n not in skipped]
-    bar = tqdm(total=len(source), initial=state["images"]["done"], desc="check", unit="img", disable=not progress)
-    for start in range(state["images"]["done"], len(source), batch_size):
+    mine = [b for b in range(math.ceil(len(source) / batch_size)) if b % world == rank]
+    bar = tqdm(total=sum(min(batch_size, len(source) - b * batch_size) for b in mine), initial=state["images"]["done"],
+               desc="check" if world == 1 else f"check (shard {rank + 1} of {world})", unit="img", disable=not progress)
+    for b in (b for b in mine if b >= state["next_batch"]):
+        start = b * batch_size
         batch = source.batch(start, min(start + batch_size, len(source)))
         state["images"]["unreadable"].extend(name for _, name, _ in batch.skipped)
         if len(batch.index):
             _score_batch(state, totals, batch, instances, active, _masks(source, batch.index), seed, max_batch, source)
-        state["images"]["done"] = min(start + batch_size, len(source))
+        state["images"]["done"] += min(batch_size, len(source) - start)
+        state["next_batch"] = b + 1
         totals.summary()
-        write_atomic(out / "results.json", json.dumps(state, indent=1).encode("utf-8"))
+        write_atomic(own, json.dumps(state, indent=1).encode("utf-8"))
         bar.update(state["images"]["done"] - bar.n)
     bar.close()
+    if world > 1:
+        state = _gathered(state)
+        if rank != 0:
+            return out / "results.json"
     state["complete"] = True
-    totals.summary()
+    _Totals(state).summary()
     path = write_atomic(out / "results.json", json.dumps(state, indent=1).encode("utf-8"))
     randomised = any(spec.name == "randomisation" for spec in active)
     write_report(out, state, _examples(source, instances, seed) if randomised else None)
     return path
+
+
+def _rank() -> tuple[int, int]:
+    """This process's rank and the number of processes (``torchrun``), or ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gathered(state: dict[str, Any]) -> dict[str, Any]:
+    """Every rank's state, merged (:func:`merge_states`), on every rank."""
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return merge_states(states)
+
+
+def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One run's state from its shards': every per-image value in image order (so the means equal a
+    one-process run's exactly), the curve and randomisation sums added."""
+    merged = copy.deepcopy(states[0])
+    order = sorted((i, k, pos) for k, s in enumerate(states) for pos, i in enumerate(s["images"]["index"]))
+
+    def gather(pick: Any) -> list[Any]:
+        return [pick(states[k])[pos] for _, k, pos in order]
+
+    images = merged["images"]
+    for key in ("index", "names", "classes"):
+        images[key] = gather(lambda s, key=key: s["images"][key])
+    images["unreadable"] = sorted(name for s in states for name in s["images"]["unreadable"])
+    images["done"] = sum(s["images"]["done"] for s in states)
+    merged["per_image"] = {m: {k: gather(lambda s, m=m, k=k: s["per_image"][m][k]) for k in per}
+                           for m, per in states[0]["per_image"].items()}
+    merged["centre_hits"] = {k: gather(lambda s, k=k: s["centre_hits"][k]) for k in states[0]["centre_hits"]}
+    merged["seconds"] = {m: sum(s["seconds"].get(m, 0.0) for s in states) for m in states[0]["seconds"]}
+    merged["curve_sums"] = {
+        metric: {k: (v if k == "fractions" else [sum(t) for t in zip(*(s["curve_sums"][metric][k] for s in states))])
+                 for k, v in curves.items()} for metric, curves in states[0]["curve_sums"].items()}
+    sums = states[0]["randomisation_sums"]
+    merged["randomisation_sums"] = {"layers": sums.get("layers", [])} | {
+        m: {name: tuple([sum(t) for t in zip(*(s["randomisation_sums"][m][name][part] for s in states))]
+                        for part in (0, 1)) for name in per}
+        for m, per in sums.items() if m != "layers"}
+    return merged
 
 
 def _skipped(metric_names: list[str], source: Source, model: Any) -> dict[str, str]:
@@ -208,6 +273,7 @@ def _score_batch(state: dict[str, Any], totals: _Totals, batch: Any, instances: 
                  metrics: list[MetricSpec], masks: Tensor | None, seed: int, max_batch: Any, source: Source) -> None:
     x = batch.tensor
     classes = model_outputs(next(iter(instances.values())).model, x).argmax(1).cpu()
+    state["images"]["index"].extend(int(i) for i in batch.index)
     state["images"]["names"].extend(source.name(int(i)) for i in batch.index)
     state["images"]["classes"].extend(classes.tolist())
     context = Context(next(iter(instances.values())).model, x, classes, masks, seed, max_batch)
@@ -216,7 +282,6 @@ def _score_batch(state: dict[str, Any], totals: _Totals, batch: Any, instances: 
         for name in ("pointing_game", "pointing_game_strict"):
             hits = pointing_game(centre, masks, tolerance="standard" if name == "pointing_game" else 0.0)
             state["centre_hits"].setdefault(name, []).extend(hits.float().tolist())
-            state["baselines"][name] = _mean(state["centre_hits"][name])
     for name, method in instances.items():
         began = time.perf_counter()
         maps = attribute(method, x, classes)
