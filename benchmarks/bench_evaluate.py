@@ -75,6 +75,19 @@ def run(quick: bool = False, rounds: int = 1) -> list[Table]:
                    f"elements per step; convscope: {pixels_in_step} pixels)")
     tables.append(t)
 
+    # one image, many steps (the case of Quantus's issue #96): Quantus runs one pass per step, convscope
+    # puts up to max_batch steps of the curve in one pass
+    features = size * 4
+    steps = 3 * size * size // features
+    pixels_in_step = -(-size * size // steps)
+    t = Table(f"pixel flipping, ResNet-18, one image {size}x{size}, {steps} steps", reference="Quantus")
+    q = quantus.PixelFlipping(features_in_step=features, perturb_baseline=0.0, **common)
+    _add(t, "Quantus", lambda: q(model=model, x_batch=xs[:1], y_batch=ys[:1], a_batch=ms[:1], device="cpu"), rounds)
+    _add(t, "convscope", lambda: evaluate.pixel_flipping(model, x[:1], y[:1], maps[:1], pixels_in_step=pixels_in_step,
+                                                         max_batch=32), rounds)
+    t.notes.append(f"both: {steps} model passes of the image; Quantus one per call, convscope 32 per call")
+    tables.append(t)
+
     patch, regions = 16, (8 if quick else 20)
     t = Table(f"region perturbation, ResNet-18, {n} images {size}x{size}, {regions} patches of {patch}x{patch}",
               reference="Quantus")

@@ -158,3 +158,27 @@ def test_bad_input_gets_a_clear_error(case, call, message: str) -> None:  # noqa
     model, x, y, maps = case
     with pytest.raises(ConvscopeError, match=message):
         call(model, x, y, maps)
+
+
+def test_many_evaluations_run_on_the_inference_twin_with_the_same_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above TWIN_MIN_WORK input elements the scores come from the folded, channels-last copy: equal
+    to the model's own up to float rounding (and the model keeps its batch norm)."""
+    from convscope.backends.torch.inference import TWIN_MIN_WORK, InferenceSession, exact_forward
+
+    built = []
+    real_build = InferenceSession.build.__func__
+    monkeypatch.setattr(InferenceSession, "build", classmethod(lambda cls, *a, **k: built.append(1) or real_build(cls, *a, **k)))
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 3)).eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    g = torch.Generator().manual_seed(0)
+    x, maps = torch.randn(2, 3, 64, 64, generator=g), torch.rand(2, 1, 64, 64, generator=g)
+    assert 2 * 201 * x[0].numel() > TWIN_MIN_WORK
+    fast = deletion(model, x, [0, 2], maps, steps=200, max_batch=64).values
+    with exact_forward():
+        exact = deletion(model, x, [0, 2], maps, steps=200, max_batch=64).values
+    assert torch.allclose(fast, exact, atol=1e-5)
+    assert built == [1] and isinstance(model[1], nn.BatchNorm2d)
