@@ -25,19 +25,18 @@ import torch
 from benchmarks.harness import Table
 
 
-def _timed(fn: Callable[[], object], rounds: int) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def _add(table: Table, name: str, fn: Callable[[], object], rounds: int, note: str = "") -> None:
+def _pair(table: Table, theirs: Callable[[], object], ours: Callable[[], object], rounds: int) -> None:
+    """Time Quantus's and convscope's call in alternation (so a change of the machine's load hits
+    both), ``rounds`` times each, and add each one's best time as a row."""
     from benchmarks.harness import Row
 
-    table.rows.append(Row(name, _timed(fn, rounds), note=note))
+    best = {"Quantus": float("inf"), "convscope": float("inf")}
+    for _ in range(rounds):
+        for name, fn in (("Quantus", theirs), ("convscope", ours)):
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    table.rows += [Row(name, seconds) for name, seconds in best.items()]
 
 
 def run(quick: bool = False, rounds: int = 1) -> list[Table]:
@@ -68,8 +67,8 @@ def run(quick: bool = False, rounds: int = 1) -> list[Table]:
     pixels_in_step = -(-size * size // steps)
     t = Table(f"pixel flipping, ResNet-18, {n} images {size}x{size}, {steps} steps", reference="Quantus")
     q = quantus.PixelFlipping(features_in_step=features, perturb_baseline=0.0, **common)
-    _add(t, "Quantus", lambda: q(model=model, x_batch=xs, y_batch=ys, a_batch=ms, device="cpu", batch_size=n), rounds)
-    _add(t, "convscope", lambda: evaluate.pixel_flipping(model, x, y, maps, pixels_in_step=pixels_in_step,
+    _pair(t, lambda: q(model=model, x_batch=xs, y_batch=ys, a_batch=ms, device="cpu", batch_size=n),
+          lambda: evaluate.pixel_flipping(model, x, y, maps, pixels_in_step=pixels_in_step,
                                                          max_batch=n), rounds)
     t.notes.append(f"both: {steps} model passes per image, {n} images per pass (Quantus: {features} channel "
                    f"elements per step; convscope: {pixels_in_step} pixels)")
@@ -82,8 +81,8 @@ def run(quick: bool = False, rounds: int = 1) -> list[Table]:
     pixels_in_step = -(-size * size // steps)
     t = Table(f"pixel flipping, ResNet-18, one image {size}x{size}, {steps} steps", reference="Quantus")
     q = quantus.PixelFlipping(features_in_step=features, perturb_baseline=0.0, **common)
-    _add(t, "Quantus", lambda: q(model=model, x_batch=xs[:1], y_batch=ys[:1], a_batch=ms[:1], device="cpu"), rounds)
-    _add(t, "convscope", lambda: evaluate.pixel_flipping(model, x[:1], y[:1], maps[:1], pixels_in_step=pixels_in_step,
+    _pair(t, lambda: q(model=model, x_batch=xs[:1], y_batch=ys[:1], a_batch=ms[:1], device="cpu"),
+          lambda: evaluate.pixel_flipping(model, x[:1], y[:1], maps[:1], pixels_in_step=pixels_in_step,
                                                          max_batch=32), rounds)
     t.notes.append(f"both: {steps} model passes of the image; Quantus one per call, convscope 32 per call")
     tables.append(t)
@@ -92,8 +91,8 @@ def run(quick: bool = False, rounds: int = 1) -> list[Table]:
     t = Table(f"region perturbation, ResNet-18, {n} images {size}x{size}, {regions} patches of {patch}x{patch}",
               reference="Quantus")
     q = quantus.RegionPerturbation(patch_size=patch, regions_evaluation=regions, perturb_baseline=0.0, **common)
-    _add(t, "Quantus", lambda: q(model=model, x_batch=xs, y_batch=ys, a_batch=ms, device="cpu", batch_size=n), rounds)
-    _add(t, "convscope", lambda: evaluate.region_perturbation(model, x, y, maps, patch=patch, regions=regions,
+    _pair(t, lambda: q(model=model, x_batch=xs, y_batch=ys, a_batch=ms, device="cpu", batch_size=n),
+          lambda: evaluate.region_perturbation(model, x, y, maps, patch=patch, regions=regions,
                                                               max_batch=n), rounds)
     t.notes.append(f"Quantus: {regions + 1} passes per image; convscope: {regions + 1} (the unperturbed one included)")
     tables.append(t)
@@ -110,11 +109,9 @@ def run(quick: bool = False, rounds: int = 1) -> list[Table]:
     # Quantus's MPRT with its SSIM fails (a list where it expects an array) and would compare maps
     # flattened to 1-D: its default, Spearman's rank correlation, is the shared quantity
     q = quantus.MPRT(layer_order="top_down", **common)
-    _add(t, "Quantus", lambda: q(model=model, x_batch=xs[:k], y_batch=ys[:k], a_batch=ms[:k], explain_func=explain,
-                                 device="cpu", batch_size=k), rounds)
-    _add(t, "convscope", lambda: evaluate.model_randomisation(Saliency(model), x[:k], y[:k],
-                                                                         similarities=("spearman_abs",)),
-         rounds)
+    _pair(t, lambda: q(model=model, x_batch=xs[:k], y_batch=ys[:k], a_batch=ms[:k], explain_func=explain, device="cpu",
+                       batch_size=k),
+          lambda: evaluate.model_randomisation(Saliency(model), x[:k], y[:k], similarities=("spearman_abs",)), rounds)
     t.notes.append(f"both: {len(layers)} + 1 saliency maps per image (one per randomised layer and the trained model's)")
     tables.append(t)
 
@@ -130,9 +127,8 @@ def run(quick: bool = False, rounds: int = 1) -> list[Table]:
     ]:
         t = Table(f"{title}, 64 maps {size}x{size}", reference="Quantus")
         s = masks.numpy() if needs_mask else None
-        _add(t, "Quantus", lambda theirs=theirs, s=s: theirs(model=None, x_batch=xm.numpy(), y_batch=ym,
-                                                             a_batch=many.numpy(), s_batch=s, batch_size=64), 3)
-        _add(t, "convscope", ours, 3)
+        _pair(t, lambda theirs=theirs, s=s: theirs(model=None, x_batch=xm.numpy(), y_batch=ym, a_batch=many.numpy(),
+                                                   s_batch=s, batch_size=64), ours, 3)
         tables.append(t)
     return tables
 
