@@ -185,9 +185,24 @@ def test_bad_settings_name_the_problem() -> None:
         Occlusion(TINY, fill="gray")  # type: ignore[arg-type]
     with pytest.raises(ConvscopeError, match=r"needs \[N, C, H, W\]"):
         Occlusion(TINY).attribute(X, 0, wrt="classifier.1")
-    with pytest.raises(ConvscopeError, match="does not broadcast"):
+    with pytest.raises(ConvscopeError, match="fits neither one sample"):
         Occlusion(TINY, fill=torch.zeros(2, 2)).attribute(X, 0)
     with pytest.raises(ConvscopeError, match="p="):
         RISE(TINY, p=0)
     with pytest.raises(ConvscopeError, match="masks"):
         RISE(TINY, masks=0)
+
+
+@pytest.mark.parametrize("incremental", [False, True])
+def test_one_fill_per_sample_equals_each_sample_with_its_own_fill(incremental: bool) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).eval()
+    x, fills = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)
+    together = Occlusion(model, window=4, stride=2, fill=fills, incremental=incremental, max_batch=2).attribute(
+        x, [0, 1, 2])
+    alone = torch.cat([Occlusion(model, window=4, stride=2, fill=fills[i], incremental=incremental).attribute(
+        x[i:i + 1], i) for i in range(3)])
+    assert torch.allclose(together, alone, atol=1e-6)
+    with pytest.raises(ConvscopeError, match=r"fits neither one sample \[3, 8, 8\] nor the batch \[3, 3, 8, 8\]"):
+        Occlusion(model, window=4, fill=torch.zeros(2, 3, 8, 8)).attribute(x, 0)

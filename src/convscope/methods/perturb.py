@@ -70,11 +70,14 @@ def fill_values(fill: Fill, value: Tensor, sigma: float, ops: Ops = tensors) -> 
     try:
         if f is None:
             raise ValueError
-        return f[None] + ops.zeros_like(value)
+        per_sample = ops.rank(f) == ops.rank(value) and int(f.shape[0]) in (1, int(value.shape[0]))
+        return (f if per_sample else f[None]) + ops.zeros_like(value)
     except Exception:  # noqa: BLE001 - any broadcasting failure of either framework
         shape = list(np.shape(fill)) if hasattr(fill, "shape") else type(fill).__name__
-        raise ConvscopeError(f"the fill {shape} does not broadcast to one sample {list(value.shape[1:])}",
-                             "Give a number or a tensor shaped like one sample (or broadcastable).") from None
+        raise ConvscopeError(f"the fill {shape} fits neither one sample {list(value.shape[1:])} nor the batch "
+                             f"{list(value.shape)}",
+                             "Give a number, a tensor shaped like one sample, or one fill per sample "
+                             "(broadcastable).") from None
 
 
 def _per_dim(size: Size | None, dims: int, name: str) -> tuple[int, ...] | None:
@@ -172,7 +175,8 @@ class Occlusion(Method):
 
     ``window``/``stride``: an int, ``(h, w)`` (every channel at once) or ``(c, h, w)``. Defaults:
     a window of 1/8 of the height and width (at least 1 px) and a stride of half the window.
-    ``fill``: a number (default 0), a tensor broadcastable to one sample, or ``"blur"`` (a
+    ``fill``: a number (default 0), a tensor broadcastable to one sample or to the whole batch
+    (one fill per sample), or ``"blur"`` (a
     Gaussian blur with std ``sigma``, default a quarter of the window).
 
     ``incremental`` (PyTorch, attribution to the input): ``"auto"`` (default), True or False. A
