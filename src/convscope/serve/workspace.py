@@ -108,7 +108,7 @@ class Workspace:
             if image.startswith("u") and image[1:] in self.uploads:
                 from PIL import Image
 
-                crop = self.loaded.preprocess.pixels(Image.fromarray(self.uploads[image[1:]].pixels))
+                crop = np.array(self.loaded.preprocess.pixels(Image.fromarray(self.uploads[image[1:]].pixels)))  # writable
             elif image.startswith("d") and image[1:].isdigit() and self.source and int(image[1:]) < len(self.source):
                 batch = self.source.take(np.asarray([int(image[1:])]))
                 if not len(batch.index):

@@ -246,9 +246,9 @@ function mapPanel(image, preds, settings, save) {
   const img = el("img", { class: "map pix", alt: "map" });
   const info = el("p", { class: "map-info muted" });
   const close = el("button", { class: "close", title: "remove", onclick: () => { panel.remove(); save(); } }, "×");
-  const compute = async () => {
+  const compute = async (changed) => {
     panel.settings = { method: method.value, target: target.value, layer: layer.value };
-    save();
+    if (changed) save();
     const takesLayer = (state.methods.find((m) => m.name === method.value) || {}).layer;
     layer.disabled = !takesLayer;
     info.className = "map-info muted";
@@ -271,9 +271,9 @@ function mapPanel(image, preds, settings, save) {
       panel.dataset.state = "failed";
     }
   };
-  [method, target, layer].forEach((s) => s.addEventListener("change", compute));
+  [method, target, layer].forEach((s) => s.addEventListener("change", () => compute(true)));
   panel.append(el("div", { class: "controls" }, method, close), el("div", { class: "controls" }, target, layer), img, info);
-  compute();
+  compute(false);
   return panel;
 }
 

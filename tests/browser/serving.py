@@ -1,0 +1,94 @@
+"""Helpers of the end-to-end tests of ``convscope serve``: a real uvicorn server in a thread, pixel
+read-back of what the browser drew, and the timings file."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+TIMINGS = Path(os.environ.get("CONVSCOPE_SERVE_TIMINGS", Path(__file__).parent / "timings.json"))
+
+
+class Server:
+    """A running server: its ``url``, the ``workspace`` behind it, and a way to stop it."""
+
+    def __init__(self, app, workspace) -> None:  # noqa: ANN001
+        import uvicorn
+
+        from convscope.serve.cli import listening_socket
+
+        self.workspace = workspace
+        self.sock = listening_socket("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        end = time.monotonic() + 20
+        while not self.server.started and time.monotonic() < end:
+            time.sleep(0.02)
+        assert self.server.started, "the server did not start"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.workspace.jobs.stop()
+        self.sock.close()
+
+
+def start_server(tmp: Path, data: str = "shapes:64", **app_options) -> Server:  # noqa: ANN003
+    from convscope.models import load_model
+    from convscope.serve.app import build_app
+    from convscope.serve.workspace import Workspace
+
+    ws = Workspace(load_model("zoo:shapes-vgg"), data, tmp / "work", max_upload=1 << 20)
+    return Server(build_app(ws, **app_options), ws)
+
+
+def record_timing(name: str, values: list[float]) -> dict[str, float]:
+    """Add ``values`` (ms) under ``name`` to the timings file, and return their summary."""
+    values = sorted(values)
+    summary = {"n": len(values), "median_ms": round(float(np.median(values)), 1),
+               "p95_ms": round(float(np.percentile(values, 95)), 1), "max_ms": round(values[-1], 1)}
+    found_before = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
+    found_before[name] = summary
+    TIMINGS.write_text(json.dumps(found_before, indent=2))
+    print(f"\n{name}: {summary}")
+    return summary
+
+
+def data_url_pixels(url: str) -> np.ndarray:
+    """The RGB pixels of a ``data:image/png;base64,...`` URL."""
+    from PIL import Image
+
+    assert url.startswith("data:image/png;base64,"), url[:40]
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+
+
+_CANVAS = """
+const img = arguments[0];
+const c = document.createElement('canvas');
+c.width = img.naturalWidth; c.height = img.naturalHeight;
+const g = c.getContext('2d');
+g.drawImage(img, 0, 0);
+const d = g.getImageData(0, 0, c.width, c.height).data;
+const rgb = [];
+for (let i = 0; i < d.length; i += 4) rgb.push(d[i], d[i + 1], d[i + 2]);
+return [c.width, c.height, rgb];
+"""
+
+
+def drawn_pixels(driver, element) -> np.ndarray:  # noqa: ANN001
+    """What the browser decoded for an <img>: its pixels read back through a canvas, uint8 [H, W, 3]."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 20, poll_frequency=0.02).until(lambda d: d.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth > 0", element))
+    width, height, flat = driver.execute_script(_CANVAS, element)
+    return np.asarray(flat, dtype=np.uint8).reshape(height, width, 3)
