@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 TIMINGS = Path(os.environ.get("CONVSCOPE_SERVE_TIMINGS", Path(__file__).parent / "timings.json"))
 
@@ -92,3 +94,33 @@ def drawn_pixels(driver, element) -> np.ndarray:  # noqa: ANN001
         "return arguments[0].complete && arguments[0].naturalWidth > 0", element))
     width, height, flat = driver.execute_script(_CANVAS, element)
     return np.asarray(flat, dtype=np.uint8).reshape(height, width, 3)
+
+
+def wait(browser, condition, timeout: float = 20):  # noqa: ANN001, ANN201
+    """Poll ``condition(browser)`` every 20 ms until it is truthy (its value), or time out."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, timeout, poll_frequency=0.02,  # a redrawn view leaves stale elements: retry
+                         ignored_exceptions=[StaleElementReferenceException]).until(condition)
+
+
+def open_view(browser, server, where: str) -> None:  # noqa: ANN001
+    """Navigate to ``where`` (``#/...``) and wait until the page says the view is drawn."""
+    if browser.current_url.startswith(server.url):
+        browser.execute_script("location.hash = arguments[0]", where)
+    else:
+        browser.get(server.url + where)
+    wait(browser, lambda b: b.execute_script("return document.getElementById('view').dataset.ready") == where)
+
+
+def activations(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of ``layer`` on ``x``, by a forward hook written here."""
+    seen = {}
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: seen.update(out=o.detach().clone()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return seen["out"][0]

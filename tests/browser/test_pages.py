@@ -13,27 +13,14 @@ import torch
 from PIL import Image
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import Select, WebDriverWait
-from serving import drawn_pixels, record_timing
+from selenium.webdriver.support.ui import Select
+from serving import activations, drawn_pixels, open_view, record_timing, wait
 from torch import nn
 
 from convscope import zoo
 from convscope.data import Shapes
 
 pytestmark = pytest.mark.slow
-
-
-def wait(browser, condition, timeout: float = 20):  # noqa: ANN001, ANN201
-    return WebDriverWait(browser, timeout, poll_frequency=0.02).until(condition)
-
-
-def open_view(browser, server, where: str) -> None:  # noqa: ANN001
-    """Navigate to ``where`` (``#/...``) and wait until the page says the view is drawn."""
-    if browser.current_url.startswith(server.url):
-        browser.execute_script("location.hash = arguments[0]", where)
-    else:
-        browser.get(server.url + where)
-    wait(browser, lambda b: b.execute_script("return document.getElementById('view').dataset.ready") == where)
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +30,6 @@ def page(browser, server):  # noqa: ANN001, ANN201
     browser.get(server.url + "#/model")
     wait(browser, lambda b: b.execute_script("return document.getElementById('view').dataset.ready") == "#/model")
     return browser
-
-
-def activations(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """The output of ``layer`` on ``x``, by a forward hook written here."""
-    seen = {}
-    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: seen.update(out=o.detach().clone()))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    return seen["out"][0]
 
 
 def image_tensor(i: int) -> tuple[np.ndarray, torch.Tensor]:

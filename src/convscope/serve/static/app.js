@@ -287,14 +287,15 @@ async function pollJobs() {
     for (;;) {
       let jobs;
       try { jobs = await api("api/jobs"); } catch (e) { break; }
-      drawJobs(jobs);
       let finished = false;
       for (const job of jobs) {
         const before = state.jobsSeen[job.id];
         if (before && before !== job.state && (job.state === "done" || job.state === "failed")) finished = true;
         state.jobsSeen[job.id] = job.state;
       }
-      if (finished) { state.model = await api("api/model"); route(); }
+      // a finished job changes what the views show: redraw the view first, then say "done"
+      if (finished) { state.model = await api("api/model"); await route(); }
+      drawJobs(jobs);
       if (!jobs.some((j) => j.state === "queued" || j.state === "running")) break;
       await new Promise((r) => setTimeout(r, 300));
     }
