@@ -44,7 +44,7 @@ class Server:
         self.sock.close()
 
 
-def start_server(tmp: Path, data: str = "shapes:64", **app_options) -> Server:  # noqa: ANN003
+def start_server(tmp: Path, data: str | None = "shapes:64", **app_options) -> Server:  # noqa: ANN003
     from convscope.models import load_model
     from convscope.serve.app import build_app
     from convscope.serve.workspace import Workspace

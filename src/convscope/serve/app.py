@@ -3,8 +3,9 @@
 Pages are one small static front end (``static/``: HTML, CSS, JavaScript; no CDN) that asks the
 JSON API for everything; PNGs come as files or data URLs. Every error is an answer, never a crash:
 a :class:`~convscope.errors.ConvscopeError` is ``{"error": problem, "fix": hint}`` with a 4xx
-status (its own ``status`` where it has one: 403 for a path outside a folder, 413 for a big
-upload, 415 for a non-image), anything else a 500 with one line.
+status (a :class:`~convscope.serve.answers.Refused` says which: 404 for a missing image or job,
+403 for a path outside a folder, 413 for a big upload, 415 for a non-image; else 400), an
+unknown address a 404, anything else a 500 with one line.
 
 ``token``: when set, every request must carry it (``?token=``, the ``convscope_token`` cookie the
 first such request sets, or an ``X-Convscope-Token`` header), else 401. ``allowed_hosts``: the
@@ -153,8 +154,10 @@ def build_app(ws: Workspace, *, token: str | None = None, allowed_hosts: list[st
 
     async def refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ConvscopeError)
-        status = getattr(exc, "status", 404 if exc.problem.startswith("there is no") else 400)
-        return JSONResponse({"error": exc.problem, "fix": exc.hint}, status_code=status)
+        return JSONResponse({"error": exc.problem, "fix": exc.hint}, status_code=getattr(exc, "status", 400))
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": f"nothing at {request.url.path}", "fix": "Check the address."}, status_code=404)
 
     async def failed(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}", "fix": None}, status_code=500)
@@ -170,7 +173,7 @@ def build_app(ws: Workspace, *, token: str | None = None, allowed_hosts: list[st
     ]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
     app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers={ConvscopeError: refused, Exception: failed})
+                    exception_handlers={ConvscopeError: refused, 404: not_found, Exception: failed})
     if token:
         app.add_middleware(_TokenGate, token=token)
     app.state.workspace = ws

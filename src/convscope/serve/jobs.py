@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convscope.errors import ConvscopeError
+from convscope.serve.answers import Missing
 
 
 @dataclass
@@ -83,7 +84,7 @@ class Jobs:
         try:
             return self._jobs[job_id]
         except KeyError:
-            raise ConvscopeError(f"there is no job {job_id}", "GET /api/jobs lists them.") from None
+            raise Missing(f"there is no job {job_id}", "GET /api/jobs lists them.") from None
 
     def all(self) -> list[Job]:
         return list(self._jobs.values())

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from convscope.errors import ConvscopeError
+from convscope.serve.answers import Refused
 
 
-class PathRefused(ConvscopeError):
-    """A request's path that would leave its served folder; ``status``: the HTTP status to answer."""
+class PathRefused(Refused):
+    """A request's path that would leave its served folder (400; 403 for a symlink pointing out)."""
 
     def __init__(self, problem: str, status: int = 400) -> None:
-        super().__init__(problem, "Name a file inside the served folder by its relative path.")
-        self.status = status
+        super().__init__(problem, "Name a file inside the served folder by its relative path.", status)
 
 
 def safe_path(root: Path, requested: str) -> Path:

@@ -19,18 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convscope.errors import ConvscopeError
+from convscope.serve.answers import Refused
 
 MAX_BYTES = 8 << 20  #: default upload limit (8 MiB)
 MAX_PIXELS = 40_000_000  #: the most pixels an upload may decode to (a 6300 x 6300 picture)
 
 
-class UploadRefused(ConvscopeError):
-    """An upload that is not a usable picture; ``status``: the HTTP status to answer."""
-
-    def __init__(self, problem: str, fix: str, status: int) -> None:
-        super().__init__(problem, fix)
-        self.status = status
+class UploadRefused(Refused):
+    """An upload that is not a usable picture, with its HTTP status (400, 413 or 415)."""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from convscope.atlas import open_source
 from convscope.atlas.store import Atlas, model_hash, open_atlas
 from convscope.errors import ConvscopeError, did_you_mean
 from convscope.loaded import LoadedModel
+from convscope.serve.answers import Missing
 from convscope.serve.jobs import Job, Jobs
 from convscope.serve.uploads import MAX_BYTES, Upload, read_upload
 
@@ -116,7 +117,7 @@ class Workspace:
                     raise ConvscopeError(f"image {image} cannot be read ({reason})", "Choose another image.")
                 crop = batch.pixels[0]
             else:
-                raise ConvscopeError(f"there is no image {image!r}", "GET /api/images lists the images.")
+                raise Missing(f"there is no image {image!r}", "GET /api/images lists the images.")
             return crop, self.loaded.preprocess.to_tensor(crop)
 
         return self._preds.get_or(("picture", image), make)
