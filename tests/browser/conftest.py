@@ -31,7 +31,7 @@ def browser() -> Iterator[object]:
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900",
-                "--disable-extensions", "--no-first-run"):
+                "--disable-extensions", "--no-first-run", "--allow-file-access-from-files"):  # exported sites
         options.add_argument(arg)
     chrome = webdriver.Chrome(service=Service(driver), options=options)
     chrome.set_script_timeout(30)

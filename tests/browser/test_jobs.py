@@ -97,7 +97,30 @@ def test_feature_visualization_job_raises_its_channel(page, server, shapes_vgg) 
     open_view(page, server, "#/channel/features.0/0")
     drawn = drawn_pixels(page, page.find_element(By.ID, "channel-featurevis"))
     preprocess = zoo.preset("shapes-vgg")
-    small = np.asarray(Image.fromarray(drawn).resize((64, 64), Image.BILINEAR))
+    small = np.array(Image.fromarray(drawn).resize((64, 64), Image.BILINEAR))
     grey = np.full_like(small, 128)
     rendered, flat = (activations(shapes_vgg, "features.0", preprocess.to_tensor(a))[0].mean() for a in (small, grey))
     assert float(rendered) > float(flat)  # what was rendered excites channel 0 more than a grey picture
+
+
+def test_export_the_computed_views_as_a_static_site(page, server, tmp_path) -> None:  # noqa: ANN001
+    from convscope.serve.export import export_site
+
+    server.workspace.map_png("d5", "grad_cam", "pred", None)
+    index = export_site(server.workspace, tmp_path / "site")
+    text = index.read_text()
+    assert 'href="layer-features.3.html"' in text and 'href="maps.html"' in text and "<script" not in text
+    page.get(index.as_uri())  # no server: the files alone
+    page.find_element(By.LINK_TEXT, "features.3").click()
+    wait(page, lambda b: b.current_url.endswith("layer-features.3.html"))
+    strips = page.find_elements(By.CSS_SELECTOR, 'img[alt$="atlas"]')
+    assert len(strips) == 32
+    atlas = server.workspace.atlas("features.3")
+    first = drawn_pixels(page, strips[0])
+    scale = first.shape[0] // 2 // atlas.patches("features.3").shape[2]
+    assert np.array_equal(first[:atlas.patches("features.3").shape[2] * scale:scale, :first.shape[1] // scale * scale:scale],
+                          np.concatenate(list(atlas.patches("features.3")[0]), axis=1))  # channel 0's patches, in order
+    page.get((tmp_path / "site" / "maps.html").as_uri())
+    maps = page.find_elements(By.CSS_SELECTOR, "img")
+    assert maps and all(drawn_pixels(page, m).std() > 5 for m in maps)
+    page.get(server.url + "#/model")
