@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from ensure_chromium import found
-from serving import Server, start_server
+from serving import Server, open_chromium, start_server
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +25,7 @@ def browser() -> Iterator[object]:
     if not (chromium and driver):
         pytest.skip("no chromium/chromedriver on PATH: install Debian's chromium and chromium-driver "
                     "(tests/run.py does, with apt-get as root)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900",
-                "--disable-extensions", "--no-first-run", "--allow-file-access-from-files"):  # exported sites
-        options.add_argument(arg)
-    chrome = webdriver.Chrome(service=Service(driver), options=options)
-    chrome.set_script_timeout(30)
+    chrome = open_chromium(driver, chromium)
     yield chrome
     chrome.quit()
 

@@ -3,45 +3,44 @@ read-back of what the browser drew, and the timings file."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from convscope.serve.cli import ServerThread
+
 TIMINGS = Path(os.environ.get("CONVSCOPE_SERVE_TIMINGS", Path(__file__).parent / "timings.json"))
 
 
-class Server:
-    """A running server: its ``url``, the ``workspace`` behind it, and a way to stop it."""
+def open_chromium(driver_path: str, chromium: str):  # noqa: ANN201
+    """Debian's chromium, headless, driven by Selenium through ``driver_path``."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900",
+                "--disable-extensions", "--no-first-run", "--allow-file-access-from-files"):  # exported sites
+        options.add_argument(arg)
+    chrome = webdriver.Chrome(service=Service(driver_path), options=options)
+    chrome.set_script_timeout(30)
+    return chrome
+
+
+class Server(ServerThread):
+    """A running server (:class:`convscope.serve.cli.ServerThread`) with the ``workspace`` behind it."""
 
     def __init__(self, app, workspace) -> None:  # noqa: ANN001
-        import uvicorn
-
-        from convscope.serve.cli import listening_socket
-
+        super().__init__(app)
         self.workspace = workspace
-        self.sock = listening_socket("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        end = time.monotonic() + 20
-        while not self.server.started and time.monotonic() < end:
-            time.sleep(0.02)
-        assert self.server.started, "the server did not start"
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        super().stop()
         self.workspace.jobs.stop()
-        self.sock.close()
 
 
 def start_server(tmp: Path, data: str | None = "shapes:64", **app_options) -> Server:  # noqa: ANN003
@@ -63,14 +62,6 @@ def record_timing(name: str, values: list[float]) -> dict[str, float]:
     TIMINGS.write_text(json.dumps(found_before, indent=2))
     print(f"\n{name}: {summary}")
     return summary
-
-
-def data_url_pixels(url: str) -> np.ndarray:
-    """The RGB pixels of a ``data:image/png;base64,...`` URL."""
-    from PIL import Image
-
-    assert url.startswith("data:image/png;base64,"), url[:40]
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
 
 
 _CANVAS = """

@@ -19,7 +19,10 @@ import argparse
 import secrets
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from convscope.errors import ConvscopeError
 
@@ -57,6 +60,34 @@ def listening_socket(host: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
+
+
+class ServerThread:
+    """uvicorn serving ``app`` on 127.0.0.1 (a free port) from a daemon thread, for scripts, tests
+    and benchmarks: ``url`` once started, :meth:`stop` to end it.
+
+    Example: ``server = ServerThread(build_app(ws)); urlopen(server.url + "api/model"); server.stop()``.
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1") -> None:  # noqa: ANN401
+        import uvicorn
+
+        self.sock = listening_socket(host, 0)
+        self.url = f"http://{host}:{self.sock.getsockname()[1]}/"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        end = time.monotonic() + 30
+        while not self.server.started and self.thread.is_alive() and time.monotonic() < end:
+            time.sleep(0.01)
+        if not self.server.started:
+            self.stop()
+            raise RuntimeError("the server did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
 
 
 def run(args: argparse.Namespace) -> int:

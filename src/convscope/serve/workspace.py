@@ -26,6 +26,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import torch
 from convscope import render
 from convscope.atlas import open_source
 from convscope.atlas.store import Atlas, model_hash, open_atlas
+from convscope.atlas.topk import TopK
 from convscope.errors import ConvscopeError, did_you_mean
 from convscope.loaded import LoadedModel
 from convscope.serve.answers import Missing
@@ -71,6 +73,15 @@ def folder_name(layer: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", layer).strip(".") or "_"
 
 
+@dataclass(frozen=True)
+class AtlasArrays:
+    """One layer's atlas read once (each read checks the file's checksum): top-k, patches, projections."""
+
+    topk: TopK
+    patches: np.ndarray
+    projections: np.ndarray | None
+
+
 class Workspace:
     """One model and what has been computed on it (see the module doc)."""
 
@@ -89,6 +100,7 @@ class Workspace:
         self._preds: LRU = LRU(256)
         self._rows: list[dict[str, Any]] | None = None
         self._atlases: dict[str, Atlas | None] = {}
+        self._atlas_arrays: dict[str, AtlasArrays] = {}
         self.torch = isinstance(loaded.model, torch.nn.Module)
         self._hash = model_hash(loaded.model) if self.torch else None
         self._load_uploads()
@@ -262,7 +274,7 @@ class Workspace:
     def layer_view(self, layer: str, image: str | None) -> dict[str, Any]:
         row = self.layer(layer)
         atlas = self.atlas(layer) if self.torch else None
-        best = atlas.topk(layer).values.max(axis=1) if atlas is not None else None
+        best = self.atlas_arrays(layer).topk.values.max(axis=1) if atlas is not None else None
         acts = self.activations(image, layer) if image and self.torch else None
         rendered = self.featurevis_done(layer)
         channels = []
@@ -279,7 +291,7 @@ class Workspace:
         self._check_channel(layer, channel)
         atlas = self.atlas(layer) if self.torch else None
         if atlas is not None:
-            tile = atlas.patches(layer)[channel, 0]
+            tile = self.atlas_arrays(layer).patches[channel, 0]
         elif (path := self.featurevis_path(layer, channel)).exists():
             return path.read_bytes()
         elif image:
@@ -301,11 +313,11 @@ class Workspace:
             from convscope.atlas.pages import card_image
             from convscope.atlas.topk import EMPTY
 
-            acc, names = atlas.topk(layer), atlas.manifest.get("names", {})
+            arrays, names = self.atlas_arrays(layer), atlas.manifest.get("names", {})
+            acc, proj = arrays.topk, arrays.projections
             used = acc.images[channel] != EMPTY
-            proj = atlas.projections(layer) if "deconvnet" in atlas.manifest.get("methods", []) else None
-            strip = card_image(atlas.patches(layer)[channel], None if proj is None else proj[channel])
-            scale = max(1, 96 // atlas.patches(layer).shape[2])
+            strip = card_image(arrays.patches[channel], None if proj is None else proj[channel])
+            scale = max(1, 96 // arrays.patches.shape[2])
             strip = render.resize(strip, (strip.shape[0] * scale, strip.shape[1] * scale), "nearest")
             view["atlas"] = {"k": atlas.k, "png": data_url(render.to_png_bytes(strip)), "projections": proj is not None,
                              "values": [float(v) for v in acc.values[channel][used]],
@@ -388,6 +400,15 @@ class Workspace:
             self._atlases[layer] = found
         return self._atlases[layer]
 
+    def atlas_arrays(self, layer: str) -> AtlasArrays:
+        """The arrays of ``layer``'s atlas, read once (the atlas must exist: :meth:`atlas`)."""
+        if layer not in self._atlas_arrays:
+            atlas = self.atlas(layer)
+            assert atlas is not None
+            proj = atlas.projections(layer) if "deconvnet" in atlas.manifest.get("methods", []) else None
+            self._atlas_arrays[layer] = AtlasArrays(atlas.topk(layer), atlas.patches(layer), proj)
+        return self._atlas_arrays[layer]
+
     def start_atlas(self, layers: list[str], k: int = 9, images: int | None = None) -> Job:
         """Mine the atlas of each of ``layers`` over DATA in the background."""
         self._torch_only("the dataset atlas")
@@ -406,6 +427,7 @@ class Workspace:
                 with self.lock:
                     self._build(job, data, layer, k, batch, batches)
                 self._atlases.pop(layer, None)
+                self._atlas_arrays.pop(layer, None)
             job.advance(1, 1, "done")
             return layers
 
