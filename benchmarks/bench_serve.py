@@ -59,14 +59,16 @@ def _timed_requests(urls: list[str]) -> list[float]:
     return times
 
 
-def _method_alone(model: torch.nn.Module, xs: list[torch.Tensor], targets: list[int]) -> list[float]:
+def _method_alone(ws, xs: list[torch.Tensor], targets: list[int]) -> list[float]:  # noqa: ANN001
+    """Grad-CAM called directly, under the server's model lock (the page may be using the model)."""
     from convscope.methods import GradCAM
 
     times = []
     for x, t in zip(xs, targets):
-        start = time.perf_counter()
-        GradCAM(model, max_batch=64).attribute(x, target=[t])
-        times.append(1000 * (time.perf_counter() - start))
+        with ws.lock:
+            start = time.perf_counter()
+            GradCAM(ws.loaded.model, max_batch=64).attribute(x, target=[t])
+            times.append(1000 * (time.perf_counter() - start))
     return times
 
 
@@ -92,13 +94,13 @@ def _shapes_vgg(quick: bool, browser, work: Path) -> list[Table]:  # noqa: ANN00
         cam = Table("Grad-CAM on shapes-vgg (64 px), one image per request, uncached, interleaved",
                     reference="GradCAM.attribute alone")
         xs = [ws._picture(f"d{i}")[1] for i in range(n)]
-        _method_alone(loaded.model, xs[:2], [0, 0])  # warm-up
+        _method_alone(ws, xs[:2], [0, 0])  # warm-up
         browser.get(server.url + "#/model")
         browser.execute_script("localStorage.clear(); localStorage.setItem('convscope.panels', "
                                "JSON.stringify([{method: 'grad_cam', target: '2', layer: ''}]))")
         alone, http, page = [], [], []
         for i in range(n):  # the three in turn, each on its own (image, class): nothing is cached
-            alone += _method_alone(loaded.model, [xs[i]], [0])
+            alone += _method_alone(ws, [xs[i]], [0])
             http += _timed_requests([f"{server.url}api/map?image=d{i}&method=grad_cam&target=1"])
             open_view(browser, server, f"#/image/d{i}")
             _wait(browser, lambda b: b.execute_script("const p = document.querySelector('.panel'); "
@@ -168,11 +170,11 @@ def _resnet(quick: bool, work: Path) -> Table:
     x = ws._picture(image)[1]
     server = ServerThread(build_app(ws))
     try:
-        _method_alone(loaded.model, [x], [0])  # warm-up
+        _method_alone(ws, [x], [0])  # warm-up
         _get(f"{server.url}api/map?image={image}&method=grad_cam&target=0")
         alone, http = [], []
         for t in range(1, n + 1):
-            alone += _method_alone(loaded.model, [x], [100 + t])
+            alone += _method_alone(ws, [x], [100 + t])
             http += _timed_requests([f"{server.url}api/map?image={image}&method=grad_cam&target={t}"])
         _row(table, "GradCAM.attribute alone", alone)
         _row(table, "HTTP GET /api/map", http)
