@@ -237,15 +237,21 @@ class Workspace:
         return self._preds.get_or(("pred", image), make)
 
     def activations(self, image: str, layer: str) -> np.ndarray:
-        """``layer``'s output on ``image`` as float32 [C, h, w] (cached)."""
-        self._torch_only("the activation of a channel")
+        """``layer``'s output on ``image`` as float32 [C, h, w] (cached): recorded by a forward hook
+        on a PyTorch model, by a probed call of a Keras model (its NHWC output transposed)."""
         self.layer(layer)
 
         def make() -> np.ndarray:
+            x = self._picture(image)[1]
+            if not self.torch:
+                from convscope.backends.tf.model import keras_net
+
+                with self.lock:
+                    record = keras_net(self.loaded.model).run(x, [layer])
+                return np.moveaxis(np.asarray(record.acts[layer])[0], -1, 0).astype(np.float32)
             from convscope.backends.torch.probes import Probes
             from convscope.backends.torch.session import eval_mode
 
-            x = self._picture(image)[1]
             with self.lock, eval_mode(self.loaded.model), torch.no_grad(), Probes(self.loaded.model, [layer]) as probes:
                 self.loaded.model(x)
                 return probes.output(layer)[0].float().numpy().copy()
@@ -275,7 +281,7 @@ class Workspace:
         row = self.layer(layer)
         atlas = self.atlas(layer) if self.torch else None
         best = self.atlas_arrays(layer).topk.values.max(axis=1) if atlas is not None else None
-        acts = self.activations(image, layer) if image and self.torch else None
+        acts = self.activations(image, layer) if image else None
         rendered = self.featurevis_done(layer)
         channels = []
         for c in range(row["channels"]):
@@ -325,7 +331,7 @@ class Workspace:
         path = self.featurevis_path(layer, channel)
         if path.exists():
             view["featurevis"] = data_url(path.read_bytes())
-        if image and self.torch:
+        if image:
             view["activation"] = self.channel_activation(image, layer, channel)
         return view
 
