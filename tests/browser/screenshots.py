@@ -44,7 +44,7 @@ def main(out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(Path(tmp), data="shapes:256")
         browser = open_chromium(driver, chromium)
-        browser.set_window_size(1200, 800)
+        browser.set_window_size(1200, 960)
         try:
             ws = server.workspace
             ws.jobs.wait(ws.start_atlas(["features.6"], k=9).id, 600)
@@ -56,7 +56,7 @@ def main(out: Path) -> None:
             for name, where in VIEWS:
                 open_view(browser, server, where)
                 wait(browser, lambda b: b.execute_script(
-                    "return [...document.images].every(i => i.complete) && "
+                    "return [...document.images].every(i => i.complete || i.loading === 'lazy') && "
                     "[...document.querySelectorAll('.panel')].every(p => p.dataset.state === 'done')"), 60)
                 save(browser, out / f"{name}.png")
             ws.start_featurevis("features.3", list(range(32)), steps=256)  # a job, shown while it runs

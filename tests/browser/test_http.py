@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -251,15 +252,41 @@ def test_the_command_prints_a_token_and_stops_on_ctrl_c(tmp_path: Path, zoo_cach
         base, token = url.split("?token=")
         assert get(base, "/api/model")[0] == 401
         assert get(base, f"/api/model?token={token}")[0] == 200
-        proc.send_signal(signal.SIGINT)
+        spec = json.dumps({"kind": "featurevis", "layer": "features.3", "channels": list(range(32)), "steps": 16})
+        job = json.loads(get(base, f"/api/jobs?token={token}", "POST", spec.encode())[1])
+        end = time.monotonic() + 30
+        while json.loads(get(base, f"/api/jobs/{job['id']}?token={token}")[1])["state"] != "running":
+            assert time.monotonic() < end
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # while the job runs
         out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert "stopped" in out and "Traceback" not in err
+    assert "stopping the running job" in out and "stopped" in out
+    assert "Traceback" not in err and "terminate" not in err
     with pytest.raises(OSError):
         get(base, "/api/model")  # nothing listens any more
+
+
+def test_stopping_cancels_the_running_job_and_skips_the_queued() -> None:
+    from convscope.serve.jobs import Jobs
+
+    jobs, steps = Jobs(), []
+
+    def slow(job) -> None:  # noqa: ANN001
+        for i in range(1000):
+            steps.append(i)
+            job.advance(i, 1000, "working")
+            time.sleep(0.01)
+
+    running, queued = jobs.submit("test", "slow", slow), jobs.submit("test", "never", lambda job: steps.append(-1))
+    while running.state != "running" or not steps:
+        time.sleep(0.01)
+    jobs.stop(timeout=10)
+    assert running.as_dict()["state"] == "cancelled" and len(steps) < 1000
+    assert queued.as_dict()["state"] == "cancelled" and -1 not in steps
 
 
 def test_the_command_refuses_a_bad_port(zoo_cache: Path) -> None:

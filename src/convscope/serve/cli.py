@@ -127,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again: the stop is clean
         pass
     finally:
-        ws.jobs.stop()
         sock.close()
+        if any(job.state == "running" for job in ws.jobs.all()):
+            print("convscope: stopping the running job at its next step", flush=True)
+        ws.jobs.stop()
     print("convscope: stopped", flush=True)
     return 0

@@ -4,6 +4,8 @@ A :class:`Job` runs a function ``work(job)`` that reports ``job.advance(done, to
 the page polls ``/api/jobs`` and draws each job's bar. Jobs live in the server, not in the page,
 so a reload finds them where they are. One job runs at a time (they share the model); the others
 wait in order. A failure is kept as the job's ``error`` (one line), never raised into the server.
+:meth:`Jobs.stop` (the server's shutdown) cancels: a running job ends at its next ``advance``
+(an atlas keeps its mining checkpoint), queued ones never start, and the worker thread is joined.
 
 Example::
 
@@ -26,6 +28,10 @@ from convscope.errors import ConvscopeError
 from convscope.serve.answers import Missing
 
 
+class Cancelled(Exception):
+    """Raised inside a job's work by :meth:`Job.advance` once the server is stopping."""
+
+
 @dataclass
 class Job:
     """One piece of background work and how far it has got."""
@@ -43,9 +49,13 @@ class Job:
     started: float | None = None
     finished: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def advance(self, done: int, total: int, stage: str | None = None) -> None:
-        """Report progress: ``done`` of ``total`` steps of the current ``stage``."""
+        """Report progress: ``done`` of ``total`` steps of the current ``stage`` (raises
+        :class:`Cancelled` once the job is cancelled)."""
+        if self.cancelled.is_set():
+            raise Cancelled
         with self.lock:
             self.done, self.total = int(done), int(total)
             if stage is not None:
@@ -53,8 +63,9 @@ class Job:
 
     def as_dict(self) -> dict[str, Any]:
         with self.lock:
-            elapsed = ((self.finished or time.monotonic()) - self.started) if self.started else 0.0
-            return {"id": self.id, "kind": self.kind, "title": self.title, "state": self.state, "stage": self.stage,
+            now = time.monotonic()
+            elapsed = ((self.finished or now) - self.started) if self.started else 0.0
+            return {"finished_ago": round(now - self.finished, 2) if self.finished else None,"id": self.id, "kind": self.kind, "title": self.title, "state": self.state, "stage": self.stage,
                     "done": self.done, "total": self.total, "error": self.error, "elapsed": round(elapsed, 2),
                     "fraction": self.done / self.total if self.total else (1.0 if self.state == "done" else 0.0)}
 
@@ -89,10 +100,6 @@ class Jobs:
     def all(self) -> list[Job]:
         return list(self._jobs.values())
 
-    def active(self, kind: str) -> Job | None:
-        """A queued or running job of ``kind`` (None if there is none)."""
-        return next((j for j in self._jobs.values() if j.kind == kind and j.state in ("queued", "running")), None)
-
     def wait(self, job_id: int, timeout: float = 60.0) -> Job:
         """Block until the job has finished (for scripts and tests)."""
         end = time.monotonic() + timeout
@@ -101,19 +108,29 @@ class Jobs:
             time.sleep(0.02)
         return job
 
-    def stop(self) -> None:
-        """Let the worker thread end after the current job."""
+    def stop(self, timeout: float = 60.0) -> None:
+        """Cancel every job and wait (up to ``timeout`` seconds) for the worker thread to end."""
+        for job in self._jobs.values():
+            job.cancelled.set()
         self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:
                 return
+            if job.cancelled.is_set():
+                with job.lock:
+                    job.state = job.stage = "cancelled"
+                continue
             with job.lock:
                 job.state, job.stage, job.started = "running", "starting", time.monotonic()
             try:
                 result = job.work(job)
+            except Cancelled:
+                outcome = ("cancelled", None, None)
             except ConvscopeError as exc:
                 outcome = ("failed", str(exc), None)
             except Exception as exc:  # noqa: BLE001 - a job's failure is reported in the page, not raised
@@ -122,5 +139,5 @@ class Jobs:
                 outcome = ("done", None, result)
             with job.lock:
                 job.state, job.error, job.result = outcome
-                job.stage = "done" if job.state == "done" else "failed"
+                job.stage = job.state
                 job.finished = time.monotonic()

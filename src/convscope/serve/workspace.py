@@ -464,7 +464,7 @@ class Workspace:
         """Render what each of ``channels`` of ``layer`` responds to, a few channels at a time."""
         for c in channels:
             self._check_channel(layer, c)
-        chunks = [channels[i:i + 8] for i in range(0, len(channels), 8)]
+        chunks = [channels[i:i + 4] for i in range(0, len(channels), 4)]  # a stop waits for one chunk at most
 
         def work(job: Job) -> int:
             from convscope.featurevis.objectives import channels as channel_objectives
@@ -477,7 +477,7 @@ class Workspace:
                                       preprocess=self.loaded.preprocess, progress=False, seed=0)
                 for c, pixels in zip(chunk, result.pixels()):
                     render.save_png(self.featurevis_path(layer, c), render.resize(pixels, (THUMB, THUMB), "nearest"))
-                job.advance(sum(len(c) for c in chunks[:n + 1]), len(channels))
+                job.advance(sum(len(c) for c in chunks[:n + 1]), len(channels))  # (stops here when cancelled)
             return len(channels)
 
         return self.jobs.submit("featurevis", f"feature visualization of {layer} channels "

@@ -227,7 +227,7 @@ async function imageView(view, id) {
       el("div", { class: "box" }, el("img", { id: "picture", class: "pix big", src: "api/image/" + enc(id) + ".png", alt: "the image" }),
         el("h2", {}, "Predictions"),
         el("ul", { class: "predictions", id: "predictions" }, preds.map((p) => el("li", {}, el("span", { class: "bar", style: `width:${Math.max(1, Math.round(p.p * 120))}px` }), `${p.name} ${(100 * p.p).toFixed(1)}%`)))),
-      el("div", {}, el("div", { class: "controls" }, el("button", { id: "add-panel", onclick: () => add({ method: "saliency", target: "pred", layer: "" }) }, "+ add a map"), uploadForm()), holder)));
+      el("div", { class: "maps" }, el("div", { class: "controls" }, el("button", { id: "add-panel", onclick: () => add({ method: "saliency", target: "pred", layer: "" }) }, "+ add a map"), uploadForm()), holder)));
 }
 
 function mapPanel(image, preds, settings, save) {
@@ -304,7 +304,9 @@ async function pollJobs() {
 
 function drawJobs(jobs) {
   const holder = document.getElementById("jobs");
-  holder.replaceChildren(...jobs.slice(-4).map((j) => el("div", { class: "job " + j.state, "data-job": j.id, "data-state": j.state },
+  // running and queued jobs, failures, and what finished in the last 20 s
+  const shown = jobs.filter((j) => j.state === "queued" || j.state === "running" || j.state === "failed" || (j.finished_ago !== null && j.finished_ago < 20));
+  holder.replaceChildren(...shown.slice(-4).map((j) => el("div", { class: "job " + j.state, "data-job": j.id, "data-state": j.state },
     el("b", {}, j.title), el("progress", { max: 1, value: j.fraction }), el("span", { class: "stage" }, j.state === "running" ? `${j.stage}: ${j.done}/${j.total}` : j.state),
     j.error ? el("span", { class: "error" }, j.error) : null, el("span", { class: "muted" }, `${j.elapsed.toFixed(1)} s`))));
 }
