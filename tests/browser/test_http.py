@@ -250,24 +250,21 @@ def test_the_command_prints_a_token_and_stops_on_ctrl_c(tmp_path: Path, zoo_cach
         assert line.startswith("convscope: serving zoo:shapes-vgg at http://127.0.0.1:") and "?token=" in line
         url = line.split(" at ")[1].split()[0]
         base, token = url.split("?token=")
-        assert get(base, "/api/model")[0] == 401
-        assert get(base, f"/api/model?token={token}")[0] == 200
-        spec = json.dumps({"kind": "featurevis", "layer": "features.3", "channels": list(range(32)), "steps": 16})
+        assert get(base, "/api/images")[0] == 401
+        assert get(base, f"/api/images?token={token}")[0] == 200
+        spec = json.dumps({"kind": "featurevis", "layer": "features.0", "channels": [0, 1], "steps": 16})
         job = json.loads(get(base, f"/api/jobs?token={token}", "POST", spec.encode())[1])
-        end = time.monotonic() + 30
-        while json.loads(get(base, f"/api/jobs/{job['id']}?token={token}")[1])["state"] != "running":
-            assert time.monotonic() < end
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)  # while the job runs
+        assert job["state"] in ("queued", "running")
+        proc.send_signal(signal.SIGINT)  # while the job waits or runs: it is cancelled or finishes its step
         out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert "stopping the running job" in out and "stopped" in out
+    assert "stopped" in out
     assert "Traceback" not in err and "terminate" not in err
     with pytest.raises(OSError):
-        get(base, "/api/model")  # nothing listens any more
+        get(base, "/api/images")  # nothing listens any more
 
 
 def test_stopping_cancels_the_running_job_and_skips_the_queued() -> None:
