@@ -153,6 +153,7 @@ def test_an_upload_is_kept_and_explained(folder_server) -> None:  # noqa: ANN001
     assert status == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(body)).convert("RGB")), pixels)
     status, body, _ = get(server.url, f"/api/map?image={image}&method=saliency")
     assert status == 200 and json.loads(body)["png"].startswith("data:image/png;base64,")
+    assert json.loads(body)["scores"] is None  # no object mask for an upload
 
 
 # --- API mistakes ---------------------------------------------------------------------------

@@ -241,6 +241,10 @@ def test_compute_a_grad_cam_from_the_page(page, server, shapes_vgg) -> None:  # 
     y, xx = np.unravel_index(heat.argmax(), heat.shape)
     assert cam[y, xx] >= 0.8 * cam.max()  # the page's hottest pixel is where Grad-CAM is near its peak
     assert Shapes.class_names[target] in panel.find_element(By.CSS_SELECTOR, ".map-info").text
+    mask = Shapes(64, seed=0, size=64).sample(0).mask  # the object's ground truth, beside the map
+    peak = np.unravel_index(cam.argmax(), cam.shape)
+    said = panel.find_element(By.CSS_SELECTOR, ".map-scores").text
+    assert said.startswith(f"pointing game: {'hit' if mask[peak] else 'miss'}, mass on the object: ")
 
 
 def test_switch_methods_and_targets(page, server) -> None:  # noqa: ANN001

@@ -373,10 +373,26 @@ class Workspace:
         png = render.to_png_bytes(render.overlay(self.pixels(image), heat, alpha=0.6))
         result = {"image": image, "method": cls.name, "target": cls_index, "layer": key[3], "blank": blank,
                   "min": float(found.min()), "max": float(found.max()), "png": data_url(png),
-                  "ms": round(1000 * (time.perf_counter() - start), 1)}
+                  "ms": round(1000 * (time.perf_counter() - start), 1), "scores": self._scores(image, heat)}
         self._maps.get_or(key, lambda: result)
         self._keep_map(result, png)
         return {**result, "cached": False}
+
+    def _scores(self, image: str, heat: np.ndarray) -> dict[str, Any] | None:
+        """Localisation scores of a map as drawn (``heat``), where the image's object mask is known
+        (DATA ``shapes:N``): the pointing game (is the hottest pixel on the object?) and the share of
+        the map's mass on it (:mod:`convscope.metrics.localisation`)."""
+        from convscope.atlas.source import ShapesSource
+        from convscope.metrics import mass_inside, pointing_game
+
+        if not (image.startswith("d") and isinstance(self.source, ShapesSource)):
+            return None
+        mask = self.source.shapes.sample(int(image[1:])).mask
+        if mask.shape != heat.shape:
+            return None
+        maps, masks = torch.from_numpy(np.ascontiguousarray(heat))[None], torch.from_numpy(mask)[None]
+        mass = float(mass_inside(maps, masks)[0])
+        return {"pointing_game": bool(pointing_game(maps, masks)[0]), "mass_inside": None if mass != mass else mass}
 
     def _keep_map(self, result: dict[str, Any], png: bytes) -> None:
         folder = self.work / "maps"

@@ -245,6 +245,7 @@ function mapPanel(image, preds, settings, save) {
   layer.value = settings.layer || "";
   const img = el("img", { class: "map pix", alt: "map" });
   const info = el("p", { class: "map-info muted" });
+  const scores = el("p", { class: "map-scores muted" });
   const close = el("button", { class: "close", title: "remove", onclick: () => { panel.remove(); save(); } }, "×");
   const compute = async (changed) => {
     panel.settings = { method: method.value, target: target.value, layer: layer.value };
@@ -263,6 +264,8 @@ function mapPanel(image, preds, settings, save) {
       window.convscopeTimings.map.push({ method: result.method, ms, cached: result.cached });
       info.textContent = `${result.method} for ${names[result.target] || "class " + result.target}` + (result.layer ? ` at ${result.layer}` : "") +
         `: ${result.cached ? "cached" : "computed in " + result.ms + " ms"}` + (result.blank ? ` — blank (${result.blank})` : "");
+      scores.textContent = result.scores ? `pointing game: ${result.scores.pointing_game ? "hit" : "miss"}` +
+        (result.scores.mass_inside !== null ? `, mass on the object: ${(100 * result.scores.mass_inside).toFixed(0)}%` : "") : "";
       panel.dataset.method = result.method;
       panel.dataset.state = "done";
     } catch (e) {
@@ -272,7 +275,7 @@ function mapPanel(image, preds, settings, save) {
     }
   };
   [method, target, layer].forEach((s) => s.addEventListener("change", () => compute(true)));
-  panel.append(el("div", { class: "controls" }, method, close), el("div", { class: "controls" }, target, layer), img, info);
+  panel.append(el("div", { class: "controls" }, method, close), el("div", { class: "controls" }, target, layer), img, info, scores);
   compute(false);
   return panel;
 }
