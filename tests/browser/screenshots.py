@@ -56,7 +56,7 @@ def main(out: Path) -> None:
             for name, where in VIEWS:
                 open_view(browser, server, where)
                 wait(browser, lambda b: b.execute_script(
-                    "return [...document.images].every(i => i.complete || i.loading === 'lazy') && "
+                    "return [...document.images].every(i => i.complete || i.getBoundingClientRect().top > innerHeight) && "
                     "[...document.querySelectorAll('.panel')].every(p => p.dataset.state === 'done')"), 60)
                 save(browser, out / f"{name}.png")
             ws.start_featurevis("features.3", list(range(32)), steps=256)  # a job, shown while it runs

@@ -178,6 +178,11 @@ def test_api_mistakes_say_what_to_do(folder_server, path: str, status: int, says
 @pytest.mark.parametrize(("body", "says"), [
     (b"{not json", "not JSON"), (b"[1, 2]", "JSON object"), (b'{"kind": "dance"}', "unknown job kind"),
     (b'{"kind": "atlas", "layers": []}', "list of layers"), (b'{"kind": "atlas", "layers": ["nope"]}', "nope"),
+    (b'{"kind": "atlas", "layers": ["features.3"], "k": 0}', "from 1 to 64"),
+    (b'{"kind": "atlas", "layers": ["features.3"], "k": "many"}', "not a whole number"),
+    (b'{"kind": "featurevis", "layer": "features.0", "channels": ["a"]}', "not a whole number"),
+    (b'{"kind": "featurevis", "layer": "features.0", "channels": [99]}', "channels 0..15"),
+    (b'{"kind": "featurevis", "layer": "features.0", "channels": [0], "steps": 0}', "from 1 to 10000"),
 ])
 def test_bad_job_requests(folder_server, body: bytes, says: str) -> None:  # noqa: ANN001
     server, _ = folder_server

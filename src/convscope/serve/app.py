@@ -50,11 +50,14 @@ def _image_arg(request: Request) -> str | None:
     return request.query_params.get("image") or None
 
 
-def _int(text: str, what: str) -> int:
+def _int(value: object, what: str) -> int:
+    """``value`` (a path part or a JSON value) as an int, or a 400 saying what to send."""
     try:
-        return int(text)
-    except ValueError:
-        raise ConvscopeError(f"{what} {text!r} is not a whole number", f"Give the {what} as e.g. 3.") from None
+        if isinstance(value, (bool, float)):
+            raise TypeError
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ConvscopeError(f"{what} {value!r} is not a whole number", f"Give the {what} as e.g. 3.") from None
 
 
 def build_app(ws: Workspace, *, token: str | None = None, allowed_hosts: list[str] | None = None) -> Starlette:
@@ -136,15 +139,16 @@ def build_app(ws: Workspace, *, token: str | None = None, allowed_hosts: list[st
             layers = spec.get("layers") or []
             if not isinstance(layers, list) or not layers or not all(isinstance(x, str) for x in layers):
                 raise ConvscopeError("an atlas job needs a list of layers", 'Send {"kind": "atlas", "layers": ["features.3"]}.')
-            job = await run_in_threadpool(ws.start_atlas, layers, int(spec.get("k", 9)),
-                                          int(spec["images"]) if spec.get("images") else None)
+            job = await run_in_threadpool(ws.start_atlas, layers, _int(spec.get("k", 9), "k"),
+                                          _int(spec["images"], "images") if spec.get("images") else None)
         elif kind == "featurevis":
             name = str(spec.get("layer", ""))
             count = ws.layer(name)["channels"]
-            channels = [int(c) for c in spec.get("channels", range(count))]
-            if not channels:
+            given = spec.get("channels", list(range(count)))
+            if not isinstance(given, list) or not given:
                 raise ConvscopeError("a feature-visualization job needs channels", "Send a non-empty list of channels.")
-            job = await run_in_threadpool(ws.start_featurevis, name, channels, int(spec.get("steps", 64)))
+            channels = [_int(c, "channel") for c in given]
+            job = await run_in_threadpool(ws.start_featurevis, name, channels, _int(spec.get("steps", 64), "steps"))
         else:
             raise ConvscopeError(f"unknown job kind {kind!r}", "Use 'atlas' or 'featurevis'.")
         return JSONResponse(job.as_dict(), status_code=202)

@@ -46,21 +46,32 @@ from convscope.serve.uploads import MAX_BYTES, Upload, read_upload
 THUMB = 96  #: pixels: the side of a channel's thumbnail in the layer grid
 
 
-class LRU(OrderedDict):
-    """A dict that forgets its least recently used entries beyond ``size``."""
+class LRU:
+    """A thread-safe cache that forgets its least recently used entries beyond ``size``. A value
+    is made outside the lock (two threads may both make it; the first stored wins)."""
 
     def __init__(self, size: int) -> None:
-        super().__init__()
         self.size = size
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:  # noqa: ANN401
+        """The value of ``key`` (marked as recently used), or None."""
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
 
     def get_or(self, key: Any, make: Any) -> Any:  # noqa: ANN401
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
+        found = self.get(key)
+        if found is not None:
+            return found
         value = make()
-        self[key] = value
-        while len(self) > self.size:
-            self.popitem(last=False)
+        with self._lock:
+            value = self._items.setdefault(key, value)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
         return value
 
 
@@ -98,6 +109,7 @@ class Workspace:
         self._maps: LRU = LRU(512)
         self._acts: LRU = LRU(32)
         self._preds: LRU = LRU(256)
+        self._pictures: LRU = LRU(256)
         self._rows: list[dict[str, Any]] | None = None
         self._atlases: dict[str, Atlas | None] = {}
         self._atlas_arrays: dict[str, AtlasArrays] = {}
@@ -132,7 +144,7 @@ class Workspace:
                 raise Missing(f"there is no image {image!r}", "GET /api/images lists the images.")
             return crop, self.loaded.preprocess.to_tensor(crop)
 
-        return self._preds.get_or(("picture", image), make)
+        return self._pictures.get_or(image, make)
 
     def add_upload(self, data: bytes) -> str:
         """Check and keep an uploaded picture; returns its image id."""
@@ -234,7 +246,7 @@ class Workspace:
             return [{"class": int(k), "name": names[k] if k < len(names) else f"class {k}", "p": float(probs[k])}
                     for k in order]
 
-        return self._preds.get_or(("pred", image), make)
+        return self._preds.get_or(image, make)
 
     def activations(self, image: str, layer: str) -> np.ndarray:
         """``layer``'s output on ``image`` as float32 [C, h, w] (cached): recorded by a forward hook
@@ -359,9 +371,8 @@ class Workspace:
             self.layer(layer)
         cls_index = self.predictions(image, 1)[0]["class"] if target in ("pred", None, "") else int(target)
         key = (image, cls.name, cls_index, layer if takes_layer else None)
-        if key in self._maps:
-            self._maps.move_to_end(key)
-            return {**self._maps[key], "cached": True}
+        if (known := self._maps.get(key)) is not None:
+            return {**known, "cached": True}
         x = self._picture(image)[1]
         start = time.perf_counter()
         with self.lock:
@@ -439,6 +450,8 @@ class Workspace:
                                  "Start it as `convscope serve MODEL DATA` (DATA: an image folder or shapes:N).")
         for layer in layers:
             self.layer(layer)
+        if not 1 <= k <= 64:
+            raise ConvscopeError(f"k = {k} is not a number of top activations from 1 to 64", "Use e.g. k = 9.")
         data = self.data if images is None or not str(self.data).startswith("shapes:") else f"shapes:{images}"
 
         def work(job: Job) -> list[str]:
@@ -480,6 +493,9 @@ class Workspace:
         """Render what each of ``channels`` of ``layer`` responds to, a few channels at a time."""
         for c in channels:
             self._check_channel(layer, c)
+        if not 1 <= steps <= 10_000:
+            raise ConvscopeError(f"steps = {steps} is not a number of optimisation steps from 1 to 10000",
+                                 "Use e.g. 64 (a sketch) to 512 (a finished picture).")
         chunks = [channels[i:i + 4] for i in range(0, len(channels), 4)]  # a stop waits for one chunk at most
 
         def work(job: Job) -> int:
