@@ -296,3 +296,18 @@ def test_the_command_refuses_a_bad_port(zoo_cache: Path) -> None:
     from convscope.cli import main
 
     assert main(["serve", "zoo:shapes-vgg", "--port", "70000"]) == 2
+
+
+def test_the_command_exports_without_serving(tmp_path: Path, zoo_cache: Path, shapes_vgg, capsys) -> None:  # noqa: ANN001
+    from convscope.cli import main
+    from convscope.models import load_model
+    from convscope.serve.workspace import Workspace
+
+    work = tmp_path / "work"
+    Workspace(load_model("zoo:shapes-vgg"), "shapes:8", work).map_png("d1", "saliency", "pred", None)
+    assert main(["serve", "zoo:shapes-vgg", "shapes:8", "--work", str(work), "--export", str(tmp_path / "site")]) == 0
+    index = Path(capsys.readouterr().out.strip())
+    assert index == tmp_path / "site" / "index.html" and 'href="maps.html"' in index.read_text()
+    (kept,) = (work / "maps").glob("d1-saliency-*.png")
+    assert (tmp_path / "site" / "img" / f"map-{kept.name}").read_bytes() == kept.read_bytes()
+    assert f'src="img/map-{kept.name}"' in (tmp_path / "site" / "maps.html").read_text()
