@@ -93,7 +93,7 @@ def _shapes_vgg(quick: bool, browser, work: Path) -> list[Table]:  # noqa: ANN00
     try:
         cam = Table("Grad-CAM on shapes-vgg (64 px), one image per request, uncached, interleaved",
                     reference="GradCAM.attribute alone")
-        xs = [ws._picture(f"d{i}")[1] for i in range(n)]
+        xs = [ws.picture(f"d{i}")[1] for i in range(n)]
         _method_alone(ws, xs[:2], [0, 0])  # warm-up
         browser.get(server.url + "#/model")
         browser.execute_script("localStorage.clear(); localStorage.setItem('convscope.panels', "
@@ -167,7 +167,7 @@ def _resnet(quick: bool, work: Path) -> Table:
     n = 8 if quick else 30
     table = Table("Grad-CAM on ResNet-18 (random weights, 224 px), one class per request, uncached",
                   reference="GradCAM.attribute alone")
-    x = ws._picture(image)[1]
+    x = ws.picture(image)[1]
     server = ServerThread(build_app(ws))
     try:
         _method_alone(ws, [x], [0])  # warm-up

@@ -64,7 +64,7 @@ def layer_output(served, layer: str, image: str) -> np.ndarray:  # noqa: ANN001
     """``layer``'s output [h, w, C] on ``image``, by a Keras sub-model written here."""
     model = served.workspace.loaded.model
     sub = keras.Model(model.inputs[0], model.get_layer(layer).output)
-    return np.asarray(sub(served.workspace._picture(image)[1], training=False))[0]
+    return np.asarray(sub(served.workspace.picture(image)[1], training=False))[0]
 
 
 def test_keras_model_view(page, served) -> None:  # noqa: ANN001
@@ -108,7 +108,7 @@ def test_keras_image_view_maps(page, served) -> None:  # noqa: ANN001
     from selenium.webdriver.support.ui import Select
 
     open_view(page, served, "#/image/d1")
-    logits = np.asarray(served.workspace.loaded.model(served.workspace._picture("d1")[1], training=False))[0]
+    logits = np.asarray(served.workspace.loaded.model(served.workspace.picture("d1")[1], training=False))[0]
     first = page.find_elements(By.CSS_SELECTOR, "#predictions li")[0].text
     assert first.startswith(f"class {int(logits.argmax())} ")
     panel = wait(page, lambda b: (p := b.find_elements(By.CSS_SELECTOR, ".panel")) and p[0].get_attribute("data-state") == "done" and p[0])

@@ -126,9 +126,12 @@ class Workspace:
 
     def pixels(self, image: str) -> np.ndarray:
         """The model's crop of ``image`` as uint8 [H, W, 3] (what the maps are drawn on)."""
-        return self._picture(image)[0]
+        return self.picture(image)[0]
 
-    def _picture(self, image: str) -> tuple[np.ndarray, Any]:
+    def picture(self, image: str) -> tuple[np.ndarray, Any]:
+        """``image`` as a person sees it (:meth:`pixels`) and as the model does (its preprocessed
+        batch of one: [1, 3, H, W] for PyTorch, NHWC for Keras); cached."""
+
         def make() -> tuple[np.ndarray, Any]:
             if image.startswith("u") and image[1:] in self.uploads:
                 from PIL import Image
@@ -225,14 +228,15 @@ class Workspace:
 
     def _torch_only(self, what: str) -> None:
         if not self.torch:
-            raise ConvscopeError(f"{what} reads PyTorch layers; this is a Keras model",
-                                 "Use the model and image views, or the model's PyTorch version.")
+            raise ConvscopeError(f"{what} reads PyTorch modules; this is a Keras model",
+                                 "Use `convscope project MODEL IMAGES --layer L --channel C --top K` for a "
+                                 "channel's strongest units, or the model's PyTorch version.")
 
     # --- predictions and activations ------------------------------------------------------
 
     def predictions(self, image: str, top: int = 5) -> list[dict[str, Any]]:
         def make() -> list[dict[str, Any]]:
-            x = self._picture(image)[1]
+            x = self.picture(image)[1]
             with self.lock:
                 if self.torch:
                     with torch.no_grad():
@@ -254,7 +258,7 @@ class Workspace:
         self.layer(layer)
 
         def make() -> np.ndarray:
-            x = self._picture(image)[1]
+            x = self.picture(image)[1]
             if not self.torch:
                 from convscope.backends.tf.model import keras_net
 
@@ -373,7 +377,7 @@ class Workspace:
         key = (image, cls.name, cls_index, layer if takes_layer else None)
         if (known := self._maps.get(key)) is not None:
             return {**known, "cached": True}
-        x = self._picture(image)[1]
+        x = self.picture(image)[1]
         start = time.perf_counter()
         with self.lock:
             made = cls(self.loaded.model, max_batch=64, **({"layer": layer} if layer and takes_layer else {}))
