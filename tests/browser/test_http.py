@@ -311,3 +311,20 @@ def test_the_command_exports_without_serving(tmp_path: Path, zoo_cache: Path, sh
     (kept,) = (work / "maps").glob("d1-saliency-*.png")
     assert (tmp_path / "site" / "img" / f"map-{kept.name}").read_bytes() == kept.read_bytes()
     assert f'src="img/map-{kept.name}"' in (tmp_path / "site" / "maps.html").read_text()
+
+
+def test_serving_leaves_the_model_as_it_was(folder_server) -> None:  # noqa: ANN001
+    """After maps, activations, predictions and refused requests, the model holds no hook, is still in
+    eval mode, and its weights hash as before them."""
+    from convscope.atlas.store import model_hash
+
+    server, _ = folder_server
+    model = server.workspace.loaded.model
+    before = model_hash(model)
+    for path in ("/api/map?image=d0&method=grad_cam&layer=features.7", "/api/map?image=d0&method=guided_backprop",
+                 "/api/channel/features.3/4?image=d0", "/api/layer/features.6?image=d2", "/api/predict/d1",
+                 "/api/map?image=d0&method=grad_cam&layer=classifier.9", "/api/channel/features.3/400?image=d0"):
+        get(server.url, path)
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
+    assert not any(m.training for m in model.modules())
+    assert model_hash(model) == before
