@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import shutil
 from pathlib import Path
 
@@ -85,14 +84,11 @@ def _layer_page(ws: Workspace, row: dict, out: Path) -> str | None:
 
 
 def _maps_page(ws: Workspace, out: Path) -> str | None:
-    index = ws.work / "maps" / "index.json"
-    if not index.exists():
-        return None
-    entries = json.loads(index.read_text())
     by_image: dict[str, list[dict]] = {}
-    for entry in entries:
-        if (ws.work / "maps" / entry["file"]).exists():
-            by_image.setdefault(entry["image"], []).append(entry)
+    for entry in ws.kept_maps():
+        by_image.setdefault(entry["image"], []).append(entry)
+    if not by_image:
+        return None
     sections = []
     for image, found in by_image.items():
         figures = []

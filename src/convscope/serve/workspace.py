@@ -10,7 +10,7 @@ channels only draws), each map by (image, method, target, layer), the prediction
 Images are named by id: ``d<i>`` for the i-th image of DATA (``shapes:N`` or a folder, read by
 :func:`convscope.atlas.open_source`), ``u<hex>`` for an upload. Atlases and feature visualizations
 are written under the work folder (``atlas/<layer>/``, ``featurevis/<layer>/c<c>.png``) and maps
-under ``maps/``, so ``convscope serve --export`` finds everything that was computed.
+under ``maps/`` (each PNG with its description in a ``.json`` beside it), so ``convscope serve --export`` finds everything that was computed.
 
 Example::
 
@@ -410,15 +410,24 @@ class Workspace:
         return {"pointing_game": bool(pointing_game(maps, masks)[0]), "mass_inside": None if mass != mass else mass}
 
     def _keep_map(self, result: dict[str, Any], png: bytes) -> None:
-        folder = self.work / "maps"
-        name = f"{result['image']}-{result['method']}-{result['target']}-{folder_name(result['layer'] or 'auto')}.png"
-        render.write_atomic(folder / name, png)
-        index_path = folder / "index.json"
-        with self.lock:
-            index = json.loads(index_path.read_text()) if index_path.exists() else []
-            entry = {k: v for k, v in result.items() if k != "png"} | {"file": name}
-            index = [e for e in index if e.get("file") != name] + [entry]
-            render.write_atomic(index_path, json.dumps(index, indent=1).encode())
+        """Write the map's PNG and, beside it, its description (``.json``) under ``maps/``: one pair
+        per map, so keeping one costs the same however many were kept before."""
+        name = f"{result['image']}-{result['method']}-{result['target']}-{folder_name(result['layer'] or 'auto')}"
+        render.write_atomic(self.work / "maps" / f"{name}.png", png)
+        entry = {k: v for k, v in result.items() if k != "png"} | {"file": f"{name}.png"}
+        render.write_atomic(self.work / "maps" / f"{name}.json", json.dumps(entry, indent=1).encode())
+
+    def kept_maps(self) -> list[dict[str, Any]]:
+        """The descriptions of every map kept under ``maps/`` (oldest first), with its ``file``."""
+        found = []
+        for path in sorted((self.work / "maps").glob("*.json"), key=lambda p: p.stat().st_mtime):
+            try:
+                entry = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if (self.work / "maps" / str(entry.get("file", ""))).is_file():
+                found.append(entry)
+        return found
 
     # --- atlases and feature visualizations (jobs) ----------------------------------------
 
