@@ -310,7 +310,8 @@ def test_the_command_exports_without_serving(tmp_path: Path, zoo_cache: Path, sh
     assert index == tmp_path / "site" / "index.html" and 'href="maps.html"' in index.read_text()
     (kept,) = (work / "maps").glob("d1-saliency-*.png")
     assert (tmp_path / "site" / "img" / f"map-{kept.name}").read_bytes() == kept.read_bytes()
-    assert f'src="img/map-{kept.name}"' in (tmp_path / "site" / "maps.html").read_text()
+    page = (tmp_path / "site" / "maps.html").read_text()
+    assert f'src="img/map-{kept.name}"' in page and "pointing game: " in page  # shapes:8 knows its masks
 
 
 def test_serving_leaves_the_model_as_it_was(folder_server) -> None:  # noqa: ANN001

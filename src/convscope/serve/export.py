@@ -98,6 +98,10 @@ def _maps_page(ws: Workspace, out: Path) -> str | None:
             what = f"{entry['method']}, class {entry['target']}" + (f" at {entry['layer']}" if entry["layer"] else "")
             if entry.get("blank"):
                 what += f" (blank: {entry['blank']})"
+            if entry.get("scores"):
+                scores = entry["scores"]
+                what += f"; pointing game: {'hit' if scores['pointing_game'] else 'miss'}" + (
+                    f", mass on the object: {100 * scores['mass_inside']:.0f}%" if scores["mass_inside"] is not None else "")
             figures.append(f'<figure class="box panel">{_img(src, what, "pix big")}<figcaption>{html.escape(what)}'
                            "</figcaption></figure>")
         sections.append(f"<h2>{html.escape(image)}</h2><div class=row>{''.join(figures)}</div>")
