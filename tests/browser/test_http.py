@@ -258,16 +258,19 @@ def test_the_command_prints_a_token_and_stops_on_ctrl_c(tmp_path: Path, zoo_cach
         base, token = url.split("?token=")
         assert get(base, "/api/images")[0] == 401
         assert get(base, f"/api/images?token={token}")[0] == 200
-        spec = json.dumps({"kind": "featurevis", "layer": "features.0", "channels": [0, 1], "steps": 16})
+        spec = json.dumps({"kind": "atlas", "layers": ["features.3"], "images": 50_000})  # minutes of mining
         job = json.loads(get(base, f"/api/jobs?token={token}", "POST", spec.encode())[1])
-        assert job["state"] in ("queued", "running")
-        proc.send_signal(signal.SIGINT)  # while the job waits or runs: it is cancelled or finishes its step
+        end = time.monotonic() + 60
+        while json.loads(get(base, f"/api/jobs/{job['id']}?token={token}")[1])["done"] < 1:  # a batch mined
+            assert time.monotonic() < end
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # while the job runs: it stops after its current batch
         out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    assert "stopped" in out
+    assert "stopping the running job" in out and "stopped" in out
     assert "Traceback" not in err and "terminate" not in err
     with pytest.raises(OSError):
         get(base, "/api/images")  # nothing listens any more
