@@ -1,5 +1,7 @@
 """Run the whole test suite: the PyTorch tests, then the TensorFlow tests in their own process,
-then the import contracts.
+then the import contracts. First, the browser tests of ``convscope serve`` get their browser:
+``tests/browser/ensure_chromium.py`` installs Debian's chromium and chromium-driver with apt-get
+when they are missing and it can (as root); without them those tests skip and say why.
 
 Importing torchvision (or pytorch-grad-cam) after TensorFlow in one process can segfault, so
 the two halves never share an interpreter. Both halves share one zoo cache, so the small
@@ -31,6 +33,7 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ)
     env.setdefault("CONVSCOPE_CACHE", tempfile.mkdtemp(prefix="convscope-test-cache-"))
     failed = []
+    subprocess.call([sys.executable, str(ROOT / "tests" / "browser" / "ensure_chromium.py")], cwd=ROOT, env=env)
     for name, paths in HALVES:
         start = time.perf_counter()
         print(f"\n=== {name} tests ===", flush=True)

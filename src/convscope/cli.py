@@ -335,6 +335,22 @@ def _dream(args: argparse.Namespace) -> int:
     return featurevis_cli.dream_command(args)
 
 
+# --- serve ----------------------------------------------------------------------------------
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    from convscope.serve import cli as serve_cli
+
+    serve_cli.configure(p)
+
+
+@command("serve", "explore the model in the browser: layers, channels, atlases and maps on demand (a local web app)",
+         _serve_args)
+def _serve(args: argparse.Namespace) -> int:
+    from convscope.serve import cli as serve_cli
+
+    return serve_cli.run(args)
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 def version() -> str:
