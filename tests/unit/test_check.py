@@ -191,3 +191,12 @@ def test_two_shards_merge_to_the_one_process_run(tmp_path: Path, shapes_vgg: tor
     np.testing.assert_allclose(merged["curves"]["deletion"]["grad_cam"], whole["curves"]["deletion"]["grad_cam"],
                                atol=1e-6)
     assert (tmp_path / "sharded" / "report.html").is_file()
+
+
+def test_a_method_that_cannot_run_on_the_model_is_refused_before_any_work(tmp_path: Path,
+                                                                           shapes_vgg: torch.nn.Module) -> None:
+    scripted = tmp_path / "vgg.pt"
+    torch.jit.trace(shapes_vgg, torch.zeros(1, 3, 64, 64)).save(str(scripted))
+    with pytest.raises(ConvscopeError, match="--method grad_cam"):
+        cli.run(parse([str(scripted), "shapes:2", "--methods", "saliency,grad_cam", "--out", str(tmp_path / "out")]))
+    assert not (tmp_path / "out").exists()
