@@ -155,3 +155,21 @@ def test_bad_settings_name_the_problem() -> None:
         GradientSHAP(TINY, baselines=torch.zeros(3, 16, 16)).attribute(X, 0)
     with pytest.raises(ConvscopeError, match="samples"):
         GradientSHAP(TINY, samples=0)
+
+
+def test_baselines_given_as_a_callable_of_the_input() -> None:
+    from convscope.ops.tensors import gaussian_blur
+
+    model, x = make("tiny_vgg").eval(), sample("tiny_vgg", n=3)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return gaussian_blur(t, 2.0)
+
+    given = IntegratedGradients(model, steps=8, baseline=blur(x), max_batch=2).attribute(x, [0, 1, 2])
+    called = IntegratedGradients(model, steps=8, baseline=blur, max_batch=2).attribute(x, [0, 1, 2])
+    assert torch.allclose(given, called, atol=1e-6)
+    bank = torch.randn(4, *x.shape[1:], generator=torch.Generator().manual_seed(0))
+    drawn = GradientSHAP(model, baselines=bank, samples=6).attribute(x, 1)
+    assert torch.allclose(drawn, GradientSHAP(model, baselines=lambda t: bank, samples=6).attribute(x, 1))
+    with pytest.raises(ConvscopeError, match="does not fit an input"):
+        IntegratedGradients(model, baseline=lambda t: t[:, :1]).attribute(x, 0)

@@ -74,7 +74,10 @@ def quadrature(rule: str, steps: int) -> tuple[TorchTensor, TorchTensor]:
 
 def as_baseline(baseline: Any, x: Tensor, ops: Ops, what: str = "baseline") -> Tensor:
     """``baseline`` as ``[1 or len(x), *x.shape[1:]]`` like ``x``: a number, one sample's shape
-    (shared by all), or one per sample."""
+    (shared by all), one per sample, or a callable ``f(x)`` giving one of those for the input (in
+    the model's layout, e.g. ``lambda x: gaussian_blur(x, 5.0)``)."""
+    if callable(baseline):
+        baseline = baseline(x)
     shape = list(x.shape[1:])
     if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
         return ops.full([1, *shape], float(baseline), like=x)
@@ -115,7 +118,8 @@ class IntegratedGradients(PathMethod):
     """``(x - b) * sum_k w_k ds/da(b + alpha_k (x - b))``: see the module docstring.
 
     Defaults: 32 Gauss-Legendre steps (exact for polynomial paths of degree < 64) and a zero
-    baseline. ``baseline`` is a number, one sample's shape, or one per sample (``[N, ...]``).
+    baseline. ``baseline`` is a number, one sample's shape, one per sample (``[N, ...]``), or a
+    callable ``f(x)`` returning one of those for the input.
     Example: ``IntegratedGradients(model, steps=50, baseline=blurred).attribute(x, 3)``.
     """
 
@@ -166,9 +170,9 @@ class IntegratedGradients(PathMethod):
 class GradientSHAP(PathMethod):
     """``mean_k (x + eps_k - b_k) * ds/da(b_k + alpha_k (x + eps_k - b_k))`` over ``samples`` draws.
 
-    ``baselines``: a number or a tensor ``[B, *sample_shape]`` to draw ``b_k`` from (default: one
-    all-zero baseline); ``noise``: the standard deviation of ``eps_k`` as a fraction of each
-    sample's value range (default 0). Baseline indices ``randint(B, [K])`` then ``alpha = rand(K)``
+    ``baselines``: a number, a tensor ``[B, *sample_shape]`` to draw ``b_k`` from (default: one
+    all-zero baseline), or a callable ``f(x)`` returning such a tensor for the input; ``noise``:
+    the standard deviation of ``eps_k`` as a fraction of each sample's value range (default 0). Baseline indices ``randint(B, [K])`` then ``alpha = rand(K)``
     come from ``torch.Generator().manual_seed(seed)``; when ``noise > 0``,
     ``eps = randn(K, *sample_shape)`` comes from a generator on the input's device seeded with
     ``seed + 1`` (:func:`~convscope.methods.draws.gaussian_draws`). Every sample sees the same
@@ -185,7 +189,7 @@ class GradientSHAP(PathMethod):
     def draws(self, x: Tensor, engine: Engine) -> tuple[Tensor, Tensor, Tensor | None]:
         """The drawn baselines ``[K, ...]`` and alphas ``[K]``, and the noise (None without)."""
         ops = engine.ops
-        bank = self.baselines
+        bank = self.baselines(x) if callable(self.baselines) else self.baselines
         if isinstance(bank, (int, float)) and not isinstance(bank, bool):
             bank = ops.full([1, *x.shape[1:]], float(bank), like=x)
         converted = ops.convert(bank, x)
