@@ -17,7 +17,7 @@ import argparse
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -40,6 +40,11 @@ def _pair(table: Table, theirs: Callable[[], object], ours: Callable[[], object]
 
 
 def run(quick: bool = False, rounds: int = 1) -> list[Table]:
+    return list(tables(quick, rounds))
+
+
+def tables(quick: bool = False, rounds: int = 1) -> Iterator[Table]:
+    """Each table as soon as it is measured."""
     import torchvision
 
     import quantus
@@ -58,7 +63,6 @@ def run(quick: bool = False, rounds: int = 1) -> list[Table]:
     maps = Saliency(model).attribute(x, y.tolist()).abs().sum(1, keepdim=True)
     xs, ys, ms = x.numpy(), y.numpy(), maps.numpy()
     common = {"abs": False, "normalise": False, "disable_warnings": True}
-    tables = []
 
     # Quantus flips channel elements and wants its step to divide H x W (never a multiple of 3 at 224 px):
     # convscope flips whole pixels, as many per step as give the same number of steps
@@ -72,7 +76,7 @@ def run(quick: bool = False, rounds: int = 1) -> list[Table]:
                                                          max_batch=n), rounds)
     t.notes.append(f"both: {steps} model passes per image, {n} images per pass (Quantus: {features} channel "
                    f"elements per step; convscope: {pixels_in_step} pixels)")
-    tables.append(t)
+    yield t
 
     # one image, many steps (the case of Quantus's issue #96): Quantus runs one pass per step, convscope
     # puts up to max_batch steps of the curve in one pass
@@ -85,7 +89,7 @@ def run(quick: bool = False, rounds: int = 1) -> list[Table]:
           lambda: evaluate.pixel_flipping(model, x[:1], y[:1], maps[:1], pixels_in_step=pixels_in_step,
                                                          max_batch=32), rounds)
     t.notes.append(f"both: {steps} model passes of the image; Quantus one per call, convscope 32 per call")
-    tables.append(t)
+    yield t
 
     patch, regions = 16, (8 if quick else 20)
     t = Table(f"region perturbation, ResNet-18, {n} images {size}x{size}, {regions} patches of {patch}x{patch}",
@@ -95,9 +99,9 @@ def run(quick: bool = False, rounds: int = 1) -> list[Table]:
           lambda: evaluate.region_perturbation(model, x, y, maps, patch=patch, regions=regions,
                                                               max_batch=n), rounds)
     t.notes.append(f"Quantus: {regions + 1} passes per image; convscope: {regions + 1} (the unperturbed one included)")
-    tables.append(t)
+    yield t
 
-    k = 2 if quick else 4
+    k = 2
     layers = randomisable_layers(model)
 
     def explain(model: torch.nn.Module, inputs: np.ndarray, targets: np.ndarray, **_: object) -> np.ndarray:
@@ -113,7 +117,7 @@ def run(quick: bool = False, rounds: int = 1) -> list[Table]:
                        batch_size=k),
           lambda: evaluate.model_randomisation(Saliency(model), x[:k], y[:k], similarities=("spearman_abs",)), rounds)
     t.notes.append(f"both: {len(layers)} + 1 saliency maps per image (one per randomised layer and the trained model's)")
-    tables.append(t)
+    yield t
 
     many = torch.rand(64, 1, size, size, generator=g)
     masks = torch.rand(64, 1, size, size, generator=g) > 0.7
@@ -129,8 +133,7 @@ def run(quick: bool = False, rounds: int = 1) -> list[Table]:
         s = masks.numpy() if needs_mask else None
         _pair(t, lambda theirs=theirs, s=s: theirs(model=None, x_batch=xm.numpy(), y_batch=ym, a_batch=many.numpy(),
                                                    s_batch=s, batch_size=64), ours, 3)
-        tables.append(t)
-    return tables
+        yield t
 
 
 def main() -> None:
@@ -141,7 +144,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    for table in run(args.quick, args.rounds):
+    for table in tables(args.quick, args.rounds):
         print(table.markdown(), flush=True)
         print(flush=True)
     sys.stdout.flush()
