@@ -22,7 +22,7 @@ change only inside a box of ``ceil(tau * side)`` per side around it
 
 Example::
 
-    occ = Occlusion(model, window=16, stride=8, adaptive=Adaptive(keep=0.2, factor=4, tau=0.5))
+    occ = Occlusion(model, window=16, stride=8, adaptive=Adaptive(keep=0.2, factor=3, tau=0.5))
     maps = occ.attribute(x, 3)
     print(occ.last_report)   # windows scored, passes and multiply-adds saved
 """
@@ -48,7 +48,7 @@ class Adaptive:
     Example: ``Adaptive(keep=0.1, factor=4, tau=0.5)``."""
 
     keep: float = 0.2
-    factor: int = 4
+    factor: int = 3
     tau: float | None = None
 
     def __post_init__(self) -> None:
@@ -197,7 +197,7 @@ class AdaptiveReport:
     def __str__(self) -> str:
         s = self.settings
         mean = sum(self.scored) / len(self.scored)
-        head = (f"adaptive occlusion (approximate; keep {s.keep:g} of {self.cells} cells, factor {s.factor}"
+        head = (f"adaptive occlusion (approximate; {self.refined_cells} of {self.cells} cells refined, factor {s.factor}"
                 + (f", tau {s.tau:g}" if s.tau is not None else "") + f"): {mean:.0f} of {self.windows} windows "
                 f"scored per sample ({self.coarse} coarse), {self.passes_saved():.1%} of the passes saved")
         macs = self.mac_share()
