@@ -200,6 +200,7 @@ class Occlusion(Method):
 
     expands = True
     display = "positive"  # a score drop: covering the evidence for the class
+    options = frozenset({"adaptive"})  # `convscope explain --adaptive`
 
     def __init__(self, model: Any, *, window: Size | None = None, stride: Size | None = None,
                  fill: Fill = 0.0, sigma: float | None = None, max_batch: MaxBatch = None,
