@@ -4,8 +4,9 @@
 image, window 16, stride 8 (729 windows), 64 windows per evaluation (Captum:
 ``perturbations_per_eval=64``), on the CPU. ``--arch shapes``: the trained zoo model
 ``shapes-vgg`` on ``--images`` Shapes images (seed 1) at its own 64 px, window 8, stride 4 (225
-windows), 256 per evaluation, each image's own label as the target; there the notes also give
-the pointing game (:func:`convscope.metrics.pointing_game`) of the exact and adaptive maps.
+windows), 256 per evaluation (Captum: 8 images x 32 windows at once), each image's own label as
+the target; there the notes also give the pointing game (:func:`convscope.metrics.pointing_game`)
+of the exact and adaptive maps.
 
 Rows: Captum's ``Occlusion``; convscope's exact occlusion (``incremental="auto"``: the
 incremental path where it pays); then adaptive settings (:class:`convscope.methods.Adaptive`):
@@ -81,10 +82,15 @@ def run(quick: bool = False, arch: str = "resnet18", threads: int | None = None,
     target = torch.tensor(targets)
     channels = int(x.shape[1])
     load = os.getloadavg()[0]
+    per = max(1, min(len(x), batch // 32))  # Captum evaluates ``per`` images x ``batch // per`` windows at once
+
+    def captum() -> torch.Tensor:
+        return torch.cat([ca.Occlusion(model).attribute(
+            x[i:i + per], sliding_window_shapes=(channels, window, window), strides=(channels, stride, stride),
+            baselines=0.0, target=target[i:i + per], perturbations_per_eval=batch // per) for i in range(0, len(x), per)])
+
     runs: dict[str, Callable[[], torch.Tensor]] = {
-        "captum": lambda: ca.Occlusion(model).attribute(
-            x, sliding_window_shapes=(channels, window, window), strides=(channels, stride, stride), baselines=0.0,
-            target=target, perturbations_per_eval=batch),
+        "captum": captum,
         "convscope, exact": lambda: Occlusion(model, window=window, stride=stride, max_batch=batch).attribute(x, target),
     }
     methods = {name: Occlusion(model, window=window, stride=stride, max_batch=batch, adaptive=s)
