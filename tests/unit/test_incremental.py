@@ -1,5 +1,5 @@
 """Incremental occlusion (convscope.backends.torch.incremental): the maps equal a naive loop of full
-forward passes (written here) on the zoo models and torchvision's ResNet-18, VGG-16 and MobileNet v2
+forward passes (written here) on the zoo models and torchvision's ResNet-18, ResNet-50, VGG-16 and MobileNet v2
 at odd sizes, for overlapping and non-overlapping windows; models it cannot handle fall back (a
 node, or the whole call) with the same result; the projective-field arithmetic against brute force."""
 
@@ -66,7 +66,7 @@ def incremental(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, window
 
 @pytest.mark.slow
 @pytest.mark.parametrize("window, stride", [((24, 20), (16, 20)), ((20, 20), (20, 20))])  # overlap, none
-@pytest.mark.parametrize("arch", ["resnet18", "vgg16", "mobilenet_v2"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "vgg16", "mobilenet_v2"])
 def test_torchvision_models_match_the_naive_loop(arch: str, window, stride) -> None:
     model = random_batch_norms(torchvision_model(arch))
     x, classes = images(1, 67, 71), torch.tensor([7])
