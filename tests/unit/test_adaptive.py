@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference.naive_adaptive import naive_adaptive, naive_map, starts
 from torch import nn
 
 from convscope.errors import ConvscopeError
@@ -42,65 +43,32 @@ CLASSES = [1, 3]
 WINDOW, STRIDE = (4, 4), (2, 2)
 
 
-def starts(n: int, w: int, s: int) -> list[int]:
-    return list(range(0, max(n - w, 0) + s, s))
+def occluded_copies(sample: torch.Tensor, window: tuple[int, int], stride: tuple[int, int]
+                    ) -> tuple[torch.Tensor, list[tuple[int, int, int, int]], tuple[int, int]]:
+    """Every window of ``sample [C, H, W]`` filled with 0, as a batch (row-major over the windows), the
+    windows as (top, bottom, left, right), and the grid's size."""
+    rows, cols = starts(sample.shape[1], window[0], stride[0]), starts(sample.shape[2], window[1], stride[1])
+    boxes = [(t, min(t + window[0], sample.shape[1]), lf, min(lf + window[1], sample.shape[2]))
+             for t, lf in itertools.product(rows, cols)]
+    batch = sample.repeat(len(boxes), 1, 1, 1)
+    for k, (t, b, lf, r) in enumerate(boxes):
+        batch[k, :, t:b, lf:r] = 0
+    return batch, boxes, (len(rows), len(cols))
 
 
 def window_drops(model: nn.Module, x: torch.Tensor, classes: list[int], window=WINDOW, stride=STRIDE) -> np.ndarray:
-    """``[N, rows, cols]``: every window's drop, one full forward pass per window."""
-    rows, cols = starts(x.shape[2], window[0], stride[0]), starts(x.shape[3], window[1], stride[1])
-    out = np.zeros((len(x), len(rows), len(cols)))
+    """``[N, rows, cols]``: every window's drop, a full forward pass of each occluded copy."""
+    out = []
     with torch.no_grad():
         for i, sample in enumerate(x):
-            clean = float(model(sample[None])[0, classes[i]])
-            for (r, t), (c, lf) in itertools.product(enumerate(rows), enumerate(cols)):
-                copy = sample.clone()
-                copy[:, t:t + window[0], lf:lf + window[1]] = 0
-                out[i, r, c] = clean - float(model(copy[None])[0, classes[i]])
-    return out
+            batch, _, grid = occluded_copies(sample, window, stride)
+            out.append((model(sample[None])[0, classes[i]] - model(batch)[:, classes[i]]).view(grid).double().numpy())
+    return np.stack(out)
 
 
-def naive_map(drops: np.ndarray, shape: tuple[int, int], window=WINDOW, stride=STRIDE) -> np.ndarray:
-    """Per position the mean drop of the windows covering it, ``[N, H, W]``, by loops."""
-    total, count = np.zeros((len(drops), *shape)), np.zeros(shape)
-    rows, cols = starts(shape[0], window[0], stride[0]), starts(shape[1], window[1], stride[1])
-    for (r, t), (c, lf) in itertools.product(enumerate(rows), enumerate(cols)):
-        total[:, t:t + window[0], lf:lf + window[1]] += drops[:, r, c, None, None]
-        count[t:t + window[0], lf:lf + window[1]] += 1
-    return total / count
-
-
-def naive_adaptive(drops: np.ndarray, keep: float, factor: int) -> tuple[np.ndarray, list[int]]:
-    """The selection rule in loops: anchors every ``factor`` windows and the last; cells between
-    consecutive anchors scored by their corners' largest drop; the best ``ceil(keep * cells)``
-    (first in row-major order on ties) keep their windows' drops, the others interpolated."""
-    out, scored = drops.copy(), []
-    n_r, n_c = drops.shape[1:]
-    ar = sorted(set(range(0, n_r, factor)) | {n_r - 1})
-    ac = sorted(set(range(0, n_c, factor)) | {n_c - 1})
-    cells = [(i, j) for i in range(max(len(ar) - 1, 1)) for j in range(max(len(ac) - 1, 1))]
-    for n, d in enumerate(drops):
-        def corners(i: int, j: int) -> list[float]:
-            return [d[ar[a], ac[b]] for a in (i, min(i + 1, len(ar) - 1)) for b in (j, min(j + 1, len(ac) - 1))]
-
-        order = sorted(range(len(cells)), key=lambda k: (-max(corners(*cells[k])), k))
-        exact = {(r, c) for r in ar for c in ac}
-        for k in order[:math.ceil(keep * len(cells))]:
-            i, j = cells[k]
-            for r in range(ar[i], ar[min(i + 1, len(ar) - 1)] + 1):
-                for c in range(ac[j], ac[min(j + 1, len(ac) - 1)] + 1):
-                    exact.add((r, c))
-        scored.append(len(exact))
-        for r, c in itertools.product(range(n_r), range(n_c)):
-            if (r, c) in exact:
-                continue
-            r0, r1 = max(a for a in ar if a <= r), min(a for a in ar if a >= r)
-            c0, c1 = max(a for a in ac if a <= c), min(a for a in ac if a >= c)
-            tr = 0.0 if r1 == r0 else (r - r0) / (r1 - r0)
-            tc = 0.0 if c1 == c0 else (c - c0) / (c1 - c0)
-            out[n, r, c] = ((1 - tr) * (1 - tc) * d[r0, c0] + (1 - tr) * tc * d[r0, c1]
-                            + tr * (1 - tc) * d[r1, c0] + tr * tc * d[r1, c1])
-    return out, scored
+@pytest.fixture(scope="module")
+def drops(net: nn.Module, x: torch.Tensor) -> np.ndarray:
+    return window_drops(net, x, CLASSES)
 
 
 def assert_close(got: torch.Tensor, expected: np.ndarray | torch.Tensor, tol: float = 1e-4) -> None:
@@ -120,10 +88,10 @@ def test_every_cell_refined_is_exact_occlusion(net: nn.Module, x: torch.Tensor) 
 
 
 @pytest.mark.parametrize("keep, factor", [(0.3, 3), (0.1, 2)])
-def test_matches_the_naive_selection_rule(net: nn.Module, x: torch.Tensor, keep: float, factor: int) -> None:
-    drops = window_drops(net, x, CLASSES)
+def test_matches_the_naive_selection_rule(net: nn.Module, x: torch.Tensor, drops: np.ndarray, keep: float,
+                                          factor: int) -> None:
     approx, scored = naive_adaptive(drops, keep, factor)
-    expected = naive_map(approx, x.shape[2:])
+    expected = naive_map(approx, x.shape[2:], WINDOW, STRIDE)
     for incremental in (False, True):
         occ = Occlusion(net, window=WINDOW, stride=STRIDE, incremental=incremental, max_batch=16,
                         adaptive=Adaptive(keep=keep, factor=factor))
@@ -136,22 +104,21 @@ def test_matches_the_naive_selection_rule(net: nn.Module, x: torch.Tensor, keep:
         assert report.path == ("incremental" if incremental else "plain")
 
 
-def test_each_target_uses_its_own_selection(net: nn.Module, x: torch.Tensor) -> None:
+def test_each_target_uses_its_own_selection(net: nn.Module, x: torch.Tensor, drops: np.ndarray) -> None:
     occ = Occlusion(net, window=WINDOW, stride=STRIDE, incremental=False, adaptive=Adaptive(keep=0.2, factor=3))
     both = occ.attribute(x, targets=[CLASSES, [0, 2]])
     alone = occ.attribute(x, [0, 2])
     assert_close(both[1], alone, 1e-6)
-    assert_close(both[0][:, 0], naive_map(naive_adaptive(window_drops(net, x, CLASSES), 0.2, 3)[0], x.shape[2:]))
+    approx, _ = naive_adaptive(drops, 0.2, 3)
+    assert_close(both[0][:, 0], naive_map(approx, x.shape[2:], WINDOW, STRIDE))
 
 
-def capped_forward(model: nn.Sequential, clean: torch.Tensor, occluded: torch.Tensor, box: tuple[int, int, int, int],
-                   tau: float) -> torch.Tensor:
-    """The cap by brute force: each spatial layer of ``model`` runs on the whole occluded map, then
-    every position outside its kept box (``ceil(tau * side)`` per side, centred on the window
-    ``box`` (top, bottom, left, right) scaled to the map, shifted inside it) is reset to the clean
-    pass's value. Global pooling and the layers after it run as they are."""
-    top, bottom, left, right = box
-    cy, cx = (top + bottom) / 2 / clean.shape[2], (left + right) / 2 / clean.shape[3]
+def capped_forward(model: nn.Sequential, clean: torch.Tensor, occluded: torch.Tensor,
+                   boxes: list[tuple[int, int, int, int]], tau: float) -> torch.Tensor:
+    """The cap by brute force: each spatial layer of ``model`` runs on the whole occluded maps, then
+    in copy ``k`` every position outside its kept box (``ceil(tau * side)`` per side, centred on
+    the window ``boxes[k]`` (top, bottom, left, right) scaled to the map, shifted inside it) is
+    reset to the clean pass's value. Global pooling and the layers after it run as they are."""
     a, b = clean, occluded
     for layer in model:
         a, b = layer(a), layer(b)
@@ -159,10 +126,12 @@ def capped_forward(model: nn.Sequential, clean: torch.Tensor, occluded: torch.Te
             continue
         h, w = b.shape[2:]
         sh, sw = math.ceil(tau * h), math.ceil(tau * w)
-        t = min(max(math.floor(cy * h - sh / 2 + 0.5), 0), h - sh)
-        lf = min(max(math.floor(cx * w - sw / 2 + 0.5), 0), w - sw)
-        kept = torch.zeros(h, w, dtype=torch.bool)
-        kept[t:t + sh, lf:lf + sw] = True
+        kept = torch.zeros(len(boxes), 1, h, w, dtype=torch.bool)
+        for k, (top, bottom, left, right) in enumerate(boxes):
+            cy, cx = (top + bottom) / 2 / clean.shape[2], (left + right) / 2 / clean.shape[3]
+            t = min(max(math.floor(cy * h - sh / 2 + 0.5), 0), h - sh)
+            lf = min(max(math.floor(cx * w - sw / 2 + 0.5), 0), w - sw)
+            kept[k, :, t:t + sh, lf:lf + sw] = True
         b = torch.where(kept, b, a)
     return b
 
@@ -170,16 +139,13 @@ def capped_forward(model: nn.Sequential, clean: torch.Tensor, occluded: torch.Te
 @pytest.mark.parametrize("tau", [0.3, 0.5])
 def test_the_cap_matches_brute_force_and_not_the_batch(net: nn.Module, x: torch.Tensor, tau: float) -> None:
     window, stride = (5, 4), (3, 3)  # the last windows are cut off at both edges
-    rows, cols = starts(x.shape[2], window[0], stride[0]), starts(x.shape[3], window[1], stride[1])
-    drops = np.zeros((len(x), len(rows), len(cols)))
+    found = []
     with torch.no_grad():
-        for i, sample in enumerate(x[:, None]):
-            clean = float(net(sample)[0, CLASSES[i]])
-            for (r, t), (c, lf) in itertools.product(enumerate(rows), enumerate(cols)):
-                copy = sample.clone()
-                copy[..., t:t + window[0], lf:lf + window[1]] = 0
-                box = (t, min(t + window[0], x.shape[2]), lf, min(lf + window[1], x.shape[3]))
-                drops[i, r, c] = clean - float(capped_forward(net, sample, copy, box, tau)[0, CLASSES[i]])
+        for i, sample in enumerate(x):
+            batch, boxes, grid = occluded_copies(sample, window, stride)
+            clean = net(sample[None])[0, CLASSES[i]]
+            found.append((clean - capped_forward(net, sample[None], batch, boxes, tau)[:, CLASSES[i]]).view(grid))
+    drops = torch.stack(found).double().numpy()
     expected = naive_map(drops, x.shape[2:], window, stride)
     maps = []
     for max_batch in (3, 64):
