@@ -286,20 +286,19 @@ class Occlusion(Method):
                 return [np.zeros(0, np.float32) for _ in clean]
             on_device = ops.constant(samples, like=value), ops.constant(ks, like=value)
 
-            def run(c: Chunk) -> list[Tensor]:
-                pair = Chunk(ops.take(on_device[0], c.k), ops.take(on_device[1], c.k), samples[c.host_k],
-                             ks[c.host_k])
+            def run(c: Chunk) -> list[Tensor]:  # c's "samples" are pairs: one evaluation each
+                pair = Chunk(ops.take(on_device[0], c.sample), ops.take(on_device[1], c.sample), samples[c.host],
+                             ks[c.host])
                 args = inputs(pair)
                 if local is None:
                     got = scores(*args)
                 else:
                     _, value_, fill_, a, b, cc, rows_ = args
                     got = local.scores(pair.host, _occluded(ops, value_, fill_, a, b, cc)[1], *box(pair), rows_)
-                slots = ops.one_hot(c.k, len(ks), like=value)
-                return [slots * ops.per_row(ops.detach(s), slots) for s in got]
+                return [ops.stack([ops.detach(s)], axis=1) for s in got]
 
-            found = engine.accumulate(1, len(ks), run, like=value)
-            return [ops.numpy(s)[samples] - ops.numpy(t)[0] for s, t in zip(clean, found)]
+            found = engine.accumulate(len(ks), 1, run, like=value)
+            return [ops.numpy(s)[samples] - ops.numpy(t)[:, 0] for s, t in zip(clean, found)]
 
         coarse = grid.coarse()
         anchor_ids = np.flatnonzero(coarse.ravel())
