@@ -83,8 +83,11 @@ def test_every_cell_refined_is_exact_occlusion(net: nn.Module, x: torch.Tensor) 
     exact = Occlusion(net, window=WINDOW, stride=STRIDE, incremental=False).attribute(x, CLASSES)
     for settings, incremental in ((Adaptive(keep=1.0, factor=3), False), (Adaptive(keep=0.05, factor=1), True)):
         occ = Occlusion(net, window=WINDOW, stride=STRIDE, incremental=incremental, adaptive=settings, max_batch=7)
-        assert_close(occ.attribute(x, CLASSES), exact, 1e-5)
-        assert occ.last_report.passes_saved() == 0
+        got = occ.attribute(x, CLASSES)
+        assert_close(got, exact, 1e-5)
+        report = occ.last_report
+        assert report.passes_saved() == 0 and (report.mac_share() is None) == (not incremental)
+        assert report.compare(got, exact) == pytest.approx([1.0, 1.0], abs=1e-6) and "SSIM" in str(report)
 
 
 @pytest.mark.parametrize("keep, factor", [(0.3, 3), (0.1, 2)])

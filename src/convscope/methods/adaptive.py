@@ -30,7 +30,7 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -165,7 +165,6 @@ class AdaptiveReport:
     refined_cells: int
     incremental: Any = None
     ssim: list[float] | None = None
-    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def path(self) -> str:
@@ -185,8 +184,9 @@ class AdaptiveReport:
         return totals["mac_share"] * (1 - self.passes_saved())
 
     def compare(self, adaptive: Any, exact: Any) -> list[float]:
-        """Per map, the SSIM of the ``adaptive`` maps to the ``exact`` ones (a batch each, or a list
-        per target), kept in ``ssim``. See :func:`convscope.ops.similarity.ssim`."""
+        """Per map, the SSIM of the ``adaptive`` maps to the ``exact`` ones (a channels-first batch
+        each, or a list per target; a Keras map's channels moved first), kept in ``ssim``. See
+        :func:`convscope.ops.similarity.ssim`."""
         from convscope.ops.similarity import ssim
 
         pairs = zip(adaptive, exact) if isinstance(adaptive, list) else [(adaptive, exact)]
