@@ -18,7 +18,9 @@ selection only, so a map never depends on the other targets of the call, nor on 
 
 ``tau`` adds Krypton's other approximation on the incremental path: each layer keeps a window's
 change only inside a box of ``ceil(tau * side)`` per side around it
-(:class:`~convscope.backends.torch.incremental.geometry.Cap`).
+(:class:`~convscope.backends.torch.incremental.geometry.Cap`). Where the plain path runs (Keras,
+CUDA with ``incremental="auto"``, ``incremental=False``, untraceable models) the windows are
+scored exactly and ``tau`` does nothing: ``last_report.incremental`` says which path ran.
 
 Example::
 
