@@ -250,6 +250,9 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
                    help="CAM methods: project the weighted maps on their first principal component")
     p.add_argument("--aug-smooth", action="store_true",
                    help="average each map over mirrored and rescaled (0.9, 1, 1.1) copies of the images")
+    p.add_argument("--adaptive", action="store_true",
+                   help="occlusion: approximate and faster, a coarse pass then every window only where the score "
+                        "drops most (convscope.methods.Adaptive)")
     p.add_argument("--out", default="convscope-explain", help="output folder (default: convscope-explain)")
     p.add_argument("--crop", action="store_true",
                    help="draw the maps on the model's crop of each image instead of the whole picture")
@@ -268,7 +271,7 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"convscope: {note}", file=sys.stderr)
     for path in explain(loaded, args.images, method=method, target=args.target, layer=args.layer,
                         eigen_smooth=args.eigen_smooth, aug_smooth=args.aug_smooth, out=Path(args.out),
-                        max_batch=args.max_batch, crop=args.crop):
+                        max_batch=args.max_batch, crop=args.crop, adaptive=args.adaptive):
         print(path)
     return 0
 

@@ -106,15 +106,22 @@ def _channels_first(maps: object) -> torch.Tensor:
     return torch.tensor(np.moveaxis(np.asarray(maps), -1, 1))  # a copy: TF's arrays are read-only
 
 
-def _options(cls: type[Method], layer: str | None, eigen_smooth: bool, asked_alone: bool) -> dict[str, object]:
-    """The options of ``cls`` among ``layer`` and ``eigen_smooth`` (the ones it declares it takes)."""
+#: the on/off options of the command line: option -> (its flag, the methods that take it, an example)
+FLAGS = {"eigen_smooth": ("--eigen-smooth", "the CAM methods", "--method grad_cam"),
+         "adaptive": ("--adaptive", "occlusion", "--method occlusion")}
+
+
+def _options(cls: type[Method], layer: str | None, flags: dict[str, bool], asked_alone: bool) -> dict[str, object]:
+    """The options of ``cls`` among ``layer`` and the on/off ``flags`` (:data:`FLAGS`; the ones it declares it takes)."""
     takes = cls.options
-    if eigen_smooth and "eigen_smooth" not in takes and asked_alone:
-        raise ConvscopeError(f"--eigen-smooth applies to the CAM methods; {cls.__name__} has no such option",
-                             "Drop --eigen-smooth, or pick a CAM method such as --method grad_cam.")
     options: dict[str, object] = {"layer": layer} if layer is not None and "layer" in takes else {}
-    if eigen_smooth and "eigen_smooth" in takes:
-        options["eigen_smooth"] = True
+    for name, on in flags.items():
+        if on and name not in takes and asked_alone:
+            flag, methods, example = FLAGS[name]
+            raise ConvscopeError(f"{flag} applies to {methods}; {cls.__name__} has no such option",
+                                 f"Drop {flag}, or pick a method that takes it such as {example}.")
+        if on and name in takes:
+            options[name] = True
     return options
 
 
@@ -197,9 +204,10 @@ class _Views:
 def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = "grad_cam", target: int | None = None,
             layer: str | None = None, eigen_smooth: bool = False, aug_smooth: bool = False,
             out: Path = Path("convscope-explain"), max_batch: MaxBatch = "auto", crop: bool = False,
-            progress: bool | None = None) -> list[Path]:
+            progress: bool | None = None, adaptive: bool = False) -> list[Path]:
     """Write the overlays (and sheets, and maps.json) into ``out``; return the written paths.
-    ``eigen_smooth`` applies to the CAM methods (with ``method="all"``, to those only);
+    ``eigen_smooth`` applies to the CAM methods (with ``method="all"``, to those only), ``adaptive``
+    to occlusion (:class:`~convscope.methods.Adaptive`'s defaults: approximate, faster);
     ``aug_smooth`` wraps every method in :class:`~convscope.methods.AugSmooth`; ``max_batch``: most
     samples per model evaluation (an int, ``"auto"`` or None for no limit); ``crop``: draw on the
     model's crop instead of the whole picture; ``progress``: a progress bar on stderr (None: when
@@ -209,7 +217,7 @@ def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = 
     methods = {}
     for name in names:
         cls = get_method(name)
-        kwargs = _options(cls, layer, eigen_smooth, asked_alone=len(names) == 1)
+        kwargs = _options(cls, layer, {"eigen_smooth": eigen_smooth, "adaptive": adaptive}, asked_alone=len(names) == 1)
         made = cls(loaded.model, max_batch=max_batch, **kwargs)
         methods[name] = (AugSmooth(made) if aug_smooth else made, kwargs, "layer" in cls.options)
     stream = ImageStream(images, loaded.preprocess, images_per_batch(max_batch))
@@ -264,6 +272,7 @@ def _explain_batch(loaded: LoadedModel, batch: ImageBatch, methods: dict[str, tu
             written.append(render.save_png(out / f"{Path(image_name).stem}-{name}.png", shown))
             index.add(image_name, {
                 "method": name, "target": int(targets[i]), "eigen_smooth": "eigen_smooth" in kwargs,
+                "adaptive": "adaptive" in kwargs,
                 "aug_smooth": aug_smooth, "shape": list(maps[i].shape),
                 "min": float(maps[i].min()), "max": float(maps[i].max()), "blank": blank,
                 "png": written[-1].name}, _box(batch, i))

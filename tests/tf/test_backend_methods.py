@@ -142,6 +142,25 @@ def test_occlusion_averages_the_score_drop_over_the_windows_covering_each_pixel(
     np.testing.assert_allclose(np.asarray(found), total / count, rtol=1e-4, atol=1e-5)
 
 
+def test_adaptive_occlusion_follows_the_naive_rule(model: keras.Sequential) -> None:
+    from reference.naive_adaptive import naive_adaptive, naive_map
+
+    from convscope.methods import Adaptive
+
+    base = logits(model, X)[:, 2]
+    drops = np.zeros((len(X), 9, 9))  # window 2, stride 1 over 10 px: 9 x 9 windows
+    for y in range(9):
+        for x in range(9):
+            occluded = X.copy()
+            occluded[:, y:y + 2, x:x + 2, :] = 0.5
+            drops[:, y, x] = base - logits(model, occluded)[:, 2]
+    for keep in (0.3, 1.0):
+        expected = naive_map(naive_adaptive(drops, keep, 3)[0], (10, 10), (2, 2), (1, 1))
+        found = Occlusion(model, window=2, stride=1, fill=0.5, max_batch=7,
+                          adaptive=Adaptive(keep=keep, factor=3)).attribute(X, 2)
+        np.testing.assert_allclose(np.asarray(found)[..., 0], expected, rtol=1e-4, atol=1e-5)
+
+
 def test_the_users_input_is_not_changed(model: keras.Sequential) -> None:
     x = X.copy()
     for method in (Saliency(model), IntegratedGradients(model, steps=4), Occlusion(model, window=5)):

@@ -172,6 +172,30 @@ def test_explain_with_eigen_smooth_and_aug_smooth(shapes_vgg: torch.nn.Module, t
     assert "Traceback" not in err and not (tmp_path / "no").exists()
 
 
+def test_explain_occlusion_adaptive(shapes_vgg: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from convscope.data import Shapes
+    from convscope.images import load_images
+    from convscope.methods import Occlusion
+    from convscope.zoo import preset
+
+    Image.fromarray(Shapes(1, seed=9).sample(0).image).save(tmp_path / "img0.png")
+    code, _, err = run_cli(capsys, "explain", "zoo:shapes-vgg", str(tmp_path / "img0.png"), "--method", "occlusion",
+                           "--target", "2", "--adaptive", "--out", str(tmp_path / "fast"))
+    assert code == 0, err
+    entry = json.loads((tmp_path / "fast" / "maps.json").read_text())["images"]["img0.png"][0]
+    x = load_images([tmp_path / "img0.png"], preset("shapes-vgg")).tensor
+    want = Occlusion(shapes_vgg, adaptive=True).attribute(x, 2)
+    assert entry["adaptive"] is True and entry["eigen_smooth"] is False
+    assert entry["max"] == pytest.approx(float(want.max()), rel=1e-5)
+    assert entry["min"] == pytest.approx(float(want.min()), rel=1e-5, abs=1e-7)
+    code, _, err = run_cli(capsys, "explain", "zoo:shapes-vgg", str(tmp_path / "img0.png"), "--method", "saliency",
+                           "--adaptive", "--out", str(tmp_path / "no"))
+    assert code == 2 and "--adaptive applies to occlusion" in " ".join(err.split())
+    assert "Traceback" not in err and not (tmp_path / "no").exists()
+
+
 def test_explain_unknown_method(shapes_vgg: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "explain", "zoo:shapes-vgg", str(_png(tmp_path / "a.png")), "--method", "gradcamm")
     assert code == 2 and "grad_cam" in err and "Traceback" not in err

@@ -1,5 +1,5 @@
 """Incremental occlusion (convscope.backends.torch.incremental): the maps equal a naive loop of full
-forward passes (written here) on the zoo models and torchvision's ResNet-18, VGG-16 and MobileNet v2
+forward passes (written here) on the zoo models and torchvision's ResNet-18, ResNet-50, VGG-16 and MobileNet v2
 at odd sizes, for overlapping and non-overlapping windows; models it cannot handle fall back (a
 node, or the whole call) with the same result; the projective-field arithmetic against brute force."""
 
@@ -72,6 +72,15 @@ def test_torchvision_models_match_the_naive_loop(arch: str, window, stride) -> N
     x, classes = images(1, 67, 71), torch.tensor([7])
     got = incremental(model, x, classes, window, stride, max_batch=6)
     assert_same_map(got, naive_occlusion(model, x, classes, window, stride))
+
+
+@pytest.mark.slow
+def test_resnet50_matches_the_naive_loop() -> None:
+    """Bottlenecks (1x1 convolutions, strided 3x3 and projection shortcuts), at a small odd size."""
+    model = random_batch_norms(torchvision_model("resnet50"))
+    x, classes, window, stride = images(1, 45, 49), torch.tensor([7]), (20, 18), (13, 16)
+    assert_same_map(incremental(model, x, classes, window, stride, max_batch=4),
+                    naive_occlusion(model, x, classes, window, stride))
 
 
 @pytest.mark.slow

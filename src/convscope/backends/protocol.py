@@ -177,11 +177,13 @@ class Engine(Protocol):
     def compiled(self, key: Hashable, fn: Callable[..., T]) -> Callable[..., T]:
         """``fn`` (a bound method taking the engine first) compiled for the framework, cached by ``key``."""
     def evaluations(self, work: int) -> None: """Announce ``work`` input elements of ``fast`` evaluations."""
-    def local(self, value: Tensor, window: tuple[int, int], mode: bool | str) -> tuple[Any | None, Any | None]:
+    def local(self, value: Tensor, window: tuple[int, int], mode: bool | str, tau: float | None = None
+              ) -> tuple[Any | None, Any | None]:
         """An evaluator of copies of the input ``value`` changed inside one box of ``window`` each,
         recomputing only what the change reaches (``.scores(samples, changed, top, bottom, left,
         right, rows)``), or None where plain passes serve (Keras: always); and a report of the
-        choice (None on Keras). ``mode``: True (wherever it applies) or ``"auto"``."""
+        choice (None on Keras). ``mode``: True (wherever it applies) or ``"auto"``; ``tau``: cap
+        each layer's change at ``tau`` of its side (Krypton's projective-field threshold, approximate)."""
 
 
 class Backend(Protocol):

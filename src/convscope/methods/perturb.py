@@ -37,6 +37,7 @@ from torch import Tensor as TorchTensor
 from convscope.backends.protocol import Chunk, Engine, Ops, Tensor
 from convscope.backends.torch.batching import MaxBatch
 from convscope.errors import ConvscopeError
+from convscope.methods.adaptive import Adaptive, AdaptiveReport, Grid, as_adaptive
 from convscope.methods.base import Method, Rows, numel
 from convscope.methods.registry import register_method
 from convscope.ops import tensors
@@ -191,15 +192,23 @@ class Occlusion(Method):
     work pays for the trace; True takes it wherever it applies; False never. Where it does not
     apply, the plain path runs. ``last_report`` tells which path the last call took, why, and
     per layer how it ran (None on Keras).
+
+    ``adaptive`` (approximate, off by default): True or an :class:`~convscope.methods.adaptive.Adaptive`
+    scores a coarse grid of the windows, then every window only in the cells of that grid where
+    the score drop is highest, and interpolates the rest (:mod:`convscope.methods.adaptive`); its
+    ``tau`` also caps how far a window's change spreads in each layer on the incremental path.
+    ``last_report`` is then an :class:`~convscope.methods.adaptive.AdaptiveReport` (windows and
+    multiply-adds saved; ``compare`` gives the SSIM to an exact map).
     Example: ``Occlusion(model, window=(3, 16, 16), stride=8).attribute(x, 3)``.
     """
 
     expands = True
     display = "positive"  # a score drop: covering the evidence for the class
+    options = frozenset({"adaptive"})  # `convscope explain --adaptive`
 
     def __init__(self, model: Any, *, window: Size | None = None, stride: Size | None = None,
                  fill: Fill = 0.0, sigma: float | None = None, max_batch: MaxBatch = None,
-                 incremental: bool | Literal["auto"] = "auto") -> None:
+                 incremental: bool | Literal["auto"] = "auto", adaptive: bool | Adaptive | None = None) -> None:
         super().__init__(model, max_batch=max_batch)
         self.window, self.stride = _per_dim(window, 2, "window"), _per_dim(stride, 2, "stride")
         if isinstance(fill, str) and fill != "blur":
@@ -208,6 +217,7 @@ class Occlusion(Method):
             raise ConvscopeError(f"incremental={incremental!r} is not supported",
                                  "Use incremental=True, False or 'auto' (the default).")
         self.fill, self.sigma, self.incremental = fill, sigma, incremental
+        self.adaptive = as_adaptive(adaptive)
         self.last_report: Any = None
 
     def plan(self, shape: Sequence[int]) -> list[list[slice]]:
@@ -227,51 +237,133 @@ class Occlusion(Method):
         sigma = self.sigma or max(max(s.stop - s.start for s in (plan[1][0], plan[2][0])) / 4, 0.5)
         fill = fill_values(self.fill, value, sigma, ops)
         masks = WindowMasks(plan, ops, like=value)
-        n_windows = len(masks)
-        engine.evaluations(int(x.shape[0]) * (n_windows + 1) * numel(x))
+        n_windows, adaptive = len(masks), self.adaptive
+        grid = None if adaptive is None else Grid(tuple(masks.counts), adaptive.factor)  # type: ignore[arg-type]
+        scored = n_windows if grid is None else int(grid.coarse().sum() + adaptive.keep * n_windows)
+        engine.evaluations(int(x.shape[0]) * (scored + 1) * numel(x))
         clean = engine.scores(x, rows, value)
         local = None
         self.last_report = None
         if self.incremental is not False:
             window = (max(s.stop - s.start for s in plan[1]), max(s.stop - s.start for s in plan[2]))
-            local, self.last_report = engine.local(value, window, self.incremental)
-        drops = engine.compiled(("occlusion",), self._drops)
+            local, self.last_report = engine.local(value, window, self.incremental,
+                                                   None if adaptive is None else adaptive.tau)
         spans = [(np.array([s.start for s in axis]), np.array([s.stop for s in axis])) for axis in plan[1:]]
 
-        def evaluate(c: Chunk) -> list[Tensor]:
+        def inputs(c: Chunk) -> tuple[Any, ...]:
+            """The model's arguments for chunk ``c``: sample, value, fill, window axes, rows."""
             ka, kb, kc = masks.split(c.k)
             a, b, cc = masks.axes
-            args = (ops.take(x, c.sample), ops.take(value, c.sample), ops.take(fill, c.sample),
-                    ops.take(a, ka), ops.take(b, kb), ops.take(cc, kc), engine.take_rows(rows, c),
-                    [ops.take(s, c.sample) for s in clean])
+            return (ops.take(x, c.sample), ops.take(value, c.sample), ops.take(fill, c.sample),
+                    ops.take(a, ka), ops.take(b, kb), ops.take(cc, kc), engine.take_rows(rows, c))
+
+        def box(c: Chunk) -> tuple[np.ndarray, ...]:
+            _, hb, hc = masks.split(c.host_k)
+            return spans[0][0][hb], spans[0][1][hb], spans[1][0][hc], spans[1][1][hc]
+
+        if grid is not None:
+            return self._adaptive(engine, grid, masks, value, clean, local, inputs, box)
+        drops = engine.compiled(("occlusion",), self._drops)
+
+        def evaluate(c: Chunk) -> list[Tensor]:
+            args = (*inputs(c), [ops.take(s, c.sample) for s in clean])
             if local is None:
                 return drops(*args)
-            _, hb, hc = masks.split(c.host_k)
-            box = (spans[0][0][hb], spans[0][1][hb], spans[1][0][hc], spans[1][1][hc])
-            return self._local_drops(engine, local, c.host, box, *args)
+            return self._local_drops(engine, local, c.host, box(c), *args)
 
         sums = engine.accumulate(int(x.shape[0]), n_windows, evaluate, like=value)
         coverage = masks.coverage(value)
         return [total / coverage for total in sums]
 
+    def _adaptive(self, engine: Engine, grid: Grid, masks: WindowMasks, value: Tensor, clean: list[Tensor],
+                  local: Any, inputs: Any, box: Any) -> list[Tensor]:
+        """The adaptive maps (:mod:`convscope.methods.adaptive`): anchors scored, cells picked per
+        sample and target, their windows scored, the rest interpolated, the maps assembled."""
+        ops, settings = engine.ops, self.adaptive
+        assert settings is not None
+        n, per = int(value.shape[0]), grid.size
+        scores = engine.compiled(("occlusion-scores",), self._scores)
+
+        def drops(samples: np.ndarray, ks: np.ndarray) -> list[np.ndarray]:
+            """Per target, the drop ``s(x) - s(x_w)`` of sample ``samples[i]`` under window ``ks[i]``."""
+            if not len(ks):
+                return [np.zeros(0, np.float32) for _ in clean]
+            on_device = ops.constant(samples, like=value), ops.constant(ks, like=value)
+
+            def run(c: Chunk) -> list[Tensor]:  # c's "samples" are pairs: one evaluation each
+                pair = Chunk(ops.take(on_device[0], c.sample), ops.take(on_device[1], c.sample), samples[c.host],
+                             ks[c.host])
+                args = inputs(pair)
+                if local is None:
+                    got = scores(*args)
+                else:
+                    _, value_, fill_, a, b, cc, rows_ = args
+                    got = local.scores(pair.host, _occluded(ops, value_, fill_, a, b, cc)[1], *box(pair), rows_)
+                return [ops.stack([ops.detach(s)], axis=1) for s in got]
+
+            found = engine.accumulate(len(ks), 1, run, like=value)
+            return [ops.numpy(s)[samples] - ops.numpy(t)[:, 0] for s, t in zip(clean, found)]
+
+        coarse = grid.coarse()
+        anchor_ids = np.flatnonzero(coarse.ravel())
+        samples = np.repeat(np.arange(n), len(anchor_ids))
+        exact = [np.full((n, per), np.nan) for _ in clean]
+        for t, d in enumerate(drops(samples, np.tile(anchor_ids, n))):
+            exact[t][samples, np.tile(anchor_ids, n)] = d
+        shape = (n, *grid.counts)
+        anchor_shape = (grid.counts[0], len(grid.rows), len(grid.cols))
+        chosen = [[grid.refined(e.reshape(shape)[i][coarse].reshape(anchor_shape), settings.keep) for i in range(n)]
+                  for e in exact]
+        wanted = np.stack([np.any([c[i] for c in chosen], 0) & ~coarse for i in range(n)]).reshape(n, per)
+        samples, ks = np.nonzero(wanted)
+        for t, d in enumerate(drops(samples, ks)):
+            exact[t][samples, ks] = d
+        maps = []
+        for t, e in enumerate(exact):
+            grids = e.reshape(shape)
+            full = np.stack([np.where(chosen[t][i] | coarse, grids[i],
+                                      grid.interpolated(grids[i][coarse].reshape(anchor_shape))) for i in range(n)])
+            maps.append(engine.plan(torch.from_numpy(_assemble(full, masks.tables).astype(np.float32)), like=value))
+        self.last_report = AdaptiveReport(
+            settings, per, int(coarse.sum()), [int(coarse.sum() + wanted[i].sum()) for i in range(n)],
+            len(grid.cells()), math.ceil(settings.keep * len(grid.cells())), incremental=self.last_report)
+        return maps
+
+    def _scores(self, engine: Engine, x: Tensor, value: Tensor, fill: Tensor, a: Tensor, b: Tensor, c: Tensor,
+                rows: Rows) -> list[Tensor]:
+        """Per target the scores ``s(x_w)`` of the occluded inputs of one chunk."""
+        occluded = _occluded(engine.ops, value, fill, a, b, c)[1]
+        return engine.forward(x, rows, replace=(engine.wrt, occluded), fast=True).scores
+
     def _drops(self, engine: Engine, x: Tensor, value: Tensor, fill: Tensor, a: Tensor, b: Tensor, c: Tensor,
                rows: Rows, clean: list[Tensor]) -> list[Tensor]:
         """Per target ``(s(x) - s(x_w)) * mask_w`` for the occluded inputs of one chunk."""
-        ops = engine.ops
-        covered = ops.outer(a, b, c)
-        occluded = ops.where(covered, fill, value)
+        covered, occluded = _occluded(engine.ops, value, fill, a, b, c)
         scores = engine.forward(x, rows, replace=(engine.wrt, occluded), fast=True).scores
-        return _drop_maps(ops, covered, value, clean, scores)
+        return _drop_maps(engine.ops, covered, value, clean, scores)
 
     def _local_drops(self, engine: Engine, local: Any, samples: np.ndarray, box: tuple[np.ndarray, ...],
                      x: Tensor, value: Tensor, fill: Tensor, a: Tensor, b: Tensor, c: Tensor, rows: Rows,
                      clean: list[Tensor]) -> list[Tensor]:
         """:meth:`_drops`, with the scores evaluated incrementally: each occluded input differs from
         its sample only inside its window's ``box`` (tops, bottoms, lefts, rights)."""
-        ops = engine.ops
-        covered = ops.outer(a, b, c)
-        occluded = ops.where(covered, fill, value)
-        return _drop_maps(ops, covered, value, clean, local.scores(samples, occluded, *box, rows))
+        covered, occluded = _occluded(engine.ops, value, fill, a, b, c)
+        return _drop_maps(engine.ops, covered, value, clean, local.scores(samples, occluded, *box, rows))
+
+
+def _occluded(ops: Ops, value: Tensor, fill: Tensor, a: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """The windows' masks (outer products of their axes' intervals) and the occluded values."""
+    covered = ops.outer(a, b, c)
+    return covered, ops.where(covered, fill, value)
+
+
+def _assemble(drops: np.ndarray, tables: list[np.ndarray]) -> np.ndarray:
+    """Occlusion's maps from every window's drop (``drops [N, n_a, n_r, n_c]``, the windows'
+    interval masks per axis ``tables``): per position the mean of the drops of the windows
+    covering it, ``[N, C, H, W]`` (float64)."""
+    a, b, c = (t.astype(np.float64) for t in tables)
+    total = np.einsum("nabe,ac,bh,ew->nchw", drops, a, b, c, optimize=True)
+    return total / np.einsum("ac,bh,ew->chw", a, b, c, optimize=True)
 
 
 def _drop_maps(ops: Ops, covered: Tensor, value: Tensor, clean: list[Tensor], scores: list[Tensor]) -> list[Tensor]:

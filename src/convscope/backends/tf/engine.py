@@ -102,7 +102,8 @@ class KerasEngine:
     def evaluations(self, work: int) -> None:
         """Nothing to decide: every evaluation runs on the model's compiled functions."""
 
-    def local(self, value: tf.Tensor, window: tuple[int, int], mode: bool | str) -> tuple[None, None]:
+    def local(self, value: tf.Tensor, window: tuple[int, int], mode: bool | str, tau: float | None = None
+              ) -> tuple[None, None]:
         """No incremental evaluation on Keras: every evaluation is a plain forward pass."""
         return None, None
 

@@ -83,11 +83,12 @@ class TorchEngine:
         self._fast = self.session.inference(work)
         self._work = work
 
-    def local(self, value: Tensor, window: tuple[int, int], mode: bool | str
+    def local(self, value: Tensor, window: tuple[int, int], mode: bool | str, tau: float | None = None
               ) -> tuple[IncrementalScores | None, Report | None]:
         """Incremental scores of copies of the input ``value`` changed inside one box of ``window``
         each (:mod:`~convscope.backends.torch.incremental`), on the runner of ``fast``
-        evaluations, or None where plain passes serve; and the report saying which and why."""
+        evaluations, or None where plain passes serve; and the report saying which and why.
+        ``tau``: the projective-field cap (approximate; see ``geometry.Cap``)."""
         if self.wrt is not None:
             return None, Report("plain", "the attribution is to a layer's output, not to the input")
         runner = self._fast
@@ -99,7 +100,7 @@ class TorchEngine:
             names = {key: key_name(module, key) for key in probes.keys}
         wanted = {key: names[key] for t in self.targets for key in t.layers()}
         return open_scores(module, wanted, self.targets, value, window, mode, own_hooks=own, work=self._work,
-                           min_work=TWIN_MIN_WORK)
+                           min_work=TWIN_MIN_WORK, tau=tau)
 
     def forward(self, x: Tensor, rows: Tensor, *, grad: bool = False, replace: tuple[LayerKey | None, Tensor] | None
                 = None, fast: bool = False, targets: Sequence[Target] | None = None,

@@ -102,3 +102,46 @@ class Axis:
     def reads(self, start: np.ndarray, length: int) -> tuple[np.ndarray, int]:
         """The inputs ``[first, first + count)`` read by outputs ``[start, start + length)``."""
         return start * self.stride - self.pad, (length - 1) * self.stride + self.span
+
+
+def intersect(a: Box, b: Box, size: tuple[int, int]) -> Box:
+    """Per element, a box holding the overlap of ``a`` and ``b`` (made one size by :func:`fit`;
+    where they do not overlap, some box of at least one position)."""
+    top, left = np.maximum(a.top, b.top), np.maximum(a.left, b.left)
+    bottom, right = np.minimum(a.top + a.h, b.top + b.h), np.minimum(a.left + a.w, b.left + b.w)
+    return box_of(top, np.maximum(bottom, top), left, np.maximum(right, left), size)
+
+
+@dataclass(frozen=True)
+class Cap:
+    """Krypton's projective-field threshold (Nakandala et al., SIGMOD 2019): at every node a
+    change is kept only inside a box of ``ceil(tau * side)`` positions per side, centred where
+    element ``b``'s input change is centred (``centre_y[b]``, ``centre_x[b]``: fractions of the
+    input's height and width); outside it the node keeps its clean value. An approximation that
+    depends only on ``tau`` and each element's own change (never on the batch it runs in);
+    ``tau = 1`` keeps everything (exact).
+
+    Example: ``Cap(0.5, np.array([0.5]), np.array([0.25])).box((14, 14))`` -> rows 4..10, columns 0..6.
+    """
+
+    tau: float
+    centre_y: np.ndarray
+    centre_x: np.ndarray
+
+    def box(self, size: tuple[int, int]) -> Box:
+        """Each element's kept box on a map of ``size``."""
+        h, w = (max(1, min(n, int(np.ceil(self.tau * n)))) for n in size)
+        top = np.clip(np.floor(self.centre_y * size[0] - h / 2 + 0.5).astype(np.int64), 0, size[0] - h)
+        left = np.clip(np.floor(self.centre_x * size[1] - w / 2 + 0.5).astype(np.int64), 0, size[1] - w)
+        return Box(top, left, h, w)
+
+    def inside(self, out: Box, size: tuple[int, int]) -> np.ndarray | None:
+        """``[B, 1, out.h, out.w]`` bool: which positions of ``out`` lie in the kept box, or None
+        where all do."""
+        keep = self.box(size)
+        rows = out.top[:, None] + np.arange(out.h) - keep.top[:, None]
+        cols = out.left[:, None] + np.arange(out.w) - keep.left[:, None]
+        in_rows, in_cols = (rows >= 0) & (rows < keep.h), (cols >= 0) & (cols < keep.w)
+        if in_rows.all() and in_cols.all():
+            return None
+        return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]

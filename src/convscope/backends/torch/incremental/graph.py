@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, fx, nn
 
-from convscope.backends.torch.incremental.geometry import Box
+from convscope.backends.torch.incremental.geometry import Box, Cap, intersect
 from convscope.backends.torch.incremental.regions import Local, Regions
 from convscope.backends.torch.incremental.report import NodeRun
 from convscope.backends.torch.incremental.rules import Rule, call, rule_for
@@ -188,10 +188,11 @@ class IncrementalGraph:
 
     # -- incremental passes -----------------------------------------------------------------------------
 
-    def run(self, chunk: Chunk, sample: np.ndarray, patch: Tensor, box: Box
+    def run(self, chunk: Chunk, sample: np.ndarray, patch: Tensor, box: Box, cap: Cap | None = None
             ) -> tuple[Tensor | None, dict[Hashable, Tensor]]:
         """The output and wanted layers for changed copies of the chunk's samples: element ``b``
-        is sample ``sample[b]`` with its input replaced by ``patch[b]`` inside ``box``."""
+        is sample ``sample[b]`` with its input replaced by ``patch[b]`` inside ``box``. With a
+        ``cap`` (approximate), each local node keeps the change only inside its :class:`Cap` box."""
         regions = Regions(sample, chunk.sources)
         clean = chunk.values
         env: dict[fx.Node, Any] = {}
@@ -206,7 +207,7 @@ class IncrementalGraph:
                 elif kind == "static":
                     env[n] = clean[n]
                 elif kind == "local":
-                    env[n] = self._local(n, env, clean, regions, n_el)
+                    env[n] = self._local(n, env, clean, regions, n_el, cap)
                 elif kind == "global":
                     rule = self.rules[n]
                     env[n] = rule.compute(regions, env.__getitem__, clean.__getitem__, Box.whole(n_el, (1, 1)))
@@ -231,15 +232,23 @@ class IncrementalGraph:
         return output, acts
 
     def _local(self, n: fx.Node, env: dict[fx.Node, Any], clean: Mapping[fx.Node, Any], regions: Regions,
-               n_el: int) -> Local:
+               n_el: int, cap: Cap | None = None) -> Local:
         rule, stats = self.rules[n], self.stats[n]
         size = self.shapes[n][-2:]
         out = rule.out_box([env[m].box for m in rule.inputs], size)
+        capped = cap is not None and rule.cappable
+        if capped:
+            out = intersect(out, cap.box(size), size)
         if out.h * out.w >= WHOLE_AREA * size[0] * size[1]:
             out = Box.whole(n_el, size)
         if out.covers(size):
             stats.whole_calls += 1
         patch = rule.compute(regions, env.__getitem__, clean.__getitem__, out)
+        inside = cap.inside(out, size) if capped else None
+        if inside is not None:  # outside the kept box: the clean values (the cap's approximation)
+            before = regions.read(Local(clean[n], out, patch), out.top, out.left, out.h, out.w, key=n,
+                                  overlay=False)
+            patch = torch.where(torch.from_numpy(inside).to(patch.device), patch, before)
         done, full = rule.macs(out, n_el)
         stats.macs += done
         stats.full_macs += full
@@ -251,10 +260,12 @@ class IncrementalGraph:
 
     # -- the work a box implies -------------------------------------------------------------------------
 
-    def estimate(self, box: Box) -> float:
+    def estimate(self, box: Box, tau: float | None = None) -> float:
         """The share of a full pass's multiply-adds (convolutions and linear layers) that the
         nodes would do for an input changed inside ``box`` (one element), boxes grown as
-        :meth:`run` grows them."""
+        :meth:`run` grows them (and capped at ``tau`` of each side, see :class:`Cap`)."""
+        size = self.shapes[self.input][-2:]
+        cap = None if tau is None else Cap(tau, (box.top + box.h / 2) / size[0], (box.left + box.w / 2) / size[1])
         boxes: dict[fx.Node, Box] = {}
         done = full = 0
         for n in self.order:
@@ -264,6 +275,8 @@ class IncrementalGraph:
             elif kind == "local":
                 rule, size = self.rules[n], self.shapes[n][-2:]
                 out = rule.out_box([boxes[m] for m in rule.inputs], size)
+                if cap is not None and rule.cappable:
+                    out = intersect(out, cap.box(size), size)
                 if out.h * out.w >= WHOLE_AREA * size[0] * size[1]:
                     out = Box.whole(1, size)
                 boxes[n] = out

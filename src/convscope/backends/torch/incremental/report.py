@@ -57,6 +57,7 @@ class Report:
     estimate: float | None = None  # predicted share of a full pass's multiply-adds
     nodes: list[NodeRun] = field(default_factory=list)
     cache_bytes: int = 0  # the largest clean-pass cache held at once (activations and padded copies)
+    tau: float | None = None  # the projective-field cap (approximate), None: exact
 
     def full_nodes(self) -> list[NodeRun]:
         """The nodes computed on whole maps because no local rule applies (the fallbacks)."""
@@ -73,6 +74,8 @@ class Report:
 
     def __str__(self) -> str:
         head = f"occlusion path: {self.path} ({self.reason})"
+        if self.tau is not None and self.path == "incremental":
+            head += f"; approximate: changes capped at {self.tau:g} of each map's side"
         if self.estimate is not None:
             head += f"; predicted multiply-adds: {self.estimate:.1%} of a full pass"
         if not self.nodes:

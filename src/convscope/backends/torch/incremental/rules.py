@@ -66,6 +66,7 @@ class Rule(ABC):
 
     label: str
     local = True  # False: the output is a plain batch (GlobalMean)
+    cappable = True  # whether a projective-field cap (geometry.Cap) may shrink its box
 
     def __init__(self, node: fx.Node, inputs: list[fx.Node]) -> None:
         self.node = node
@@ -93,6 +94,10 @@ class Pointwise(Rule):
         self.label = f"pointwise {_name(node, modules)}"
         self.spread = False  # True: it also reads a changed batch that is the same at every position
 
+    @property
+    def cappable(self) -> bool:  # type: ignore[override]
+        return not self.spread  # a change spread over every position is no projective field
+
     def out_box(self, boxes: list[Box], size: tuple[int, int]) -> Box:
         if self.spread:  # a changed per-channel factor (squeeze-and-excitation) changes every position
             return Box.whole(len(boxes[0].top), size)
@@ -112,6 +117,8 @@ class Pointwise(Rule):
 class Identity(Pointwise):
     """An op that returns its input as it is (adaptive pooling to the input's own size): the
     op itself would resize a region to the whole map's size."""
+
+    cappable = False  # its input was capped already; its box is the input's
 
     def compute(self, regions: Regions, value: Value, clean: Value, out: Box) -> Tensor:
         return value(self.inputs[0]).patch.clone()  # a copy: later in-place ops must not reach the input

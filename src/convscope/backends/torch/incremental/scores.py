@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, fx, nn
 
-from convscope.backends.torch.incremental.geometry import Box, box_of
+from convscope.backends.torch.incremental.geometry import Box, Cap, box_of
 from convscope.backends.torch.incremental.graph import Chunk, IncrementalGraph, NotApplicable
 from convscope.backends.torch.incremental.report import NodeRun, Report
 from convscope.targets import Record, Target
@@ -43,6 +43,7 @@ class IncrementalScores:
 
     def __init__(self, graph: IncrementalGraph, values: Tensor, targets: Sequence[Target], report: Report) -> None:
         self.graph, self.values, self.targets, self.report = graph, values, list(targets), report
+        self.tau: float | None = None  # a projective-field cap (geometry.Cap): approximate scores
         self._samples: dict[int, dict[fx.Node, Any]] = {}
         self._chunk: tuple[tuple[int, ...], Chunk] | None = None
 
@@ -55,7 +56,9 @@ class IncrementalScores:
         box = box_of(top, bottom, left, right, (int(changed.shape[2]), int(changed.shape[3])))
         patch = torch.stack([changed[b, :, t:t + box.h, lf:lf + box.w]
                              for b, (t, lf) in enumerate(zip(box.top.tolist(), box.left.tolist()))])
-        output, acts = self.graph.run(chunk, index.astype(np.int64), patch, box)
+        size = changed.shape[2:]
+        cap = None if self.tau is None else Cap(self.tau, (top + bottom) / (2 * size[0]), (left + right) / (2 * size[1]))
+        output, acts = self.graph.run(chunk, index.astype(np.int64), patch, box, cap)
         self.report.cache_bytes = max(self.report.cache_bytes, self._held())
         if output is None:
             output = changed.new_empty((len(samples), 0))
@@ -95,11 +98,13 @@ class IncrementalScores:
 
 def open_scores(model: nn.Module, layers: Mapping[Hashable, str], targets: Sequence[Target], values: Tensor,
                 window: tuple[int, int], mode: bool | str, *, own_hooks: Collection[int] = (), work: int = 0,
-                min_work: int = 0) -> tuple[IncrementalScores | None, Report]:
+                min_work: int = 0, tau: float | None = None) -> tuple[IncrementalScores | None, Report]:
     """An :class:`IncrementalScores` for copies of ``values [N, C, H, W]`` changed inside boxes of
     ``window`` (rows, columns), or None where the plain path serves; and the report saying which
     and why. ``mode``: True (wherever it applies) or ``"auto"`` (also where it is expected faster:
-    on the CPU, at least ``min_work`` input elements to evaluate, at most :data:`AUTO_MAX_SHARE`)."""
+    on the CPU, at least ``min_work`` input elements to evaluate, at most :data:`AUTO_MAX_SHARE`).
+    ``tau``: cap each node's change at ``tau`` of each side (:class:`~.geometry.Cap`, approximate;
+    the self-check runs without it)."""
     auto = mode == "auto"
     if auto and values.device.type != "cpu":
         return None, Report("plain", f"auto takes the incremental path on the CPU only, not on {values.device.type}")
@@ -112,8 +117,9 @@ def open_scores(model: nn.Module, layers: Mapping[Hashable, str], targets: Seque
         return None, Report("plain", str(why))
     h, w = values.shape[2:]
     wh, ww = min(window[0], h), min(window[1], w)
-    estimate = graph.estimate(Box(np.array([(h - wh) // 2]), np.array([(w - ww) // 2]), wh, ww))
-    report = Report("incremental", "forced" if mode is True else f"auto: {estimate:.0%} of a full pass", estimate)
+    estimate = graph.estimate(Box(np.array([(h - wh) // 2]), np.array([(w - ww) // 2]), wh, ww), tau)
+    report = Report("incremental", "forced" if mode is True else f"auto: {estimate:.0%} of a full pass", estimate,
+                    tau=tau)
     if auto and estimate > AUTO_MAX_SHARE:
         return None, Report("plain", f"auto: a {wh}x{ww} change costs {estimate:.0%} of a full pass, more than "
                                      f"{AUTO_MAX_SHARE:.0%}", estimate)
@@ -121,6 +127,7 @@ def open_scores(model: nn.Module, layers: Mapping[Hashable, str], targets: Seque
     problem = _self_check(graph, scorer, values, clean, wh, ww)
     if problem:
         return None, Report("plain", problem, estimate)
+    scorer.tau = tau
     graph.stats = {n: NodeRun(s.name, s.label, s.mode, s.reason) for n, s in graph.stats.items()}
     report.nodes = graph.runs()
     return scorer, report
