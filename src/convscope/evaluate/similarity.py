@@ -1,6 +1,7 @@
 """How alike two batches of maps are, per sample pair: SSIM, Spearman and Pearson correlation.
 
-- :func:`ssim` (Wang et al., IEEE TIP 2004), as scikit-image's ``structural_similarity`` with its
+- :func:`ssim` (Wang et al., IEEE TIP 2004; computed by :func:`convscope.ops.similarity.windowed_ssim`,
+  which the Gaussian-window SSIM of adaptive occlusion's report shares), as scikit-image's ``structural_similarity`` with its
   defaults and Quantus's data range: 7 x 7 uniform windows wholly inside the map, sample
   covariances (``N / (N - 1)``), ``C1 = (0.01 R)^2``, ``C2 = (0.03 R)^2`` with ``R`` the pair's
   joint range ``max(a, b) - min(a, b)``, and the mean of
@@ -25,11 +26,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from convscope.errors import ConvscopeError
 from convscope.evaluate.maps import as_array
+from convscope.ops.similarity import windowed_ssim
 
 
 def _pair(a: Any, b: Any) -> tuple[Tensor, Tensor]:
@@ -52,18 +53,10 @@ def ssim(a: Any, b: Any, window: int = 7) -> Tensor:
     side -= 1 - side % 2
     both = torch.cat([x.flatten(1), y.flatten(1)], 1)
     span = both.amax(1) - both.amin(1)
-    c1, c2 = ((0.01 * span) ** 2).view(-1, 1, 1), ((0.03 * span) ** 2).view(-1, 1, 1)
-
-    def mean(t: Tensor) -> Tensor:
-        return F.avg_pool2d(t[:, None], side, stride=1)[:, 0]
-
     count = side * side
-    norm = count / (count - 1) if count > 1 else 1.0
-    mx, my = mean(x), mean(y)
-    vx, vy = norm * (mean(x * x) - mx * mx), norm * (mean(y * y) - my * my)
-    vxy = norm * (mean(x * y) - mx * my)
-    s = (2 * mx * my + c1) * (2 * vxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return torch.where(span > 0, s.flatten(1).mean(1), 1.0).float()
+    scale = count / (count - 1) if count > 1 else 1.0
+    s = windowed_ssim(x, y, torch.full((side,), 1.0 / side, dtype=torch.float64), span, scale)
+    return torch.where(span > 0, s, 1.0).float()
 
 
 def pearson(a: Any, b: Any) -> Tensor:

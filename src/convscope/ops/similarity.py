@@ -31,6 +31,29 @@ def gaussian_window(sigma: float = 1.5, radius: int = 5) -> Tensor:
     return g / g.sum()
 
 
+def windowed_ssim(a: Tensor, b: Tensor, taps: Tensor, span: Tensor, covariance_scale: float = 1.0) -> Tensor:
+    """``[N]``: the mean SSIM of the maps ``a``, ``b`` (``[N, H, W]``, float64) over the positions
+    where the separable window ``taps`` (1-D weights summing to 1, used on both axes) fits, with
+    ``C1 = (0.01 span)^2``, ``C2 = (0.03 span)^2`` per sample (``span [N]``) and the variances and
+    covariance times ``covariance_scale`` (``n / (n - 1)`` for scikit-image's sample covariances).
+
+    Example: ``windowed_ssim(a, b, torch.full((7,), 1 / 7, dtype=torch.float64), span)``."""
+    k = len(taps)
+
+    def mean(t: Tensor) -> Tensor:
+        t = F.conv2d(t[:, None], taps.view(1, 1, k, 1))
+        return F.conv2d(t, taps.view(1, 1, 1, k))[:, 0]
+
+    span = span.view(-1, 1, 1)
+    c1, c2 = (0.01 * span) ** 2, (0.03 * span) ** 2
+    mu_a, mu_b = mean(a), mean(b)
+    var_a = covariance_scale * (mean(a * a) - mu_a ** 2)
+    var_b = covariance_scale * (mean(b * b) - mu_b ** 2)
+    cov = covariance_scale * (mean(a * b) - mu_a * mu_b)
+    value = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return value.flatten(1).mean(1)
+
+
 def ssim(a: Tensor, b: Tensor, data_range: float | None = None) -> Tensor:
     """Per sample, the SSIM of map ``a`` to the reference ``b`` (both ``[N, C, H, W]`` or
     ``[N, H, W]``; float64 ``[N]``). ``data_range``: ``L`` (default: each reference's range)."""
@@ -43,19 +66,8 @@ def ssim(a: Tensor, b: Tensor, data_range: float | None = None) -> Tensor:
     k = len(g)
     if a.shape[-1] < k or a.shape[-2] < k:
         raise ValueError(f"ssim: maps of {list(a.shape[-2:])} are smaller than the {k}x{k} window")
-
-    def blur(t: Tensor) -> Tensor:
-        t = F.conv2d(t[:, None], g.view(1, 1, k, 1))
-        return F.conv2d(t, g.view(1, 1, 1, k))[:, 0]
-
     if data_range is None:
-        top, bottom = b.flatten(1).amax(1), b.flatten(1).amin(1)
-        span = (top - bottom).view(-1, 1, 1)
+        span = b.flatten(1).amax(1) - b.flatten(1).amin(1)
     else:
-        span = torch.full((len(b), 1, 1), float(data_range), dtype=torch.float64)
-    c1, c2 = (0.01 * span) ** 2, (0.03 * span) ** 2
-    mu_a, mu_b = blur(a), blur(b)
-    var_a, var_b = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2
-    cov = blur(a * b) - mu_a * mu_b
-    value = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-    return value.flatten(1).mean(1)
+        span = torch.full((len(b),), float(data_range), dtype=torch.float64)
+    return windowed_ssim(a, b, g, span)
