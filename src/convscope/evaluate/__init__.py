@@ -8,7 +8,8 @@
   Zhang et al.'s tolerance), :func:`centre_maps` (its baseline), :func:`mass_inside`,
   :func:`rank_inside`, :func:`class_mean`;
 - complexity (:mod:`~convscope.evaluate.complexity`): :func:`sparseness`, :func:`complexity`;
-- similarity (:mod:`~convscope.evaluate.similarity`): :func:`ssim`, :func:`spearman`, :func:`pearson`.
+- similarity (:mod:`~convscope.evaluate.similarity`): :func:`ssim`, :func:`spearman`, :func:`pearson`;
+  :func:`hog` and :func:`hog_similarity` (:mod:`~convscope.evaluate.hog`).
 
 Metrics take channels-first torch tensors or, for a Keras model, its own channels-last arrays
 (:mod:`~convscope.evaluate.maps`); results are torch tensors with one value per sample, the
@@ -24,6 +25,7 @@ Example::
 
 from convscope.evaluate.complexity import complexity, sparseness
 from convscope.evaluate.curves import Curve, deletion, insertion, pixel_flipping, region_perturbation
+from convscope.evaluate.hog import hog, hog_similarity
 from convscope.evaluate.localisation import (centre_maps, class_mean, mass_inside, pointing_game, rank_inside,
                                              standard_tolerance)
 from convscope.evaluate.randomisation import Randomisation, model_randomisation, random_logit
@@ -32,3 +34,4 @@ from convscope.evaluate.similarity import pearson, spearman, ssim
 __all__ = ["Curve", "Randomisation", "centre_maps", "class_mean", "complexity", "deletion", "insertion",
            "mass_inside", "model_randomisation", "pearson", "pixel_flipping", "pointing_game", "random_logit",
            "rank_inside", "region_perturbation", "sparseness", "spearman", "ssim", "standard_tolerance"]
+__all__ += ["hog", "hog_similarity"]
