@@ -1,7 +1,7 @@
 """Which map to trust: evaluation metrics for attribution maps, batched, per sample.
 
 - faithfulness (:mod:`~convscope.evaluate.curves`): :func:`deletion`, :func:`insertion`,
-  :func:`pixel_flipping`, :func:`region_perturbation`;
+  :func:`pixel_flipping`, :func:`region_perturbation`; :func:`road` (:mod:`~convscope.evaluate.road`);
 - randomisation (:mod:`~convscope.evaluate.randomisation`): :func:`model_randomisation`
   (cascading or independent), :func:`random_logit`;
 - localisation (:mod:`~convscope.evaluate.localisation`): :func:`pointing_game` (strict, or
@@ -29,9 +29,10 @@ from convscope.evaluate.hog import hog, hog_similarity
 from convscope.evaluate.localisation import (centre_maps, class_mean, mass_inside, pointing_game, rank_inside,
                                              standard_tolerance)
 from convscope.evaluate.randomisation import Randomisation, model_randomisation, random_logit
+from convscope.evaluate.road import road
 from convscope.evaluate.similarity import pearson, spearman, ssim
 
 __all__ = ["Curve", "Randomisation", "centre_maps", "class_mean", "complexity", "deletion", "insertion",
            "mass_inside", "model_randomisation", "pearson", "pixel_flipping", "pointing_game", "random_logit",
            "rank_inside", "region_perturbation", "sparseness", "spearman", "ssim", "standard_tolerance"]
-__all__ += ["hog", "hog_similarity"]
+__all__ += ["hog", "hog_similarity", "road"]

@@ -1,0 +1,182 @@
+"""ROAD: remove the pixels a map ranks first, fill them by noisy linear imputation, score the model.
+
+Rong et al., "A Consistent and Efficient Evaluation Strategy for Attribution Methods", ICML 2022.
+Deleting pixels to a constant leaks the deleted shape to the model ("class information leakage");
+ROAD fills each removed pixel from its neighbours instead. For a sample with removed pixels
+``R``, the imputed values ``u`` solve, jointly for all of ``R``,
+
+``u_i = sum_j w_ij v_j / sum_j w_ij``  over the 8 neighbours ``j`` of ``i`` inside the image
+
+(``v_j = u_j`` for a removed neighbour, the input's value for a kept one; ``w = 1/6`` for the four
+direct neighbours and ``1/12`` for the diagonal ones), one sparse linear system per sample and
+channel; then ``N(0, noise^2)`` noise is added to the removed pixels (seeded per sample and
+percentage: :mod:`~convscope.evaluate.draws`). The curve is the model's score ``f_y`` after removing
+``floor(P * p / 100)`` of the ``P`` pixels for each percentage ``p``, the most relevant first
+(``"morf"``: lower is better) or the least (``"lerf"``: higher is better); ``output="accuracy"``
+scores 1 where the top class is still ``y`` (the paper's and Quantus's accuracy curves are the
+mean of these over samples).
+
+The systems of every sample and percentage in a chunk of ``max_batch`` rows are solved together
+on the inputs' device by conjugate gradients in float64 (Jacobi preconditioner, the matrix applied
+as one 3 x 3 convolution), each system to a relative residual of ``1e-10`` and then frozen, so a
+row's values do not depend on its chunk. The system is singular when every pixel is removed:
+percentages must lie in ``[0, 100)``.
+
+Pixels are ranked by the map summed over its channels, ties to the earlier position
+(:func:`~convscope.evaluate.curves.ranks`). Quantus 0.6's ``ROAD`` differs in three ways, shown in
+the tests: it ranks the map broadcast over the input's channels, so a multi-channel image gets
+flat indices beyond one channel's pixels (it raises an ``IndexError`` for 3-channel images with a
+one-channel map); it breaks ties by numpy's unstable sort; and it reports the mean accuracy over
+samples only, never per-sample scores.
+
+Cost: ``len(percentages)`` model passes per image (and the imputation's convolutions, no model).
+
+Example::
+
+    curve = road(model, x, labels, maps, percentages=[10, 30, 50, 70, 90], order="morf", seed=0)
+    curve.values          # [N, 5]: f_y after imputing 10%, ..., 90% of the pixels
+    curve.auc()           # [N]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from convscope.backends.torch.batching import MaxBatch
+from convscope.errors import ConvscopeError
+from convscope.evaluate.curves import Curve, Order, ranks
+from convscope.evaluate.draws import check_seed, keyed_draws
+from convscope.evaluate.maps import as_classes, as_inputs, as_maps, one_channel
+from convscope.evaluate.scoring import ClassScores, model_outputs
+
+RoadOutput = Literal["probability", "logit", "accuracy"]
+TOLERANCE = 1e-10
+
+_DIRECT, _DIAGONAL = 1 / 6, 1 / 12
+NEIGHBOURS = torch.tensor([[_DIAGONAL, _DIRECT, _DIAGONAL], [_DIRECT, 0.0, _DIRECT], [_DIAGONAL, _DIRECT, _DIAGONAL]],
+                          dtype=torch.float64)
+
+
+def _neighbour_sum(t: Tensor) -> Tensor:
+    """``sum_j w_ij t_j`` over the 8 neighbours inside the image, for ``t [..., H, W]`` (shifted adds
+    of the zero-padded ``t``: outside neighbours count 0)."""
+    h, w = t.shape[-2:]
+    padded = F.pad(t, (1, 1, 1, 1))
+    total = torch.zeros_like(t)
+    for dr in range(3):
+        for dc in range(3):
+            weight = float(NEIGHBOURS[dr, dc])
+            if weight:
+                total = total + weight * padded[..., dr:dr + h, dc:dc + w]
+    return total
+
+
+def linear_imputation(x: Tensor, removed: Tensor, tolerance: float = TOLERANCE) -> Tensor:
+    """``x [m, C, H, W]`` with the pixels ``removed [m, H, W]`` (bool) replaced by the solution of
+    ROAD's linear system (see the module), solved for all rows and channels at once in float64."""
+    u_in = x.double()
+    r = removed.to(x.device, torch.float64)[:, None].expand_as(u_in)
+    weight = _neighbour_sum(torch.ones_like(u_in[:1, :1])).clamp_min(1e-300)  # the valid neighbours' weights
+    b = r * _neighbour_sum((1 - r) * u_in)
+
+    def apply(p: Tensor) -> Tensor:
+        return r * (weight * p - _neighbour_sum(r * p))
+
+    def dot(a: Tensor, c: Tensor) -> Tensor:
+        return (a * c).sum((2, 3), keepdim=True)
+
+    u = torch.zeros_like(u_in)
+    residual = b.clone()
+    z = residual / weight
+    p = z.clone()
+    rz = dot(residual, z)
+    goal = tolerance * dot(b, b).sqrt()
+    active = dot(residual, residual).sqrt() > goal
+    limit = 4 * x.shape[-1] * x.shape[-2] + 20
+    for _ in range(limit):
+        if not bool(active.any()):
+            break
+        ap = apply(p)
+        pap = dot(p, ap)
+        alpha = torch.where(active & (pap > 0), rz / torch.where(pap > 0, pap, 1.0), 0.0)
+        u = u + alpha * p
+        residual = residual - alpha * ap
+        z = residual / weight
+        rz_next = dot(residual, z)
+        beta = torch.where(rz > 0, rz_next / torch.where(rz > 0, rz, 1.0), 0.0)
+        p = torch.where(active, z + beta * p, p)
+        rz = torch.where(active, rz_next, rz)
+        active = active & (dot(residual, residual).sqrt() > goal)
+    if bool(active.any()):
+        raise ConvscopeError("the ROAD imputation did not converge", "Report this input; it should not happen.")
+    return torch.where(r > 0, u, u_in).to(x.dtype)
+
+
+def noisy_linear_imputation(x: Tensor, removed: Tensor, *, noise: float = 0.01, seed: int = 0,
+                            samples: Tensor | None = None, draws: Tensor | None = None) -> Tensor:
+    """:func:`linear_imputation` plus ``noise * N(0, 1)`` on the removed pixels, the normal draws of
+    row ``i`` keyed by ``(seed, samples[i], draws[i])`` (default: ``i`` and 0)."""
+    filled = linear_imputation(x, removed)
+    if noise == 0:
+        return filled
+    rows = torch.arange(len(x))
+    eps = keyed_draws("normal", check_seed(seed), rows if samples is None else samples,
+                      torch.zeros_like(rows) if draws is None else draws, x.shape[1:], x.device)
+    return filled + noise * eps.to(x.dtype) * removed[:, None].to(x.dtype)
+
+
+class TopClassHits(ClassScores):
+    """``[m]``: 1.0 where the model's top class on ``x[i]`` is ``classes[i]``, else 0.0 (accuracy)."""
+
+    def _score(self, x: Tensor, classes: Tensor) -> Tensor:
+        self.calls += 1
+        self.rows += len(x)
+        out = model_outputs(self.model, x)
+        return (out.argmax(-1).cpu() == classes.cpu().long()).float()
+
+
+def _percentages(percentages: Sequence[float]) -> Tensor:
+    p = torch.as_tensor(list(percentages), dtype=torch.float64)
+    if p.dim() != 1 or len(p) == 0 or bool(((p < 0) | (p >= 100)).any()):
+        raise ConvscopeError(f"percentages {list(percentages)} must be numbers in [0, 100)",
+                             "Use e.g. percentages=range(10, 100, 10) (removing 100% leaves nothing to impute from).")
+    return p
+
+
+def road(model: Any, x: Any, targets: Any, maps: Any, *, percentages: Sequence[float] = tuple(range(10, 100, 10)),
+         order: Order = "morf", noise: float = 0.01, seed: int = 0, max_batch: MaxBatch = None,
+         output: RoadOutput = "probability") -> Curve:
+    """Rong et al.'s ROAD curve (see the module): ``f_y`` with ``p%`` of the pixels removed in
+    ``order`` and filled by noisy linear imputation, for each ``p`` in ``percentages``."""
+    inputs = as_inputs(x, model)
+    if inputs.dim() != 4:
+        raise ConvscopeError(f"ROAD imputes pixels of images [N, C, H, W], not inputs of shape {list(inputs.shape)}",
+                             "Use deletion or pixel_flipping for other inputs.")
+    classes = as_classes(targets, len(inputs))
+    m = one_channel(as_maps(maps, inputs, model))[:, 0]
+    if output == "accuracy":
+        scores: ClassScores = TopClassHits(model, max_batch=max_batch)
+    else:
+        scores = ClassScores(model, max_batch=max_batch, output=output)
+    if not isinstance(noise, (int, float)) or noise < 0:
+        raise ConvscopeError(f"noise={noise!r} must be a number >= 0", "Use the paper's noise=0.01, or 0 for none.")
+    seed = check_seed(seed)
+    p = _percentages(percentages)
+    n, steps, pixels = len(inputs), len(p), m[0].numel()
+    counts = torch.tensor([int(pixels * q / 100) for q in p.tolist()], device=inputs.device)  # Quantus's rounding
+    place = ranks(m.flatten(1), order).view_as(m).to(inputs.device)
+
+    def rows(r: slice) -> tuple[Tensor, Tensor]:
+        index = torch.arange(r.start, r.stop)
+        sample, step = index // steps, index % steps
+        removed = place[sample] < counts[step].view(-1, 1, 1)
+        filled = noisy_linear_imputation(inputs[sample], removed, noise=float(noise), seed=seed, samples=sample, draws=step)
+        return filled, classes[sample]
+
+    values = scores.map(n * steps, rows).view(n, steps)
+    return Curve((p / 100).float(), values, scores.rows)
