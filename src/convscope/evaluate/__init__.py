@@ -2,6 +2,7 @@
 
 - faithfulness (:mod:`~convscope.evaluate.curves`): :func:`deletion`, :func:`insertion`,
   :func:`pixel_flipping`, :func:`region_perturbation`; :func:`road` (:mod:`~convscope.evaluate.road`);
+  :func:`infidelity` (:mod:`~convscope.evaluate.infidelity`);
 - randomisation (:mod:`~convscope.evaluate.randomisation`): :func:`model_randomisation`
   (cascading or independent), :func:`random_logit`;
 - localisation (:mod:`~convscope.evaluate.localisation`): :func:`pointing_game` (strict, or
@@ -26,6 +27,7 @@ Example::
 from convscope.evaluate.complexity import complexity, sparseness
 from convscope.evaluate.curves import Curve, deletion, insertion, pixel_flipping, region_perturbation
 from convscope.evaluate.hog import hog, hog_similarity
+from convscope.evaluate.infidelity import GaussianNoise, SquareRemoval, infidelity
 from convscope.evaluate.localisation import (centre_maps, class_mean, mass_inside, pointing_game, rank_inside,
                                              standard_tolerance)
 from convscope.evaluate.randomisation import Randomisation, model_randomisation, random_logit
@@ -35,4 +37,4 @@ from convscope.evaluate.similarity import pearson, spearman, ssim
 __all__ = ["Curve", "Randomisation", "centre_maps", "class_mean", "complexity", "deletion", "insertion",
            "mass_inside", "model_randomisation", "pearson", "pixel_flipping", "pointing_game", "random_logit",
            "rank_inside", "region_perturbation", "sparseness", "spearman", "ssim", "standard_tolerance"]
-__all__ += ["hog", "hog_similarity", "road"]
+__all__ += ["GaussianNoise", "SquareRemoval", "hog", "hog_similarity", "infidelity", "road"]
