@@ -2,7 +2,8 @@
 
 - faithfulness (:mod:`~convscope.evaluate.curves`): :func:`deletion`, :func:`insertion`,
   :func:`pixel_flipping`, :func:`region_perturbation`; :func:`road` (:mod:`~convscope.evaluate.road`);
-  :func:`infidelity` (:mod:`~convscope.evaluate.infidelity`);
+  :func:`infidelity` (:mod:`~convscope.evaluate.infidelity`); :func:`max_sensitivity`
+  (:mod:`~convscope.evaluate.sensitivity`);
 - randomisation (:mod:`~convscope.evaluate.randomisation`): :func:`model_randomisation`
   (cascading or independent), :func:`random_logit`;
 - localisation (:mod:`~convscope.evaluate.localisation`): :func:`pointing_game` (strict, or
@@ -32,9 +33,10 @@ from convscope.evaluate.localisation import (centre_maps, class_mean, mass_insid
                                              standard_tolerance)
 from convscope.evaluate.randomisation import Randomisation, model_randomisation, random_logit
 from convscope.evaluate.road import road
+from convscope.evaluate.sensitivity import max_sensitivity
 from convscope.evaluate.similarity import pearson, spearman, ssim
 
 __all__ = ["Curve", "Randomisation", "centre_maps", "class_mean", "complexity", "deletion", "insertion",
            "mass_inside", "model_randomisation", "pearson", "pixel_flipping", "pointing_game", "random_logit",
            "rank_inside", "region_perturbation", "sparseness", "spearman", "ssim", "standard_tolerance"]
-__all__ += ["GaussianNoise", "SquareRemoval", "hog", "hog_similarity", "infidelity", "road"]
+__all__ += ["GaussianNoise", "SquareRemoval", "hog", "hog_similarity", "infidelity", "max_sensitivity", "road"]
