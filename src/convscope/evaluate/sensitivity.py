@@ -15,9 +15,10 @@ The shifts are keyed by ``(seed, sample, draw)`` (:mod:`~convscope.evaluate.draw
 copies go to the method at most ``max_batch`` per call (``None``: all at once; the method's own
 ``max_batch`` splits them further), so results do not depend on ``max_batch``.
 
-Quantus 0.6's ``MaxSensitivity`` draws its shifts from its own ``uniform_noise`` (``lower_bound``
-0.2, unseeded numpy) and may drop draws that change the prediction; with the same draws the
-formula is Captum's, which is the oracle in the tests.
+Given the same shifts, Captum's ``sensitivity_max`` and Quantus 0.6's ``MaxSensitivity`` (with
+``normalise=False, abs=False``) give these values (the tests replay the draws into both). Their
+defaults differ: Captum ``radius=0.02``, 10 draws (this function's defaults); Quantus
+``lower_bound=0.2``, 200 draws, from unseeded numpy.
 
 Cost: ``n_perturb_samples + 1`` maps per image, each costing what the method costs (one forward
 and one backward pass for a gradient; many for SmoothGrad or occlusion).
