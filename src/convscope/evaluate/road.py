@@ -57,23 +57,14 @@ from convscope.evaluate.scoring import ClassScores, model_outputs
 RoadOutput = Literal["probability", "logit", "accuracy"]
 TOLERANCE = 1e-10
 
-_DIRECT, _DIAGONAL = 1 / 6, 1 / 12
-NEIGHBOURS = torch.tensor([[_DIAGONAL, _DIRECT, _DIAGONAL], [_DIRECT, 0.0, _DIRECT], [_DIAGONAL, _DIRECT, _DIAGONAL]],
-                          dtype=torch.float64)
-
-
 def _neighbour_sum(t: Tensor) -> Tensor:
-    """``sum_j w_ij t_j`` over the 8 neighbours inside the image, for ``t [..., H, W]`` (shifted adds
-    of the zero-padded ``t``: outside neighbours count 0)."""
-    h, w = t.shape[-2:]
+    """``sum_j w_ij t_j`` over the 8 neighbours inside the image, for ``t [..., H, W]``: the weights
+    are ``(outer([1, 2, 1], [1, 2, 1]) - 4 * centre) / 12``, so two 3-tap passes over the zero-padded
+    ``t`` (outside neighbours count 0) minus the centre."""
     padded = F.pad(t, (1, 1, 1, 1))
-    total = torch.zeros_like(t)
-    for dr in range(3):
-        for dc in range(3):
-            weight = float(NEIGHBOURS[dr, dc])
-            if weight:
-                total = total + weight * padded[..., dr:dr + h, dc:dc + w]
-    return total
+    rows = padded[..., :-2, :] + 2 * padded[..., 1:-1, :] + padded[..., 2:, :]
+    both = rows[..., :-2] + 2 * rows[..., 1:-1] + rows[..., 2:]
+    return (both - 4 * t) / 12
 
 
 def linear_imputation(x: Tensor, removed: Tensor, tolerance: float = TOLERANCE) -> Tensor:
@@ -84,8 +75,8 @@ def linear_imputation(x: Tensor, removed: Tensor, tolerance: float = TOLERANCE) 
     weight = _neighbour_sum(torch.ones_like(u_in[:1, :1])).clamp_min(1e-300)  # the valid neighbours' weights
     b = r * _neighbour_sum((1 - r) * u_in)
 
-    def apply(p: Tensor) -> Tensor:
-        return r * (weight * p - _neighbour_sum(r * p))
+    def apply(p: Tensor) -> Tensor:  # p is 0 outside the removed pixels
+        return r * (weight * p - _neighbour_sum(p))
 
     def dot(a: Tensor, c: Tensor) -> Tensor:
         return (a * c).sum((2, 3), keepdim=True)
