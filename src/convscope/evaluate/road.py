@@ -18,8 +18,10 @@ mean of these over samples).
 
 The systems of every sample and percentage in a chunk of ``max_batch`` rows are solved together
 on the inputs' device by conjugate gradients in float64 (Jacobi preconditioner, the matrix applied
-as one 3 x 3 convolution), each system to a relative residual of ``1e-10`` and then frozen, so a
-row's values do not depend on its chunk. The system is singular when every pixel is removed:
+as two 3-tap passes), each system to a relative residual of ``1e-10`` and then frozen, so a row's
+values do not depend on its chunk. The steps grow with the diameter of the removed regions (about
+800 for 90% of a 224 px image removed around one blob): cheap on a GPU, seconds per image on a
+CPU, where a direct sparse solve (Quantus's) can be faster at high percentages. The system is singular when every pixel is removed:
 percentages must lie in ``[0, 100)``.
 
 Pixels are ranked by the map summed over its channels, ties to the earlier position
