@@ -85,7 +85,8 @@ def hog(maps: Any, orientations: int = 9, pixels_per_cell: int | tuple[int, int]
     magnitude = torch.hypot(g_col, g_row)
     angle = torch.remainder(torch.atan2(g_row, g_col) * (180 / math.pi), 180)
     # scikit-image's bin edges are single-precision floats; an angle rounded up to 180 votes nowhere
-    edges = torch.tensor([180 / orientations * i for i in range(1, orientations + 1)], dtype=torch.float32).double()
+    edges = torch.tensor([180 / orientations * i for i in range(1, orientations + 1)], dtype=torch.float32)
+    edges = edges.to(m.device, torch.float64)
     bins = (angle[..., None] >= edges).sum(-1)
     votes = torch.where(bins < orientations, magnitude, 0.0)
     used = (torch.arange(height) < rows * c_row)[:, None] & (torch.arange(width) < cols * c_col)
