@@ -18,7 +18,8 @@ block_norm="L2-Hys", feature_vector=True)`` for each 2-D map ``m``, for a whole 
 :func:`hog_similarity` is Pearson's correlation of the two maps' HOG vectors, the comparison
 Adebayo et al. ("Sanity Checks for Saliency Maps", NeurIPS 2018) report beside SSIM and rank
 correlation. ``pixels_per_cell=None`` uses 8 x 8 cells, or ``min(H, W) // 2`` for maps smaller than
-16 px, so that one 2 x 2 block fits. The computation runs in float64; results are ``[N]``.
+16 px, so that one 2 x 2 block fits. The computation runs in float64; results are ``[N]``. Cost:
+no model pass (it compares maps already made).
 
 Example::
 

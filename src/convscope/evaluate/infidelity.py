@@ -13,10 +13,11 @@ scale-invariant variant: ``mean_k (beta a_k - d_k)^2``.
 
 Perturbations (``perturbation(x_rows, samples, draws, seed) -> I``, rows of ``x``'s shape):
 
-- :class:`GaussianNoise` (default): ``I ~ N(0, std^2)`` per element;
+- :class:`GaussianNoise` (default): ``I ~ N(0, std^2)`` per element, the plain additive form
+  (Yeh et al.'s code instead draws a noisy baseline, ``0.2 N(0, 1)`` clipped to the image range);
 - :class:`SquareRemoval`: one ``size`` x ``size`` square at a uniformly drawn position of each image
-  set to ``baseline`` (``I = (x - baseline)`` on the square, 0 elsewhere), Yeh et al.'s square
-  removal for images;
+  set to ``baseline`` (``I = (x - baseline)`` on the square, 0 elsewhere): Yeh et al.'s square
+  removal, drawn at random instead of enumerating every square;
 - or any callable of that signature (e.g. one that replays fixed draws).
 
 Draws are keyed by ``(seed, sample, draw)`` (:mod:`~convscope.evaluate.draws`), so results do not

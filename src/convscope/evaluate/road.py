@@ -11,7 +11,8 @@ ROAD fills each removed pixel from its neighbours instead. For a sample with rem
 direct neighbours and ``1/12`` for the diagonal ones), one sparse linear system per sample and
 channel; then ``N(0, noise^2)`` noise is added to the removed pixels (seeded per sample and
 percentage: :mod:`~convscope.evaluate.draws`). The curve is the model's score ``f_y`` after removing
-``floor(P * p / 100)`` of the ``P`` pixels for each percentage ``p``, the most relevant first
+``floor(P * p / 100)`` of the ``P`` pixels for each percentage ``p`` (default 10, 20, ..., 90, the
+paper's; Quantus's default is 1, 3, ..., 99), the most relevant first
 (``"morf"``: lower is better) or the least (``"lerf"``: higher is better); ``output="accuracy"``
 scores 1 where the top class is still ``y`` (the paper's and Quantus's accuracy curves are the
 mean of these over samples).
@@ -21,17 +22,18 @@ on the inputs' device by conjugate gradients in float64 (Jacobi preconditioner, 
 as two 3-tap passes), each system to a relative residual of ``1e-10`` and then frozen, so a row's
 values do not depend on its chunk. The steps grow with the diameter of the removed regions (about
 800 for 90% of a 224 px image removed around one blob): cheap on a GPU, seconds per image on a
-CPU, where a direct sparse solve (Quantus's) can be faster at high percentages. The system is singular when every pixel is removed:
-percentages must lie in ``[0, 100)``.
+CPU, where a direct sparse solve (Quantus's) can be faster at high percentages. The system is
+singular when every pixel is removed: percentages must lie in ``[0, 100)``.
 
 Pixels are ranked by the map summed over its channels, ties to the earlier position
-(:func:`~convscope.evaluate.curves.ranks`). Quantus 0.6's ``ROAD`` differs in three ways, shown in
-the tests: it ranks the map broadcast over the input's channels, so a multi-channel image gets
-flat indices beyond one channel's pixels (it raises an ``IndexError`` for 3-channel images with a
-one-channel map); it breaks ties by numpy's unstable sort; and it reports the mean accuracy over
-samples only, never per-sample scores.
+(:func:`~convscope.evaluate.curves.ranks`). With one-channel images, distinct map values and no
+noise, Quantus 0.6's ``ROAD`` gives the same accuracies (tests/tf/test_evaluate_quantus_road.py).
+It differs otherwise: it ranks the map broadcast over the input's channels and passes those flat
+indices to an imputation over one channel's pixels, so a colour image with a one-channel map
+raises an ``IndexError`` (shown in that test); it breaks ties by numpy's unstable sort; it has
+MoRF only; and it reports the mean accuracy over samples, never per-sample scores.
 
-Cost: ``len(percentages)`` model passes per image (and the imputation's convolutions, no model).
+Cost: ``len(percentages)`` model passes per image (the imputation's solver uses no model).
 
 Example::
 
