@@ -46,7 +46,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -58,7 +58,7 @@ from convscope.errors import ConvscopeError
 from convscope.evaluate.curves import Curve, Order, ranks
 from convscope.evaluate.draws import check_seed, keyed_draws
 from convscope.evaluate.maps import as_classes, as_inputs, as_maps, one_channel
-from convscope.evaluate.scoring import ClassScores, model_outputs
+from convscope.evaluate.scoring import ClassScores
 
 RoadOutput = Literal["probability", "logit", "accuracy"]
 TOLERANCE = 1e-10
@@ -184,13 +184,18 @@ def noisy_linear_imputation(x: Tensor, removed: Tensor, *, noise: float = 0.01, 
 
 
 class TopClassHits(ClassScores):
-    """``[m]``: 1.0 where the model's top class on ``x[i]`` is ``classes[i]``, else 0.0 (accuracy)."""
+    """``[m]``: 1.0 where the model's top class on ``x[i]`` is ``classes[i]``, else 0.0 (accuracy):
+    the logit score of the one-hot top class, so every check and chunking of the scores applies."""
 
-    def _score(self, x: Tensor, classes: Tensor) -> Tensor:
-        self.calls += 1
-        self.rows += len(x)
-        out = model_outputs(self.model, x)
-        return (out.argmax(-1).cpu() == classes.cpu().long()).float()
+    def __init__(self, model: Any, *, max_batch: MaxBatch = None) -> None:
+        super().__init__(model, max_batch=max_batch, output="logit")
+
+    def _score(self, run: Callable[[Tensor], Tensor], x: Tensor, classes: Tensor) -> Tensor:
+        return super()._score(lambda t: _top_one_hot(run(t)), x, classes)
+
+
+def _top_one_hot(out: Tensor) -> Tensor:
+    return F.one_hot(out.argmax(-1), out.shape[-1]).to(torch.float32)
 
 
 def _percentages(percentages: Sequence[float]) -> Tensor:

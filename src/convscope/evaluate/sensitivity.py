@@ -35,18 +35,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from convscope.backends.dispatch import framework_of
 from convscope.backends.torch.batching import MaxBatch, check_max_batch
 from convscope.errors import ConvscopeError
 from convscope.evaluate.draws import check_seed, keyed_draws
-from convscope.evaluate.maps import as_classes, as_inputs, as_maps
+from convscope.evaluate.maps import as_classes, as_inputs, attribute
 from convscope.methods.base import Method, chunks
-
-
-def _maps(method: Method, x: Tensor, classes: Tensor) -> Tensor:
-    """The method's maps of the channels-first ``x`` (a Keras model gets it channels-last), channels-first."""
-    given = x.movedim(1, -1).cpu().numpy() if framework_of(method.model) == "tf" and x.dim() >= 3 else x
-    return as_maps(method.attribute(given, classes.tolist()), x, method.model)
 
 
 def max_sensitivity(method: Method, x: Any, targets: Any, *, radius: float = 0.02, n_perturb_samples: int = 10,
@@ -63,7 +56,7 @@ def max_sensitivity(method: Method, x: Any, targets: Any, *, radius: float = 0.0
     seed, limit = check_seed(seed), check_max_batch(max_batch)
     inputs = as_inputs(x, method.model)
     classes = as_classes(targets, len(inputs))
-    original = _maps(method, inputs, classes)
+    original = attribute(method, inputs, classes)
     norms = original.flatten(1).double().norm(dim=1)
     norms = torch.where(norms == 0, 1.0, norms) if relative else torch.ones_like(norms)
     n, count = len(inputs), n_perturb_samples
@@ -72,7 +65,7 @@ def max_sensitivity(method: Method, x: Any, targets: Any, *, radius: float = 0.0
         index = torch.arange(rows.start, rows.stop)
         sample, draw = index // count, index % count
         shift = radius * (2 * keyed_draws("uniform", seed, sample, draw, inputs.shape[1:], inputs.device) - 1)
-        after = _maps(method, inputs[sample] + shift.to(inputs.dtype), classes[sample])
+        after = attribute(method, inputs[sample] + shift.to(inputs.dtype), classes[sample])
         delta = (after - original[sample]).flatten(1).double().norm(dim=1)
-        changes[rows] = (delta / norms[sample.to(norms.device)]).cpu()
+        changes[rows] = delta / norms[sample]
     return changes.view(n, count).amax(1).float()
