@@ -6,9 +6,10 @@ Yeh et al., "On the (In)fidelity and Sensitivity of Explanations", NeurIPS 2019:
 
 estimated per sample over ``n_perturb_samples`` draws ``I_k`` of a perturbation distribution
 (lower is better). ``I^T Phi`` sums ``I * Phi`` over channels and positions (a one-channel map is
-broadcast over the input's channels: Captum's value for the map repeated over the channels). With ``normalize=True`` the map is first
-scaled by the optimal ``beta = sum_k a_k d_k / sum_k a_k^2`` (``a_k = I_k^T Phi``, ``d_k`` the score
-drop; ``beta = sum_k a_k d_k`` if every ``a_k`` is 0), Captum's ``normalize=True``, Yeh et al.'s
+broadcast over the input's channels: Captum's value for the map repeated over the channels).
+With ``normalize=True`` the map is first scaled by the optimal
+``beta = sum_k a_k d_k / sum_k a_k^2`` (``a_k = I_k^T Phi``, ``d_k`` the score drop;
+``beta = sum_k a_k d_k`` if every ``a_k`` is 0), Captum's ``normalize=True``, Yeh et al.'s
 scale-invariant variant: ``mean_k (beta a_k - d_k)^2``.
 
 Perturbations (``perturbation(x_rows, samples, draws, seed) -> I``, rows of ``x``'s shape):

@@ -63,6 +63,7 @@ from convscope.evaluate.scoring import ClassScores
 RoadOutput = Literal["probability", "logit", "accuracy"]
 TOLERANCE = 1e-10
 
+
 def _neighbour_sum(t: Tensor) -> Tensor:
     """``sum_j w_ij t_j`` over the 8 neighbours inside the image, for ``t [..., H, W]``: the weights
     are ``(outer([1, 2, 1], [1, 2, 1]) - 4 * centre) / 12``, so two 3-tap passes over the zero-padded
@@ -233,7 +234,8 @@ def road(model: Any, x: Any, targets: Any, maps: Any, *, percentages: Sequence[f
         index = torch.arange(r.start, r.stop)
         sample, step = index // steps, index % steps
         removed = place[sample] < counts[step].view(-1, 1, 1)
-        filled = noisy_linear_imputation(inputs[sample], removed, noise=float(noise), seed=seed, samples=sample, draws=step)
+        filled = noisy_linear_imputation(inputs[sample], removed, noise=float(noise), seed=seed, samples=sample,
+                                         draws=step)
         return filled, classes[sample]
 
     values = scores.map(n * steps, rows).view(n, steps)
