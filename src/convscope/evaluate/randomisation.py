@@ -11,7 +11,8 @@
 The similarities per step (:data:`SIMILARITIES`): ``"ssim"`` between each map's absolute values
 summed over its channels and scaled to a maximum of 1 (Adebayo et al.'s normalised absolute
 maps), ``"spearman_abs"`` the rank correlation of the absolute maps, ``"spearman"`` that of the
-signed maps (channels summed), and ``"pearson"``.
+signed maps (channels summed), ``"pearson"``, and ``"hog"`` the Pearson correlation of the HOG
+features of the normalised absolute maps (:func:`~convscope.evaluate.hog.hog_similarity`).
 
 The randomised layers are those with parameters of their own and a ``reset_parameters`` method
 (convolutions, linear layers, normalisations), randomised by that method on a CPU copy under
@@ -38,12 +39,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from convscope.errors import ConvscopeError
+from convscope.evaluate.hog import hog_similarity
 from convscope.evaluate.maps import as_classes, as_inputs, attribute, one_channel
 from convscope.evaluate.scoring import model_outputs
 from convscope.evaluate.similarity import pearson, spearman, ssim
 from convscope.methods.base import Method
 
-SIMILARITIES = ("ssim", "spearman_abs", "spearman", "pearson")
+SIMILARITIES = ("ssim", "spearman_abs", "spearman", "pearson", "hog")
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ def compare(original: Tensor, other: Tensor, names: Sequence[str] = SIMILARITIES
         "spearman_abs": lambda: spearman(a_abs, b_abs),
         "spearman": lambda: spearman(a, b),
         "pearson": lambda: pearson(a, b),
+        "hog": lambda: hog_similarity(scaled(a_abs), scaled(b_abs)),
     }
     return {name: measures[name]() for name in names}
 
