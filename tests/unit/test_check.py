@@ -200,3 +200,23 @@ def test_a_method_that_cannot_run_on_the_model_is_refused_before_any_work(tmp_pa
     with pytest.raises(ConvscopeError, match="--method grad_cam"):
         cli.run(parse([str(scripted), "shapes:2", "--methods", "saliency,grad_cam", "--out", str(tmp_path / "out")]))
     assert not (tmp_path / "out").exists()
+
+
+def test_road_infidelity_and_sensitivity_run_in_check(tmp_path: Path, shapes_vgg: torch.nn.Module) -> None:
+    from convscope.check import check
+    from convscope.models import load_model
+
+    path = check(load_model("zoo:shapes-vgg"), "shapes:3", ["saliency"], ["road_morf", "infidelity", "max_sensitivity"],
+                 tmp_path, progress=False)
+    per = json.loads(path.read_text())["per_image"]["saliency"]
+    images, _, _ = Shapes(3).arrays()
+    x = zoo.preset("shapes-vgg").to_tensor(images)
+    with torch.no_grad():
+        classes = shapes_vgg(x).argmax(1)
+    maps = Saliency(shapes_vgg).attribute(x, classes.tolist())
+    np.testing.assert_allclose(per["road_morf"], evaluate.road(shapes_vgg, x, classes, maps).values.mean(1).numpy(),
+                               atol=1e-5)
+    np.testing.assert_allclose(per["infidelity"], evaluate.infidelity(shapes_vgg, x, classes, maps,
+                                                                      normalize=True).numpy(), rtol=1e-4)
+    np.testing.assert_allclose(per["max_sensitivity"], evaluate.max_sensitivity(Saliency(shapes_vgg), x,
+                                                                                classes).numpy(), rtol=1e-4)

@@ -9,6 +9,10 @@ their settings for images of any size:
 - ``deletion`` / ``insertion``: AUC over 50 steps (zero baseline / a blurred image), probabilities;
 - ``region_perturbation``: AOPC over the most relevant 8 x 8 patches (all of them up to 100);
 - ``pixel_flipping``: AUC of the curve of 64 steps (``pixels_in_step = ceil(P / 64)``);
+- ``road_morf`` / ``road_lerf``: Rong et al.'s ROAD, the mean class probability over 10%..90% of the
+  pixels removed (most / least relevant first) and filled by noisy linear imputation;
+- ``infidelity``: Yeh et al.'s, 10 Gaussian perturbations, optimally scaled maps (Captum's
+  ``normalize=True``); ``max_sensitivity``: Yeh et al.'s, relative, 10 shifts of radius 0.02;
 - ``randomisation``: cascading model-parameter randomisation, the mean SSIM of the
   maps to the trained model's over the randomised layers (lower: the map depends on the model);
 - ``random_logit``: SSIM of the maps for the class and a random other class (lower: class-sensitive);
@@ -99,6 +103,23 @@ def _flipping(c: Context, method: Method, maps: Tensor) -> Result:
     return Result(torch.trapezoid(curve.values, curve.fractions, dim=1), curve.fractions, curve.values)
 
 
+def _road(order: str) -> Callable[[Context, Method, Tensor], Result]:
+    def compute(c: Context, method: Method, maps: Tensor) -> Result:
+        curve = evaluate.road(c.model, c.x, c.classes, maps, order=order, seed=c.seed, max_batch=c.max_batch)
+        return Result(curve.values.mean(1), curve.fractions, curve.values)
+
+    return compute
+
+
+def _infidelity(c: Context, method: Method, maps: Tensor) -> Result:
+    return Result(evaluate.infidelity(c.model, c.x, c.classes, maps, normalize=True, seed=c.seed,
+                                      max_batch=c.max_batch))
+
+
+def _sensitivity(c: Context, method: Method, maps: Tensor) -> Result:
+    return Result(evaluate.max_sensitivity(method, c.x, c.classes, seed=c.seed, max_batch=c.max_batch))
+
+
 def _randomisation(c: Context, method: Method, maps: Tensor) -> Result:
     result = evaluate.model_randomisation(method, c.x, c.classes, seed=c.seed, similarities=("ssim", "spearman_abs"))
     return Result(result.similarity["ssim"].nanmean(0), layers=result.layers, steps=result.similarity)
@@ -141,6 +162,10 @@ METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in [
     MetricSpec("insertion", "Insertion AUC", True, False, "51 passes", _insertion),
     MetricSpec("region_perturbation", "Region perturbation AOPC", True, False, "up to 101 passes", _region),
     MetricSpec("pixel_flipping", "Pixel flipping AUC", False, False, "64 passes", _flipping),
+    MetricSpec("road_morf", "ROAD MoRF mean", False, False, "9 passes", _road("morf")),
+    MetricSpec("road_lerf", "ROAD LeRF mean", True, False, "9 passes", _road("lerf")),
+    MetricSpec("infidelity", "Infidelity", False, False, "11 passes", _infidelity),
+    MetricSpec("max_sensitivity", "Max-sensitivity", False, False, "11 maps", _sensitivity),
     MetricSpec("randomisation", "Randomisation SSIM", False, False, "1 map per randomised layer", _randomisation,
                torch_only=True),
     MetricSpec("random_logit", "Random-logit SSIM", False, False, "2 maps", _random_logit),

@@ -42,7 +42,9 @@ class Examples:
 CURVES = {"deletion": ("fraction of pixels deleted", "p(class)"),
           "insertion": ("fraction of pixels inserted", "p(class)"),
           "region_perturbation": ("fraction of patches removed", "drop of p(class)"),
-          "pixel_flipping": ("fraction of pixels flipped", "p(class)")}
+          "pixel_flipping": ("fraction of pixels flipped", "p(class)"),
+          "road_morf": ("fraction removed (most relevant first)", "p(class)"),
+          "road_lerf": ("fraction removed (least relevant first)", "p(class)")}
 
 
 def _cell(value: float | None) -> str:
