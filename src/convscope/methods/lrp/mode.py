@@ -15,8 +15,9 @@ on a tensor that depends on the input becomes an autograd function whose backwar
   the model computes stays as it was. Other normalisations get the composite's ``norm`` rule;
 - sums of input-dependent tensors (residual additions): ``R_i = x_i R / s(sum_j x_j)``, the
   composite's ``sum`` rule; a constant term keeps its share, as a bias does;
-- products with a constant or a gate (``x * sigmoid(s)``, a squeeze-excitation): the whole
-  relevance to the full-shaped factor, none to the gate;
+- products with a constant or a gate (``x * sigmoid(s)``, a squeeze-excitation: a factor that a
+  sigmoid made or one broadcast over the other): the whole relevance to the other factor, none
+  to the gate;
 - activations and other element-wise functions: passed through; re-arrangements (``cat``,
   ``flatten``, ``view``, indexing, max pooling, ``dropout``): the gradient, which moves relevance
   with the values it belongs to.
@@ -75,6 +76,8 @@ OP_KINDS: dict[str, str] = {
 
 _MARK = "_convscope_lrp"          # the mode's token on tensors that depend on the input
 _SOURCE = "_convscope_lrp_source"  # (token, input, layer, rule, layer name) on outputs of linear layers
+_GATE = "_convscope_lrp_gate"      # the mode's token on outputs of a sigmoid: a gate in a product
+_GATES = ("sigmoid", "sigmoid_", "hardsigmoid")
 
 
 class _Relevance(torch.autograd.Function):
@@ -270,7 +273,10 @@ class LRPMode(TorchFunctionMode):
         x = args[0] if args else kwargs["input"]
         if not self._active(x):
             self.unhandled(name, " (a parameter depends on the input)")
-        return _Pass.apply(x, lambda: func(*args, **kwargs))
+        out = _Pass.apply(x, lambda: func(*args, **kwargs))
+        if name in _GATES:
+            setattr(out, _GATE, self.token)
+        return out
 
     def _route(self, func: Callable[..., Any], name: str, args: tuple, kwargs: dict[str, Any]) -> object:
         out = func(*args, **kwargs)
@@ -279,6 +285,9 @@ class LRPMode(TorchFunctionMode):
             if source is not None:
                 setattr(out, _SOURCE, source)
         return out
+
+    def _gate(self, t: object) -> bool:
+        return isinstance(t, Tensor) and getattr(t, _GATE, None) is self.token
 
     def _sum(self, func: Callable[..., Any], name: str, args: tuple, kwargs: dict[str, Any]) -> Tensor:
         if kwargs.get("alpha", args[2] if len(args) > 2 else 1) != 1:
@@ -299,9 +308,11 @@ class LRPMode(TorchFunctionMode):
         divides = name in ("div", "div_", "__truediv__", "__itruediv__", "true_divide")
         if divides and self._active(b):
             self.unhandled(name, " (a division by an input-dependent tensor)")
-        full = [t for t in (a, b) if self._active(t) and t.shape == out_shape]
-        if len(full) != 1 or (self._active(a) and self._active(b) and a.numel() == b.numel()):
-            self.unhandled(name, " (a product of two input-dependent maps of one shape)")
+        full = [t for t in (a, b) if self._active(t) and t.shape == out_shape and not self._gate(t)]
+        if len(full) == 2 and a.numel() == b.numel():  # neither a gate nor broadcast: no rule says who gets what
+            self.unhandled(name, " (a product of two input-dependent maps, neither of them a sigmoid gate)")
+        if len(full) != 1:
+            self.unhandled(name, " (a product whose full-shaped factor is not the input-dependent one)")
         if name in ("mul_", "div_", "__imul__", "__itruediv__") and full[0] is not a:
             self.unhandled(name, " (in place on the gate)")
         return _Pass.apply(full[0], lambda: func(*args, **kwargs))
