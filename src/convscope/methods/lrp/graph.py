@@ -17,7 +17,9 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import operator
+import weakref
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -76,8 +78,20 @@ def _kind(node: object, modules: dict[str, nn.Module]) -> str | None:
     return OP_KINDS.get(name)
 
 
+_REPORTS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], CanonicalReport]] = weakref.WeakKeyDictionary()
+
+
 def canonical_report(model: nn.Module) -> CanonicalReport:
-    """Trace ``model`` with ``torch.fx`` and report how LRP canonizes it (see the module docstring)."""
+    """Trace ``model`` with ``torch.fx`` and report how LRP canonizes it (see the module docstring);
+    kept per model and module tree, so repeated calls trace once."""
+    key = tuple(map(id, model.modules()))
+    known = _REPORTS.get(model)
+    if known is None or known[0] != key:
+        known = _REPORTS[model] = (key, _trace(model))
+    return copy.deepcopy(known[1])
+
+
+def _trace(model: nn.Module) -> CanonicalReport:
     import torch.fx
 
     try:

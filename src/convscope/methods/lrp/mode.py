@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from convscope.errors import ConvscopeError
+from convscope.layers import resolve_layer
 from convscope.methods.lrp.composites import Composite
 from convscope.methods.lrp.rules import Epsilon, Layer, LRPRule, Pass, stabilize
 
@@ -345,12 +346,7 @@ def lrp_rules(model: nn.Module, composite: Composite, fold: bool = True) -> Iter
     (``fold``: batch norms folded into their convolutions). Every hook and the mode are gone on
     exit, also when the block raises; the model and its parameters are never changed."""
     for name in composite.names():
-        try:
-            model.get_submodule(name)
-        except AttributeError:
-            from convscope.layers import resolve_layer
-
-            resolve_layer(model, name)  # the clear error, with close names
+        resolve_layer(model, name)  # an unknown name fails here, naming close ones
     mode = LRPMode(model, composite, fold)
     names = {id(m): n for n, m in model.named_modules()}
 
