@@ -41,6 +41,7 @@ _LAZY: dict[str, str | None] = {
     "atlas": None,
     "featurevis": None,
     "evaluate": None,
+    "lrp": "convscope.methods",
     "ConvscopeError": "convscope.errors",
     "load_model": "convscope.models",
     "load_images": "convscope.images",

@@ -94,8 +94,11 @@ def test_lifecycle(method_name: str, model_name: str, request: pytest.FixtureReq
         chunked = methods()[method_name].cls(model, max_batch=2, **light).attribute(x, classes)
         single = [method.attribute(x[i:i + 1], classes[i]) for i in range(len(x))]
     # ablation-CAM's (S - S_k) / S and occlusion's S - S_window subtract nearly equal float32 scores, so
-    # the last-bit differences of convolutions at different batch sizes are amplified; others agree to 1e-5.
-    rtol, atol = (1e-3, 1e-4) if method_name in ("ablation_cam", "occlusion") else (1e-5, 1e-6)
+    # the last-bit differences of convolutions at different batch sizes are amplified; so does LRP's division of
+    # relevance by sums that nearly cancel (residual sums, stabilised by 1e-6: 3e-4 of the largest value on
+    # shapes-resnet in float32, exactly 0 in float64); others agree to 1e-5.
+    rtol, atol = {"ablation_cam": (1e-3, 1e-4), "occlusion": (1e-3, 1e-4), "lrp": (1e-3, 1e-3)}.get(method_name,
+                                                                                                  (1e-5, 1e-6))
     scale = float(maps[0].abs().max())
     torch.testing.assert_close(chunked, maps[0], rtol=rtol, atol=atol * scale)
     torch.testing.assert_close(torch.cat(single), maps[0], rtol=rtol, atol=atol * scale)

@@ -38,6 +38,11 @@ from convscope.methods.augment import AugSmooth  # noqa: E402
 
 __all__ += ["AugSmooth"]
 
+from convscope.methods import lrp  # noqa: E402
+from convscope.methods.lrp import LRP  # noqa: E402
+
+__all__ += ["LRP", "lrp"]
+
 
 def __getattr__(name: str) -> type[Method]:
     """A method registered outside this package, by its class name."""
