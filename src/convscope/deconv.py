@@ -46,6 +46,7 @@ from convscope import ops
 from convscope.backends.torch.rule_mode import relu_call
 from convscope.backends.torch.session import call_model, eval_mode
 from convscope.errors import ConvscopeError
+from convscope.ops.nested import tensors_in
 from convscope.layers import layer_name, resolve_layer
 from convscope.methods.base import check_input
 from convscope.targets import LayerKey, Record, Target, TargetLike, as_target
@@ -183,17 +184,6 @@ def _op_name(func: Callable[..., Any]) -> str:
     return f"{getattr(func, '__module__', None) or 'torch'}.{name}"
 
 
-def _tensors(value: object) -> Iterator[Tensor]:
-    if isinstance(value, Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _tensors(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _tensors(v)
-
-
 class _Recorder(TorchFunctionMode):
     """Records the chain of steps of one forward pass (leaf modules via hooks, other ops via the mode)."""
 
@@ -209,7 +199,7 @@ class _Recorder(TorchFunctionMode):
         self.calls: dict[LayerKey, int] = {}
 
     def _on_chain(self, *values: object) -> tuple[Tensor, ...]:
-        return tuple(t for t in _tensors(values) if self.chain.get(id(t)) is t)
+        return tuple(t for t in tensors_in(values) if self.chain.get(id(t)) is t)
 
     def _add(self, name: str, kind: str, inputs: tuple[Tensor, ...], output: Tensor,
              build: Callable[[], Mirror]) -> None:

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from convscope.errors import ConvscopeError
+from convscope.ops.nested import tensors_in
 from convscope.layers import resolve_layer
 from convscope.methods.lrp.composites import Composite
 from convscope.methods.lrp.rules import Epsilon, Layer, LRPRule, Pass, stabilize
@@ -157,14 +158,6 @@ class _Sum(torch.autograd.Function):
         return (None, None, None, *(_sum_to(x * g, x.shape) for x in ctx.parts))
 
 
-def _tensors(value: object) -> Iterator[Tensor]:
-    if isinstance(value, Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _tensors(v)
-
-
 class LRPMode(TorchFunctionMode):
     """Relevance rules for every operation of ``model``'s forward passes (see the module docstring).
 
@@ -185,7 +178,7 @@ class LRPMode(TorchFunctionMode):
     def start(self, inputs: Sequence[object]) -> None:
         """A new forward pass of the model begins with ``inputs``."""
         self.first_done, self.folded, self.counts = False, [], Counter()
-        for t in _tensors(list(inputs)):
+        for t in tensors_in(list(inputs)):
             setattr(t, _MARK, self.token)
 
     def where(self) -> str:
@@ -195,7 +188,7 @@ class LRPMode(TorchFunctionMode):
         return isinstance(t, Tensor) and getattr(t, _MARK, None) is self.token
 
     def _mark(self, out: object) -> object:
-        for t in _tensors(out):
+        for t in tensors_in(out):
             if t.requires_grad:
                 setattr(t, _MARK, self.token)
         return out
@@ -207,12 +200,12 @@ class LRPMode(TorchFunctionMode):
             return func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         kind = OP_KINDS.get(name)
-        operands = [t for t in _tensors([*args, *kwargs.values()]) if self._active(t)]
+        operands = [t for t in tensors_in([*args, *kwargs.values()]) if self._active(t)]
         if not operands:
             return func(*args, **kwargs)
         if kind is None:
             out = func(*args, **kwargs)
-            if any(t.requires_grad for t in _tensors(out)) or name == "__setitem__":
+            if any(t.requires_grad for t in tensors_in(out)) or name == "__setitem__":
                 self.unhandled(name)
             return out
         self.counts[kind] += 1
@@ -248,7 +241,7 @@ class LRPMode(TorchFunctionMode):
 
     def _pool(self, func: Callable[..., Any], name: str, args: tuple, kwargs: dict[str, Any]) -> Tensor:
         x, rest = args[0], args[1:]
-        if not self._active(x) or any(self._active(t) for t in _tensors([rest, list(kwargs.values())])):
+        if not self._active(x) or any(self._active(t) for t in tensors_in([rest, list(kwargs.values())])):
             self.unhandled(name)
         if name in ("mean", "sum") and not rest and "dim" not in kwargs:
             self.unhandled(name, " (over every dimension, the batch too)")
@@ -257,7 +250,7 @@ class LRPMode(TorchFunctionMode):
 
     def _norm(self, func: Callable[..., Any], name: str, args: tuple, kwargs: dict[str, Any]) -> Tensor:
         x = args[0] if args else kwargs["input"]
-        if any(self._active(t) for t in _tensors([args[1:], [v for k, v in kwargs.items() if k != "input"]])):
+        if any(self._active(t) for t in tensors_in([args[1:], [v for k, v in kwargs.items() if k != "input"]])):
             self.unhandled(name, " (its statistics depend on the input)")
         source = getattr(x, _SOURCE, None)
         if self.fold and name == "batch_norm" and source is not None and source[0] is self.token:
