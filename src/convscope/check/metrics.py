@@ -44,7 +44,8 @@ from convscope.methods.base import Method
 @dataclass(frozen=True)
 class Context:
     """One batch: the model, its inputs ``x [n, C, H, W]``, the classes explained, the object masks
-    ``[n, H, W]`` (None when the data has none), the seed and the batch knob."""
+    ``[n, H, W]`` (None when the data has none), the seed and the batch knob. ``native`` is ``x``
+    in the model's own layout (a Keras model's: channels-last), as :mod:`convscope.evaluate` takes it."""
 
     model: Any
     x: Tensor
@@ -52,6 +53,16 @@ class Context:
     masks: Tensor | None
     seed: int
     max_batch: Any
+    native: Any = None
+
+    @property
+    def inputs(self) -> Any:
+        """The inputs as the evaluation functions take them (the model's layout)."""
+        return self.x if self.native is None else self.native
+
+    def maps(self, maps: Tensor) -> Any:
+        """Channels-first ``maps`` in the model's layout (channels-last for a Keras model)."""
+        return maps if self.native is None else maps.movedim(1, -1).numpy()
 
 
 @dataclass(frozen=True)
@@ -80,53 +91,53 @@ class MetricSpec:
 
 
 def _deletion(c: Context, method: Method, maps: Tensor) -> Result:
-    curve = evaluate.deletion(c.model, c.x, c.classes, maps, steps=50, max_batch=c.max_batch)
+    curve = evaluate.deletion(c.model, c.inputs, c.classes, c.maps(maps), steps=50, max_batch=c.max_batch)
     return Result(curve.auc(), curve.fractions, curve.values)
 
 
 def _insertion(c: Context, method: Method, maps: Tensor) -> Result:
-    curve = evaluate.insertion(c.model, c.x, c.classes, maps, steps=50, max_batch=c.max_batch)
+    curve = evaluate.insertion(c.model, c.inputs, c.classes, c.maps(maps), steps=50, max_batch=c.max_batch)
     return Result(curve.auc(), curve.fractions, curve.values)
 
 
 def _region(c: Context, method: Method, maps: Tensor) -> Result:
     cells = math.ceil(c.x.shape[-2] / 8) * math.ceil(c.x.shape[-1] / 8)
-    curve, reference = evaluate.region_perturbation(c.model, c.x, c.classes, maps, patch=8, regions=min(100, cells),
+    curve, reference = evaluate.region_perturbation(c.model, c.inputs, c.classes, c.maps(maps), patch=8, regions=min(100, cells),
                                                     max_batch=c.max_batch)
     return Result(curve.aopc(reference), curve.fractions, reference[:, None] - curve.values)
 
 
 def _flipping(c: Context, method: Method, maps: Tensor) -> Result:
     pixels = c.x.shape[-2] * c.x.shape[-1]
-    curve = evaluate.pixel_flipping(c.model, c.x, c.classes, maps, pixels_in_step=math.ceil(pixels / 64),
+    curve = evaluate.pixel_flipping(c.model, c.inputs, c.classes, c.maps(maps), pixels_in_step=math.ceil(pixels / 64),
                                     max_batch=c.max_batch)
     return Result(torch.trapezoid(curve.values, curve.fractions, dim=1), curve.fractions, curve.values)
 
 
 def _road(order: str) -> Callable[[Context, Method, Tensor], Result]:
     def compute(c: Context, method: Method, maps: Tensor) -> Result:
-        curve = evaluate.road(c.model, c.x, c.classes, maps, order=order, seed=c.seed, max_batch=c.max_batch)
+        curve = evaluate.road(c.model, c.inputs, c.classes, c.maps(maps), order=order, seed=c.seed, max_batch=c.max_batch)
         return Result(curve.values.mean(1), curve.fractions, curve.values)
 
     return compute
 
 
 def _infidelity(c: Context, method: Method, maps: Tensor) -> Result:
-    return Result(evaluate.infidelity(c.model, c.x, c.classes, maps, normalize=True, seed=c.seed,
+    return Result(evaluate.infidelity(c.model, c.inputs, c.classes, c.maps(maps), normalize=True, seed=c.seed,
                                       max_batch=c.max_batch))
 
 
 def _sensitivity(c: Context, method: Method, maps: Tensor) -> Result:
-    return Result(evaluate.max_sensitivity(method, c.x, c.classes, seed=c.seed, max_batch=c.max_batch))
+    return Result(evaluate.max_sensitivity(method, c.inputs, c.classes, seed=c.seed, max_batch=c.max_batch))
 
 
 def _randomisation(c: Context, method: Method, maps: Tensor) -> Result:
-    result = evaluate.model_randomisation(method, c.x, c.classes, seed=c.seed, similarities=("ssim", "spearman_abs"))
+    result = evaluate.model_randomisation(method, c.inputs, c.classes, seed=c.seed, similarities=("ssim", "spearman_abs"))
     return Result(result.similarity["ssim"].nanmean(0), layers=result.layers, steps=result.similarity)
 
 
 def _random_logit(c: Context, method: Method, maps: Tensor) -> Result:
-    return Result(evaluate.random_logit(method, c.x, c.classes, seed=c.seed)[0])
+    return Result(evaluate.random_logit(method, c.inputs, c.classes, seed=c.seed)[0])
 
 
 def _masks(c: Context) -> Tensor:

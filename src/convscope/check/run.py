@@ -52,7 +52,7 @@ from convscope.check.metrics import DEFAULT, METRICS, Context, MetricSpec, Resul
 from convscope.check.report import Examples, write_report
 from convscope.errors import ConvscopeError
 from convscope.evaluate import centre_maps, pointing_game
-from convscope.evaluate.maps import attribute
+from convscope.evaluate.maps import as_inputs, attribute
 from convscope.evaluate.scoring import model_outputs
 from convscope.fileio import check_writable, write_atomic
 from convscope.loaded import LoadedModel
@@ -271,12 +271,14 @@ def _skipped(metric_names: list[str], source: Source, model: Any) -> dict[str, s
 
 def _score_batch(state: dict[str, Any], totals: _Totals, batch: Any, instances: dict[str, Method],
                  metrics: list[MetricSpec], masks: Tensor | None, seed: int, max_batch: Any, source: Source) -> None:
-    x = batch.tensor
-    classes = model_outputs(next(iter(instances.values())).model, x).argmax(1).cpu()
+    model = next(iter(instances.values())).model
+    x = as_inputs(batch.tensor, model)  # channels-first (a Keras batch too)
+    classes = model_outputs(model, x).argmax(1).cpu()
     state["images"]["index"].extend(int(i) for i in batch.index)
     state["images"]["names"].extend(source.name(int(i)) for i in batch.index)
     state["images"]["classes"].extend(classes.tolist())
-    context = Context(next(iter(instances.values())).model, x, classes, masks, seed, max_batch)
+    context = Context(model, x, classes, masks, seed, max_batch,
+                      native=batch.tensor if framework_of(model) == "tf" else None)
     if masks is not None:
         centre = centre_maps(len(x), *x.shape[-2:])
         for name in ("pointing_game", "pointing_game_strict"):
@@ -297,9 +299,9 @@ def _examples(source: Source, instances: dict[str, Method], seed: int) -> Exampl
     from convscope.evaluate import model_randomisation
 
     batch = source.batch(0, min(EXAMPLES, len(source)))
-    x = batch.tensor
     model = next(iter(instances.values())).model
+    x = as_inputs(batch.tensor, model)
     classes = model_outputs(model, x).argmax(1).cpu()
-    maps = {name: model_randomisation(method, x, classes, seed=seed, similarities=("ssim",)).maps
+    maps = {name: model_randomisation(method, batch.tensor, classes, seed=seed, similarities=("ssim",)).maps
             for name, method in instances.items()}
     return Examples(batch.pixels, maps)
