@@ -89,10 +89,13 @@ class _Relevance(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, layer: Layer, rule: LRPRule) -> Tensor:  # noqa: ANN401
         ctx.layer, ctx.rule = layer, rule
         ctx.save_for_backward(x)
+        ctx.set_materialize_grads(False)  # a branch no relevance reaches stays None: no rule computed on zeros
         return layer(x)
 
     @staticmethod
-    def backward(ctx: Any, r: Tensor) -> tuple[Tensor, None, None]:  # noqa: ANN401
+    def backward(ctx: Any, r: Tensor | None) -> tuple[Tensor | None, None, None]:  # noqa: ANN401
+        if r is None:  # e.g. the convolution before a folded batch norm: its relevance went past it
+            return None, None, None
         (x,) = ctx.saved_tensors
         with torch.enable_grad():
             return ctx.rule.relevance(ctx.layer, x.detach(), r).detach(), None, None
@@ -107,10 +110,13 @@ class _Folded(torch.autograd.Function):
                 call: Callable[[], Tensor]) -> Tensor:
         ctx.layer, ctx.rule = folded, rule
         ctx.save_for_backward(x)
+        ctx.set_materialize_grads(False)
         return call()
 
     @staticmethod
-    def backward(ctx: Any, r: Tensor) -> tuple[None, Tensor, None, None, None]:  # noqa: ANN401
+    def backward(ctx: Any, r: Tensor | None) -> tuple[None, Tensor | None, None, None, None]:  # noqa: ANN401
+        if r is None:
+            return None, None, None, None, None
         (x,) = ctx.saved_tensors
         with torch.enable_grad():
             return None, ctx.rule.relevance(ctx.layer, x.detach(), r).detach(), None, None, None
@@ -124,10 +130,11 @@ class _Pass(torch.autograd.Function):
         out = call()
         if out is x:
             ctx.mark_dirty(x)
+        ctx.set_materialize_grads(False)
         return out
 
     @staticmethod
-    def backward(ctx: Any, r: Tensor) -> tuple[Tensor, None]:  # noqa: ANN401
+    def backward(ctx: Any, r: Tensor | None) -> tuple[Tensor | None, None]:  # noqa: ANN401
         return r, None
 
 
@@ -150,10 +157,13 @@ class _Sum(torch.autograd.Function):
         if inplace:
             ctx.mark_dirty(xs[0])
         ctx.z, ctx.epsilon = out.detach().clone(), epsilon
+        ctx.set_materialize_grads(False)
         return out
 
     @staticmethod
-    def backward(ctx: Any, r: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN401
+    def backward(ctx: Any, r: Tensor | None) -> tuple[Tensor | None, ...]:  # noqa: ANN401
+        if r is None:
+            return (None,) * (3 + len(ctx.parts))
         g = r / stabilize(ctx.z, ctx.epsilon)
         return (None, None, None, *(_sum_to(x * g, x.shape) for x in ctx.parts))
 
