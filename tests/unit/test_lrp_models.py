@@ -188,3 +188,20 @@ def test_the_readme_lrp_example_runs() -> None:
     scope = {"model": model, "x": x}
     exec(compile(block, "README.md", "exec"), scope)
     assert scope["maps"].shape == x.shape
+
+
+def test_each_layer_rule_runs_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A convolution folded into the batch norm after it passes its relevance on through the fold: its
+    own rule must not run as well (on zero relevance: twice the work of every ResNet convolution)."""
+    seen: list[tuple[int, ...]] = []
+    relevance = ZPlus.relevance
+
+    def counted(self: ZPlus, layer, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        seen.append(tuple(layer.weight.shape))
+        return relevance(self, layer, x, r)
+
+    monkeypatch.setattr(ZPlus, "relevance", counted)
+    model = build("resnet18")
+    LRP(model, composite="epsilon_plus_flat").attribute(torch.randn(1, 3, 32, 32), 3)
+    convs = [tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Conv2d)][1:]  # the first: Flat
+    assert sorted(seen) == sorted(convs)
