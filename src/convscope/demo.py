@@ -179,7 +179,19 @@ def section_methods(ctx: DemoContext) -> tuple[str, list[Item]] | None:
         items += [_KIND_TEXT.get(kind, d.meaning),
                   ctx.save(f"methods-{kind}", sheet, f"{kind} maps: {', '.join(names)}",
                            render.colorbar("inferno", d.low, d.high, title=d.meaning))]
+    items += _conservation_items(ctx, predicted[0])
     return "Attribution methods", items
+
+
+def _conservation_items(ctx: DemoContext, target: int) -> list[Item]:
+    """LRP's conservation report on the first image: how much of the score each layer's relevance holds."""
+    from convscope.methods.lrp import conservation
+
+    report = conservation(ctx.model, ctx.x[:1], target, composite="epsilon_plus_flat")
+    return ["LRP conserves relevance layer by layer up to what biases and stabilisers absorb: the share of the "
+            "score held at every cut of the model (the first image, its predicted class; a convolution folded into "
+            "its batch norm holds none of its own).",
+            ctx.save("lrp-conservation", report.picture(), "LRP (epsilon_plus_flat): relevance / score, per layer")]
 
 
 def section_projections(ctx: DemoContext) -> tuple[str, list[Item]] | None:

@@ -24,6 +24,10 @@ model evaluation (``"auto"``: sized from free memory, see :mod:`convscope.method
 A map that is all zero or constant shows no place: it is drawn as the plain picture captioned
 as blank, recorded in ``maps.json`` under ``"blank"`` and reported on stderr.
 
+LRP on a PyTorch model also writes ``<image>-lrp-conservation.png`` (the relevance at every cut
+of the model as a share of the score, :func:`~convscope.methods.lrp.conservation`) and the same
+numbers under ``"conservation"`` in the image's ``maps.json`` entry.
+
 A Keras model (``load_model("model.keras")``) takes the same path: its NHWC maps are transposed to
 [N, C, H, W] for rendering.
 
@@ -51,6 +55,7 @@ from convscope.errors import ConvscopeError
 from convscope.images import ImageBatch, ImageStream, images_per_batch
 from convscope.methods import AugSmooth, Method, display_kind
 from convscope.methods.batching import MaxBatch, check_max_batch
+from convscope.methods.lrp import LRP, conservation
 from convscope.methods.registry import get_method, supported
 from convscope.models import LoadedModel
 from convscope.targets import Predicted
@@ -276,6 +281,8 @@ def _explain_batch(loaded: LoadedModel, batch: ImageBatch, methods: dict[str, tu
                 "aug_smooth": aug_smooth, "shape": list(maps[i].shape),
                 "min": float(maps[i].min()), "max": float(maps[i].max()), "blank": blank,
                 "png": written[-1].name}, _box(batch, i))
+        if isinstance(method, LRP) and isinstance(loaded.model, torch.nn.Module):
+            written += _conservation(loaded, method, batch, targets, out, index)
         bar.update(len(batch.names))
         del maps
     if sheets:
@@ -284,6 +291,26 @@ def _explain_batch(loaded: LoadedModel, batch: ImageBatch, methods: dict[str, tu
             written.append(render.save_png(out / f"{Path(image_name).stem}-all.png", sheet))
             index.data["sheets"][image_name] = written[-1].name
     return written
+
+
+def _conservation(loaded: LoadedModel, method: LRP, batch: ImageBatch, targets: list[int], out: Path,
+                  index: MapIndex) -> list[Path]:
+    """LRP's conservation report of each image: ``<image>-lrp-conservation.png`` (relevance / score at
+    every cut of the model) and its numbers in the image's ``maps.json`` entry."""
+    report = conservation(loaded.model, batch.tensor, targets, composite=method.composite, canonize=method.canonize)
+    written = []
+    for i, image_name in enumerate(batch.names):
+        written.append(render.save_png(out / f"{Path(image_name).stem}-lrp-conservation.png", report.picture(i)))
+        index.data["images"][image_name][-1]["conservation"] = {
+            "score": float(report.score[i]), "png": written[-1].name,
+            "layers": [{"layer": name, "relevance": _finite(s[i]), "drift": _finite(d[i])}
+                       for name, s, d in report.rows()]}
+    return written
+
+
+def _finite(value: float) -> float | None:
+    """``value``, or None for NaN (JSON has no NaN)."""
+    return value if value == value else None
 
 
 def _box(batch: ImageBatch, i: int) -> list[float]:

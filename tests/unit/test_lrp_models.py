@@ -205,3 +205,53 @@ def test_each_layer_rule_runs_once(monkeypatch: pytest.MonkeyPatch) -> None:
     LRP(model, composite="epsilon_plus_flat").attribute(torch.randn(1, 3, 32, 32), 3)
     convs = [tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Conv2d)][1:]  # the first: Flat
     assert sorted(seen) == sorted(convs)
+
+
+def test_conservation_report_in_one_pass_matches_the_maps_and_folds() -> None:
+    """The report's input row is the sum of LRP's own maps, per sample and target; the score is the
+    logit; the convolution folded into ``bn1`` holds no relevance of its own (NaN), ``bn1`` does; the
+    default layers are the cuts, written out here for torchvision's ResNet-18."""
+    from convscope.methods.lrp import conservation, cuts
+
+    model = build("resnet18")
+    assert cuts(model) == ["conv1", "bn1", "maxpool", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0",
+                           "layer3.1", "layer4.0", "layer4.1", "avgpool", "fc"]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    report = conservation(model, x, [3, 7], composite="epsilon_plus")
+    maps = LRP(model, composite="epsilon_plus").attribute(x, [3, 7])
+    torch.testing.assert_close(report.sums[-1], maps.sum((1, 2, 3)), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        logits = model(x)
+    torch.testing.assert_close(report.score, logits[[0, 1], [3, 7]])
+    torch.testing.assert_close(report.sums[report.layers.index("fc")], report.score)  # the seed: R = logit
+    assert report.sums[0].isnan().all() and report.sums[1].isfinite().all()
+    picture = report.picture(1)
+    assert picture.ndim == 3 and picture.shape[0] > 14 * len(report.layers)
+
+
+def test_explain_writes_the_conservation_picture_and_numbers(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from convscope.explain import explain
+    from convscope.images import Preprocess, load_images
+    from convscope.loaded import LoadedModel
+
+    model = build("resnet18")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    loaded = LoadedModel(model, Preprocess(size=32, crop=32), "resnet18")
+    explain(loaded, [tmp_path / "a.png"], method="lrp", target=5, out=tmp_path / "out")
+    (entry,) = json.loads((tmp_path / "out" / "maps.json").read_text())["images"]["a.png"]
+    found = entry["conservation"]
+    assert (tmp_path / "out" / found["png"]).is_file() and found["png"] == "a-lrp-conservation.png"
+    x = load_images([tmp_path / "a.png"], loaded.preprocess).tensor
+    with torch.no_grad():
+        assert found["score"] == pytest.approx(float(model(x)[0, 5]), rel=1e-5)
+    rows = {row["layer"]: row for row in found["layers"]}
+    expected = float(LRP(model).attribute(x, 5).sum())
+    assert rows["input"]["relevance"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert rows["conv1"]["relevance"] is None and rows["input"]["drift"] == pytest.approx(expected / found["score"] - 1,
+                                                                                            rel=1e-3, abs=1e-6)

@@ -587,3 +587,20 @@ def test_import_does_not_pull_in_matplotlib_or_torch() -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_bar_chart_bars_are_proportional_and_nan_draws_none() -> None:
+    from convscope.render.bars import bar_chart
+
+    picture = bar_chart(["a", "b", "c", "d"], [1.0, 0.5, float("nan"), -0.25], reference=1.0, title="t")
+    blue = (picture == np.array([31, 119, 180], dtype=np.uint8)).all(2)
+    red = (picture == np.array([214, 39, 40], dtype=np.uint8)).all(2)
+    rows = blue.sum(1) + red.sum(1)
+    bars = [r for r in np.split(np.arange(len(rows)), np.where(np.diff((rows > 0).astype(int)) != 0)[0] + 1)
+            if rows[r[0]] > 0]
+    widths = [int(rows[r].max()) for r in bars]
+    assert len(bars) == 3  # a, b and d; the NaN row has none
+    assert widths[0] == pytest.approx(2 * widths[1], abs=2) and widths[0] == pytest.approx(4 * widths[2], abs=2)
+    assert red.any() and red[:, :].sum() == pytest.approx(widths[2] * len(bars[2]), rel=0.1)
+    with pytest.raises(ConvscopeError, match="one label per value"):
+        bar_chart(["a"], [1.0, 2.0])

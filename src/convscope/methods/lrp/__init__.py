@@ -18,10 +18,10 @@ from convscope.methods.lrp.composites import COMPOSITES, Composite, composite
 from convscope.methods.lrp.graph import CanonicalReport, canonical_report
 from convscope.methods.lrp.method import LRP
 from convscope.methods.lrp.mode import lrp_rules
-from convscope.methods.lrp.report import Conservation, conservation
+from convscope.methods.lrp.report import Conservation, conservation, cuts
 from convscope.methods.lrp.rules import (AlphaBeta, Epsilon, Flat, Gamma, Layer, LRPRule, Norm, Pass, WSquare, ZBox,
                                          ZPlus, stabilize)
 
 __all__ = ["COMPOSITES", "LRP", "AlphaBeta", "CanonicalReport", "Composite", "Conservation", "Epsilon", "Flat", "Gamma", "LRPRule",
-           "Layer", "Norm", "Pass", "WSquare", "ZBox", "ZPlus", "canonical_report", "composite", "conservation", "lrp_rules",
+           "Layer", "Norm", "Pass", "WSquare", "ZBox", "ZPlus", "canonical_report", "composite", "conservation", "cuts", "lrp_rules",
            "stabilize"]

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -37,13 +38,14 @@ from convscope.methods.lrp.mode import lrp_rules
 from convscope.methods.registry import register_method
 from convscope.targets import Target
 
-__all__ = ["LRP", "relevance_of"]
+__all__ = ["LRP", "relevance_of", "relevances"]
 
 
-def relevance_of(run: Any, target: Target, value: Tensor, last: bool) -> Tensor:  # noqa: ANN401
-    """The relevance reaching ``value`` from ``target``: seeded with ``a * ds/da`` at each tensor ``a``
-    the target's score ``s`` reads (the model output, its layers), ``ds/da`` taken on detached copies
-    so that no path through the model mixes in."""
+def relevances(run: Any, target: Target, values: Sequence[Tensor], last: bool) -> list[Tensor | None]:  # noqa: ANN401
+    """The relevance reaching each of ``values`` from ``target`` in one backward pass (None where none
+    reaches: a convolution folded into the batch norm after it passes its relevance past its output).
+    Seeded with ``a * ds/da`` at each tensor ``a`` the target's score ``s`` reads (the model output,
+    its layers), ``ds/da`` taken on detached copies so that no path through the model mixes in."""
     record = run.record
     read = {key: record.acts[key] for key in target.layers()}
     sources = [t for t in [record.output, *read.values()] if t.requires_grad]
@@ -52,13 +54,19 @@ def relevance_of(run: Any, target: Target, value: Tensor, last: bool) -> Tensor:
                    acts={**record.acts, **{k: leaves[id(t)] for k, t in read.items() if id(t) in leaves}})
     score = target.score(copy)
     if not score.requires_grad:
-        return torch.zeros_like(value)
+        return [None] * len(values)
     grads = torch.autograd.grad(score.sum(), [leaves[id(t)] for t in sources], allow_unused=True)
     seeded = [(t, t.detach() * g) for t, g in zip(sources, grads) if g is not None]
     if not seeded:
-        return torch.zeros_like(value)
-    (r,) = torch.autograd.grad([t for t, _ in seeded], [value], grad_outputs=[s for _, s in seeded],
-                               retain_graph=not last, allow_unused=True)
+        return [None] * len(values)
+    found = torch.autograd.grad([t for t, _ in seeded], list(values), grad_outputs=[s for _, s in seeded],
+                                retain_graph=not last, allow_unused=True)
+    return [None if r is None else r.detach() for r in found]
+
+
+def relevance_of(run: Any, target: Target, value: Tensor, last: bool) -> Tensor:  # noqa: ANN401
+    """The relevance reaching ``value`` from ``target`` (zeros where none does): :func:`relevances`."""
+    (r,) = relevances(run, target, [value], last)
     return torch.zeros_like(value) if r is None else r
 
 
@@ -102,7 +110,7 @@ class LRP(Method):
             run = engine.forward(x, rows, grad=True)
         self.last_folds = mode.folded
         n = len(targets)
-        return [relevance_of(run, t, run.value, i == n - 1).detach() for i, t in enumerate(targets)]
+        return [relevance_of(run, t, run.value, i == n - 1) for i, t in enumerate(targets)]
 
     def __repr__(self) -> str:
         return f"LRP({self._model_name()}, composite={self.composite.name!r}, canonize={self.canonize})"
