@@ -100,23 +100,23 @@ def _transposed(s: Tensor, weight: Tensor, stride: Sequence[int], padding: Seque
     return _TRANSPOSED[dims](s, weight, None, tuple(stride), tuple(padding), extra, groups, tuple(dilation))
 
 
-def _conv_padding(conv: nn.modules.conv._ConvNd) -> tuple[int, ...]:
-    if conv.padding == "valid":
-        return (0,) * len(conv.kernel_size)
-    if conv.padding == "same":
-        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
-        if any(t % 2 for t in total):
-            raise _CannotMirror("its padding='same' is asymmetric for this kernel")
-        return tuple(t // 2 for t in total)
-    return conv.padding  # type: ignore[return-value]
-
-
 def _mirror_conv(conv: nn.modules.conv._ConvNd, inp: Tensor, out: Tensor) -> Mirror:
     if conv.padding_mode != "zeros":
         raise _CannotMirror(f"padding_mode={conv.padding_mode!r} has no transpose here")
-    pad = _conv_padding(conv)
     shape = inp.shape
-    return lambda s: _transposed(s, conv.weight, conv.stride, pad, shape, conv.groups, conv.dilation)
+    if conv.padding != "same":
+        pad = (0,) * len(conv.kernel_size) if conv.padding == "valid" else conv.padding
+        return lambda s: _transposed(s, conv.weight, conv.stride, pad, shape, conv.groups, conv.dilation)
+    # 'same' pads d * (k - 1) in total per axis, the odd one at the end: transpose onto the padded
+    # input, then crop the padding off
+    total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+    padded = torch.Size((*shape[:2], *(n + t for n, t in zip(shape[2:], total))))
+    crop = (slice(None), slice(None), *(slice(t // 2, t // 2 + n) for n, t in zip(shape[2:], total)))
+
+    def back(s: Tensor) -> Tensor:
+        return _transposed(s, conv.weight, conv.stride, (0,) * len(total), padded, conv.groups, conv.dilation)[crop]
+
+    return back
 
 
 def _mirror_pool(pool: nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d, inp: Tensor, out: Tensor) -> Mirror:
