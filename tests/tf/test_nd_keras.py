@@ -155,3 +155,44 @@ def test_bad_inputs_and_layers_are_named() -> None:
         reconstruct(kmodel, np.zeros((1, 9, 2), "float32"), 0)
     with pytest.raises(ConvscopeError, match=r"signals \[N, L, C\], images \[N, H, W, C\] or volumes"):
         reconstruct(kmodel, np.zeros((9, 2), "float32"), 0)
+
+
+# ------------------------------------------------------------------ the CAM family and project on the twins
+
+TWIN = {1: {"size": (17,), "k1": (3,), "s1": (1,), "p1": (1,), "pk": (3,), "ps": (2,), "k2": (2,), "ak": (2,)},
+        3: {"size": (7, 6, 9), "k1": (3, 3, 3), "s1": (1, 1, 1), "p1": (1, 1, 1), "pk": (2, 2, 2), "ps": (2, 2, 2),
+            "k2": (1, 2, 1), "ak": (1, 1, 2)}}
+
+
+@pytest.fixture(scope="module", params=[1, 3], ids=["1d", "3d"])
+def twin(request: pytest.FixtureRequest) -> tuple[keras.Sequential, nn.Sequential, torch.Tensor]:
+    kmodel, tmodel = twins(request.param, TWIN[request.param], seed={1: 0, 3: 4}[request.param])  # non-zero maps
+    x = torch.randn(2, 2, *TWIN[request.param]["size"], generator=torch.Generator().manual_seed(0))
+    return kmodel, tmodel, x
+
+
+@pytest.mark.parametrize("name", ["GradCAM", "HiResCAM", "ScoreCAM", "AblationCAM", "EigenCAM"])
+def test_keras_cams_equal_the_torch_twins(twin: tuple, name: str) -> None:
+    """Upsampled to the input (linear / trilinear on both sides) at the layer 'relu2' ('4' in torch),
+    and at the default layer, which both frameworks find: the last pool's output."""
+    from convscope.methods import cam
+
+    kmodel, tmodel, x = twin
+    method = getattr(cam, name)
+    for klayer, tlayer in (("relu2", "4"), (None, None)):
+        got, expected = method(kmodel, klayer).attribute(to_last(x), 1), method(tmodel, tlayer).attribute(x, 1)
+        assert expected.shape == (2, 1, *x.shape[2:]) and float(expected.abs().max()) > 0
+        assert_same(to_first(got), expected)
+    chosen = method(kmodel)
+    chosen.attribute(to_last(x), 0)
+    assert chosen.last_layers == ("pool2",)
+
+
+def test_keras_project_equals_the_torch_twin(twin: tuple) -> None:
+    from convscope.project import project
+
+    kmodel, tmodel, x = twin
+    got, expected = project(kmodel, to_last(x), "relu2", 2, top=2), project(tmodel, x, "4", 2, top=2)
+    np.testing.assert_allclose(np.array(got.values), expected.values.numpy(), rtol=1e-4)
+    assert np.array_equal(np.array(got.positions), expected.positions.numpy())
+    assert_same(to_first(np.array(got.maps).reshape(4, *to_last(x).shape[1:])), expected.maps.reshape(4, *x.shape[1:]))
