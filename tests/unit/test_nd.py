@@ -317,6 +317,8 @@ def test_project_finds_the_strongest_units_and_mirrors_each_alone(dims: int) -> 
     space = fmap.shape[1:]
     assert p.maps.shape == (2, 2, *x.shape[1:]) and p.positions.shape == (2, 2, dims)
     for n in range(2):
+        three = torch.topk(fmap[n].flatten(), 3).values
+        assert three[0] > three[1] > three[2] and three[1] > 0  # an unambiguous ranking of live units
         values, flat = torch.topk(fmap[n].flatten(), 2)
         torch.testing.assert_close(p.values[n], values)
         for k in range(2):
