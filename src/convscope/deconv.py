@@ -8,15 +8,19 @@ and the signal walks back down the chain, each step mirrored by hand:
 ==========================  ===============================================================
 forward step                mirror (signal ``s`` -> signal below)
 ==========================  ===============================================================
-``MaxPool2d``               ``ops.unpool(s, switches)``: add at the recorded switches
+``MaxPool1d/2d/3d``         ``ops.unpool(s, switches)``: add at the recorded switches
 ReLU (module or function)   ``relu(s)``: rectify
-``Conv2d``                  ``conv_transpose2d(s, W)``: the layer's own weights, no bias
+``Conv1d/2d/3d``            ``conv_transpose{1,2,3}d(s, W)``: the layer's own weights, no bias
 ``Linear``                  ``s @ W``: the transpose, no bias
 ``BatchNorm`` (eval)        ``s * gamma / sqrt(running_var + eps)``: its linear part, no shift
-``AvgPool2d``, adaptive     the transpose of the averaging (spread evenly over each window)
+``AvgPool1d/2d/3d``,        the transpose of the averaging (spread evenly over each window;
+adaptive                    adaptive: per axis, ``P.T`` of its averaging matrix ``P``)
 flatten/reshape, dropout,   reshape back to the step's input shape
 identity
 ==========================  ===============================================================
+
+Signals ``[N, C, L]``, images ``[N, C, H, W]`` and volumes ``[N, C, D, H, W]`` alike: every mirror
+works along however many spatial axes its layer has.
 
 Batch-norm follows the same documented rule as conv and linear layers (transpose of the linear
 map, bias dropped), so the mirror equals :class:`~convscope.methods.DeconvNet` wherever both
@@ -32,7 +36,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +51,7 @@ from convscope.backends.torch.rule_mode import relu_call
 from convscope.backends.torch.session import call_model, eval_mode
 from convscope.errors import ConvscopeError
 from convscope.ops.nested import tensors_in
+from convscope.ops.switches import as_tuple
 from convscope.layers import layer_name, resolve_layer
 from convscope.methods.base import check_input
 from convscope.targets import LayerKey, Record, Target, TargetLike, as_target
@@ -78,31 +83,50 @@ def _reshape_back(shape: torch.Size) -> Mirror:
     return lambda s: s.reshape(shape)
 
 
-def _conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
-    if conv.padding == "valid":
-        return 0, 0
-    if conv.padding == "same":
-        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
-        if any(t % 2 for t in total):
-            raise _CannotMirror("its padding='same' is asymmetric for this kernel")
-        return total[0] // 2, total[1] // 2
-    return conv.padding  # type: ignore[return-value]
+_TRANSPOSED = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-def _mirror_conv(conv: nn.Conv2d, inp: Tensor, out: Tensor) -> Mirror:
+def _transposed(s: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int], shape: torch.Size,
+                groups: int = 1, dilation: Sequence[int] | None = None) -> Tensor:
+    """The transposed convolution of ``s`` that lands exactly on the input ``shape`` (1-D to 3-D).
+
+    ``output_padding`` puts back the rows a strided forward pass dropped: along each axis,
+    ``extra = n - ((o - 1) * stride - 2 * pad + dil * (k - 1) + 1)``.
+    """
+    dims = len(shape) - 2
+    dilation = dilation or (1,) * dims
+    extra = tuple(shape[2 + i] - ((s.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
+                                      + dilation[i] * (weight.shape[2 + i] - 1) + 1) for i in range(dims))
+    return _TRANSPOSED[dims](s, weight, None, tuple(stride), tuple(padding), extra, groups, tuple(dilation))
+
+
+def _mirror_conv(conv: nn.modules.conv._ConvNd, inp: Tensor, out: Tensor) -> Mirror:
     if conv.padding_mode != "zeros":
         raise _CannotMirror(f"padding_mode={conv.padding_mode!r} has no transpose here")
-    pad = _conv_padding(conv)
-    extra = tuple(inp.shape[2 + i] - ((out.shape[2 + i] - 1) * conv.stride[i] - 2 * pad[i]
-                                      + conv.dilation[i] * (conv.kernel_size[i] - 1) + 1) for i in range(2))
-    return lambda s: F.conv_transpose2d(s, conv.weight, None, conv.stride, pad, extra, conv.groups, conv.dilation)
+    shape = inp.shape
+    if conv.padding != "same":
+        pad = (0,) * len(conv.kernel_size) if conv.padding == "valid" else conv.padding
+        return lambda s: _transposed(s, conv.weight, conv.stride, pad, shape, conv.groups, conv.dilation)
+    # 'same' pads d * (k - 1) in total per axis, the odd one at the end: transpose onto the padded
+    # input, then crop the padding off
+    total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+    padded = torch.Size((*shape[:2], *(n + t for n, t in zip(shape[2:], total))))
+    crop = (slice(None), slice(None), *(slice(t // 2, t // 2 + n) for n, t in zip(shape[2:], total)))
+
+    def back(s: Tensor) -> Tensor:
+        return _transposed(s, conv.weight, conv.stride, (0,) * len(total), padded, conv.groups, conv.dilation)[crop]
+
+    return back
 
 
-def _mirror_pool(pool: nn.MaxPool2d, inp: Tensor, out: Tensor) -> Mirror:
+def _mirror_pool(pool: nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d, inp: Tensor, out: Tensor) -> Mirror:
     if pool.return_indices:
         raise _CannotMirror("it returns indices as well as values")
-    pooled, switches = ops.max_pool_with_switches(inp, pool.kernel_size, pool.stride, pool.padding,
-                                                  pool.dilation, pool.ceil_mode)
+    dims = inp.dim() - 2
+    k, stride, pad, dil = (as_tuple(v, dims, name) for v, name in (
+        (pool.kernel_size, "kernel_size"), (pool.stride or pool.kernel_size, "stride"), (pool.padding, "padding"),
+        (pool.dilation, "dilation")))
+    pooled, switches = ops.max_pool_with_switches(inp, k, stride, pad, dil, pool.ceil_mode)
     if not torch.equal(pooled, out):
         raise _CannotMirror("its output is not the max-pool of its input")
     return lambda s: ops.unpool(s, switches)
@@ -118,40 +142,50 @@ def _mirror_batchnorm(bn: nn.modules.batchnorm._BatchNorm, inp: Tensor, out: Ten
     return lambda s: s * scale
 
 
-def _mirror_adaptive_avg(pool: nn.AdaptiveAvgPool2d, inp: Tensor, out: Tensor) -> Mirror:
-    (h, w), (oh, ow) = inp.shape[2:], out.shape[2:]
+def _averaging(n: int, o: int, like: Tensor) -> Tensor:
+    """``P [o, n]``: adaptive average pooling along one axis, ``out = P @ in``; cell ``i`` averages
+    positions ``[floor(i n / o), ceil((i + 1) n / o))``."""
+    matrix = like.new_zeros(o, n)
+    for i in range(o):
+        lo, hi = (i * n) // o, math.ceil((i + 1) * n / o)
+        matrix[i, lo:hi] = 1.0 / (hi - lo)
+    return matrix
+
+
+def _mirror_adaptive_avg(pool: nn.Module, inp: Tensor, out: Tensor) -> Mirror:
+    """Adaptive averaging is separable (a product window, a product divisor): its transpose applies
+    each axis's ``P.T`` in turn."""
+    matrices = [_averaging(n, o, inp) for n, o in zip(inp.shape[2:], out.shape[2:])]
 
     def back(s: Tensor) -> Tensor:
-        below = s.new_zeros(*s.shape[:2], h, w)
-        for i in range(oh):  # output cell (i, j) averages rows [h0, h1) x columns [w0, w1)
-            h0, h1 = (i * h) // oh, math.ceil((i + 1) * h / oh)
-            for j in range(ow):
-                w0, w1 = (j * w) // ow, math.ceil((j + 1) * w / ow)
-                below[:, :, h0:h1, w0:w1] += s[:, :, i:i + 1, j:j + 1] / ((h1 - h0) * (w1 - w0))
-        return below
+        for axis, matrix in enumerate(matrices):
+            s = torch.movedim(torch.tensordot(s, matrix, dims=([2 + axis], [0])), -1, 2 + axis)
+        return s
 
     return back
 
 
-def _mirror_avg(pool: nn.AvgPool2d, inp: Tensor, out: Tensor) -> Mirror:
-    k, stride, pad = (nn.modules.utils._pair(v) for v in (pool.kernel_size, pool.stride, pool.padding))
-    if pool.ceil_mode or pool.divisor_override or (any(pad) and not pool.count_include_pad):
+def _mirror_avg(pool: nn.AvgPool1d | nn.AvgPool2d | nn.AvgPool3d, inp: Tensor, out: Tensor) -> Mirror:
+    dims = inp.dim() - 2
+    k, stride, pad = (as_tuple(v, dims, name) for v, name in (
+        (pool.kernel_size, "kernel_size"), (pool.stride or pool.kernel_size, "stride"), (pool.padding, "padding")))
+    if pool.ceil_mode or getattr(pool, "divisor_override", None) or (any(pad) and not pool.count_include_pad):
         raise _CannotMirror("its divisor varies from window to window (ceil_mode, divisor_override or "
                             "count_include_pad=False)")
     channels = inp.shape[1]
-    kernel = inp.new_full((channels, 1, *k), 1.0 / (k[0] * k[1]))
-    extra = tuple(inp.shape[2 + i] - ((out.shape[2 + i] - 1) * stride[i] - 2 * pad[i] + k[i]) for i in range(2))
-    return lambda s: F.conv_transpose2d(s, kernel, None, stride, pad, extra, channels)
+    kernel = inp.new_full((channels, 1, *k), 1.0 / math.prod(k))
+    shape = inp.shape
+    return lambda s: _transposed(s, kernel, stride, pad, shape, channels)
 
 
 _MODULE_MIRRORS: list[tuple[type | tuple[type, ...], Callable[[Any, Tensor, Tensor], Mirror]]] = [
-    (nn.Conv2d, _mirror_conv),
+    ((nn.Conv1d, nn.Conv2d, nn.Conv3d), _mirror_conv),
     (nn.Linear, lambda m, i, o: lambda s: s @ m.weight),
     (nn.ReLU, lambda m, i, o: torch.relu),
-    (nn.MaxPool2d, _mirror_pool),
+    ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d), _mirror_pool),
     (nn.modules.batchnorm._BatchNorm, _mirror_batchnorm),
-    (nn.AdaptiveAvgPool2d, _mirror_adaptive_avg),
-    (nn.AvgPool2d, _mirror_avg),
+    ((nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d), _mirror_adaptive_avg),
+    ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d), _mirror_avg),
     ((nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d),
      lambda m, i, o: _reshape_back(i.shape)),
 ]

@@ -457,8 +457,10 @@ def test_clear_errors() -> None:
         GradCAM(model, "featurez").attribute(x, 1)
     with pytest.raises(ConvscopeError, match="not a feature map"):
         GradCAM(model, "classifier.1").attribute(x, 1)
-    with pytest.raises(ConvscopeError, match=r"image batch \[N, C, H, W\]"):
-        GradCAM(model).attribute(x[0], 1)
+    with pytest.raises(ConvscopeError, match=r"forward pass failed.*batch dimension"):
+        GradCAM(model).attribute(x[0], 1)  # [C, H, W] reads as a batch of signals: the model says no
+    with pytest.raises(ConvscopeError, match=r"signals \[N, C, L\], images \[N, C, H, W\] or volumes"):
+        GradCAM(model).attribute(x[0, 0], 1)
     with pytest.raises(ConvscopeError, match="non-empty list"):
         GradCAM(model, [])
     with pytest.raises(ConvscopeError, match="twice"):

@@ -191,6 +191,9 @@ class Backend(Protocol):
 
     name: str
     ops: Ops
+    cam_ranks: tuple[int, ...]  #: the input ranks the CAM family takes
+    cam_layouts: str  #: those inputs in words, for errors
+    feature_layouts: dict[int, str]  #: input rank -> the feature map a CAM reads, in words
 
     def as_input(self, x: Any) -> Tensor: """``x`` as a float batch, else a clear error."""
     def targets(self, target: Any, targets: Sequence[Any] | None, n: int) -> tuple[list[Any], bool]:

@@ -156,10 +156,13 @@ def detach(t: Tensor) -> Tensor:
     return t.detach()
 
 
+_INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}  # by the number of spatial axes
+
+
 def resize(maps: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
     if tuple(maps.shape[2:]) == tuple(size):
         return maps
-    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=align_corners)
+    return F.interpolate(maps, size=tuple(size), mode=_INTERPOLATION[len(size)], align_corners=align_corners)
 
 
 def principal_direction(t: Tensor) -> Tensor:

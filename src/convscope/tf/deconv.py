@@ -1,4 +1,4 @@
-"""The explicit Zeiler-Fergus deconvnet for Keras conv-relu-pool chains (NHWC).
+"""The explicit Zeiler-Fergus deconvnet for Keras conv-relu-pool chains (channels last).
 
 The Keras counterpart of :mod:`convscope.deconv`, with the same rules and conventions. The model
 (Sequential or functional, nested models flattened into their layers) must be a chain: each
@@ -10,18 +10,22 @@ layer mirrored by hand:
 ==================================  ========================================================
 forward layer                       mirror (signal ``s`` -> signal below)
 ==================================  ========================================================
-``MaxPooling2D`` / global max       ``unpool(s, argmax)`` at the recorded switches
-                                    (:func:`convscope.tf.ops.max_pool_with_switches`)
+``MaxPooling1D/2D/3D``, global max  ``unpool(s, argmax)`` at the recorded switches
+                                    (:func:`convscope.tf.ops.max_pool_with_switches`; 1-D
+                                    on a height-1 image, 3-D by :func:`volume_switches`)
 ``ReLU``, ``Activation("relu")``,   ``relu(s)``: rectify (a fused ``activation="relu"`` is
 fused ``activation="relu"``         mirrored before its layer's linear part)
-``Conv2D``                          ``conv2d_transpose(s, kernel)``: its own kernel, no bias
+``Conv1D/2D/3D``                    ``conv_transpose(s, kernel)``: its own kernel, no bias
 ``Dense``                           ``s @ kernel.T``: the transpose, no bias
 ``BatchNormalization`` (inference)  ``s * gamma / sqrt(moving_variance + eps)``: no shift
-``AveragePooling2D``, global avg    the transpose of the averaging (``AvgPoolGrad``)
-``ZeroPadding2D``                   crop the padding off
+``AveragePooling1D/2D/3D``, global  the transpose of the averaging (``AvgPoolGrad``,
+average                             ``AvgPool3DGrad``)
+``ZeroPadding1D/2D/3D``             crop the padding off
 ``Flatten``, ``Reshape``,           reshape back to the layer's input shape
 ``Dropout``, ``Identity``
 ==================================  ========================================================
+
+Signals ``[N, L, C]``, images ``[N, H, W, C]`` and volumes ``[N, D, H, W, C]`` alike.
 
 Targets address Keras layers as everywhere on the Keras side (:mod:`convscope.tf.paths`:
 ``"block/conv"`` inside a nested model, the bare name when it is unique) and read channels from
@@ -92,14 +96,16 @@ def _with_activation(layer: keras.layers.Layer, linear: Mirror) -> Mirror:
     raise _CannotMirror(f"its activation {getattr(act, '__name__', act)!r} has no deconvnet mirror (relu only)")
 
 
-def _mirror_conv(layer: keras.layers.Conv2D, inp: tf.Tensor, out: tf.Tensor) -> Mirror:
+def _mirror_conv(layer: keras.layers.Layer, inp: tf.Tensor, out: tf.Tensor) -> Mirror:
     _channels_last(layer)
     if layer.groups != 1:
         raise _CannotMirror("grouped convolutions are not mirrored")
+    if layer.padding not in ("same", "valid"):
+        raise _CannotMirror(f"its padding={layer.padding!r} has no transpose here (same or valid only)")
     kernel, shape = layer.kernel, tf.shape(inp)
     strides, dilations, padding = list(layer.strides), list(layer.dilation_rate), layer.padding.upper()
-    return _with_activation(layer, lambda s: tf.nn.conv2d_transpose(s, kernel, shape, strides, padding,
-                                                                    dilations=dilations))
+    return _with_activation(layer, lambda s: tf.nn.conv_transpose(s, kernel, shape, strides, padding,
+                                                                  dilations=dilations))
 
 
 def _mirror_dense(layer: keras.layers.Dense, inp: tf.Tensor, out: tf.Tensor) -> Mirror:
@@ -117,33 +123,94 @@ def _mirror_relu(layer: keras.layers.Layer, inp: tf.Tensor, out: tf.Tensor) -> M
     return _with_activation(layer, lambda s: s)
 
 
+_GLOBAL_MAX = (keras.layers.GlobalMaxPooling1D, keras.layers.GlobalMaxPooling2D, keras.layers.GlobalMaxPooling3D)
+_GLOBAL_AVG = (keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D,
+               keras.layers.GlobalAveragePooling3D)
+
+
+def _pooling(layer: keras.layers.Layer, inp: tf.Tensor) -> tuple[list[int], list[int], str]:
+    """``(window, strides, padding)`` of a pooling layer; a global one is one window over the whole map."""
+    if isinstance(layer, (*_GLOBAL_MAX, *_GLOBAL_AVG)):
+        return list(inp.shape[1:-1]), [1] * (inp.shape.rank - 2), "VALID"
+    return list(layer.pool_size), list(layer.strides), layer.padding.upper()
+
+
+def _as_image(t: tf.Tensor) -> tf.Tensor:
+    """A signal ``[N, L, C]`` as a height-1 image ``[N, 1, L, C]``; an image as it is."""
+    return t[:, None] if t.shape.rank == 3 else t
+
+
 def _mirror_max_pool(layer: keras.layers.Layer, inp: tf.Tensor, out: tf.Tensor) -> Mirror:
     _channels_last(layer)
-    if isinstance(layer, keras.layers.GlobalMaxPooling2D):  # one window covering the whole map
-        window, strides, padding = (inp.shape[1], inp.shape[2]), (1, 1), "VALID"
+    window, strides, padding = _pooling(layer, inp)
+    if inp.shape.rank == 5:
+        pooled, argmax = volume_switches(inp, window, strides, padding)
     else:
-        window, strides, padding = layer.pool_size, layer.strides, layer.padding.upper()
-    pooled, argmax = max_pool_with_switches(inp, window, strides, padding)
+        flat = inp.shape.rank == 3  # a signal pools as a height-1 image with 1 x k windows
+        pooled, argmax = max_pool_with_switches(_as_image(inp), [1, *window] if flat else window,
+                                                [1, *strides] if flat else strides, padding)
     if not bool(tf.reduce_all(tf.equal(tf.reshape(pooled, tf.shape(out)), out))):
         raise _CannotMirror("its output is not the max-pool of its input")
-    shape = tf.shape(inp)
-    return lambda s: unpool(tf.reshape(s, tf.shape(pooled)), argmax, shape)
+    # the switches index each sample's (*space, C) block row-major, so any 4-D view with the same
+    # per-sample size unpools them: volumes as [N, D * H, W, C], signals as [N, 1, L, C]
+    shape, view = tf.shape(inp), _image_view(inp.shape)
+    pooled_view = _image_view(argmax.shape)
+    argmax = tf.reshape(argmax, pooled_view)
+    return lambda s: tf.reshape(unpool(tf.reshape(s, pooled_view), argmax, view), shape)
+
+
+def _image_view(shape: tf.TensorShape) -> list[int]:
+    """``[N, *space, C]`` as ``[N, prod(space[:-1]), space[-1], C]`` (1 for a signal's missing axis)."""
+    return [int(shape[0]), int(np.prod(shape[1:-2])), int(shape[-2]), int(shape[-1])]  # eager: all known
+
+
+def volume_switches(x: tf.Tensor, window: list[int], strides: list[int], padding: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """3-D max-pooling of ``x [N, D, H, W, C]`` with its switches: ``(pooled, argmax)``, ``argmax``
+    the flat index ``((d * H + h) * W + w) * C + c`` of each window's first maximum (in ``(d, h, w)``
+    order, as ``tf.nn.max_pool_with_argmax`` and PyTorch break ties) within its sample.
+
+    SAME pads ``max((o - 1) * s + k - n, 0)`` per axis, half (rounded down) before, with ``-inf``.
+    Example: ``pooled, argmax = volume_switches(x, [2, 2, 2], [2, 2, 2], "VALID")``.
+    """
+    spatial = [int(n) for n in x.shape[1:4]]
+    channels = int(x.shape[4])
+    before = [0, 0, 0]
+    if padding == "SAME":
+        total = [max((-(-n // s) - 1) * s + k - n, 0) for n, k, s in zip(spatial, window, strides)]
+        before = [t // 2 for t in total]
+        x = tf.pad(x, [[0, 0], *([b, t - b] for b, t in zip(before, total)), [0, 0]], constant_values=-np.inf)
+    patches = tf.extract_volume_patches(x, [1, *window, 1], [1, *strides, 1], "VALID")
+    taps = int(np.prod(window))
+    patches = tf.reshape(patches, [-1, *patches.shape[1:4], taps, channels])  # taps in (d, h, w) order
+    pooled = tf.reduce_max(patches, axis=4)
+    order = tf.reshape(tf.range(taps, dtype=tf.int64), [1, 1, 1, 1, taps, 1])
+    first = tf.reduce_min(tf.where(tf.equal(patches, pooled[:, :, :, :, None]), order, taps), axis=4)
+    where = []
+    for axis, (k, s, b) in enumerate(zip(window, strides, before)):
+        tap = first // int(np.prod(window[axis + 1:])) % k
+        start = tf.reshape(tf.range(patches.shape[1 + axis], dtype=tf.int64) * s - b,
+                           [1, *(-1 if a == axis else 1 for a in range(3)), 1])
+        where.append(start + tap)
+    d, h, w = where
+    c = tf.reshape(tf.range(channels, dtype=tf.int64), [1, 1, 1, 1, channels])
+    return pooled, ((d * spatial[1] + h) * spatial[2] + w) * channels + c
 
 
 def _mirror_avg_pool(layer: keras.layers.Layer, inp: tf.Tensor, out: tf.Tensor) -> Mirror:
     _channels_last(layer)
-    if isinstance(layer, keras.layers.GlobalAveragePooling2D):
-        window, strides, padding = [inp.shape[1], inp.shape[2]], [1, 1], "VALID"
-    else:
-        window, strides, padding = list(layer.pool_size), list(layer.strides), layer.padding.upper()
-    shape = tf.shape(inp, out_type=tf.int32)
-    grid = tf.stack([shape[0], (shape[1] - window[0]) // strides[0] + 1, (shape[2] - window[1]) // strides[1] + 1,
-                     shape[3]]) if padding == "VALID" else None
+    window, strides, padding = _pooling(layer, inp)
+    grad = tf.raw_ops.AvgPool3DGrad if inp.shape.rank == 5 else tf.raw_ops.AvgPoolGrad
+    if inp.shape.rank == 3:  # a signal averages as a height-1 image with 1 x k windows
+        window, strides = [1, *window], [1, *strides]
+    shape = tf.shape(_as_image(inp), out_type=tf.int32)
+    pooled = tf.shape(_as_image(out), out_type=tf.int32)  # the windows' grid (a global pool drops it)
+    grid = tf.concat([shape[:1], [(n - k) // s + 1 for n, k, s in zip(tf.unstack(shape[1:-1]), window, strides)],
+                      shape[-1:]], 0) if padding == "VALID" else pooled
 
     def back(s: tf.Tensor) -> tf.Tensor:
-        s = tf.reshape(s, grid) if grid is not None else s
-        return tf.raw_ops.AvgPoolGrad(orig_input_shape=shape, grad=s, ksize=[1, *window, 1],
-                                      strides=[1, *strides, 1], padding=padding)
+        below = grad(orig_input_shape=shape, grad=tf.reshape(s, grid), ksize=[1, *window, 1],
+                     strides=[1, *strides, 1], padding=padding)
+        return tf.reshape(below, tf.shape(inp))
 
     return back
 
@@ -158,11 +225,11 @@ def _mirror_batchnorm(layer: keras.layers.BatchNormalization, inp: tf.Tensor, ou
     return lambda s: s * scale
 
 
-def _mirror_zero_padding(layer: keras.layers.ZeroPadding2D, inp: tf.Tensor, out: tf.Tensor) -> Mirror:
+def _mirror_zero_padding(layer: keras.layers.Layer, inp: tf.Tensor, out: tf.Tensor) -> Mirror:
     _channels_last(layer)
-    (top, bottom), (left, right) = layer.padding
-    height, width = out.shape[1], out.shape[2]
-    return lambda s: s[:, top:height - bottom, left:width - right, :]
+    pads = [layer.padding] if isinstance(layer, keras.layers.ZeroPadding1D) else list(layer.padding)
+    crop = tuple(slice(lo, size - hi) for (lo, hi), size in zip(pads, out.shape[1:-1]))
+    return lambda s: s[(slice(None), *crop, slice(None))]
 
 
 def _reshape_back(layer: keras.layers.Layer, inp: tf.Tensor, out: tf.Tensor) -> Mirror:
@@ -171,15 +238,17 @@ def _reshape_back(layer: keras.layers.Layer, inp: tf.Tensor, out: tf.Tensor) -> 
 
 
 _MIRRORS: list[tuple[type | tuple[type, ...], Callable[[Any, tf.Tensor, tf.Tensor], Mirror]]] = [
-    (keras.layers.Conv2D, _mirror_conv),
+    ((keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D), _mirror_conv),
     (keras.layers.Dense, _mirror_dense),
     ((keras.layers.ReLU, keras.layers.Activation), _mirror_relu),
-    ((keras.layers.MaxPooling2D, keras.layers.GlobalMaxPooling2D), _mirror_max_pool),
-    ((keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D), _mirror_avg_pool),
+    ((keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D, *_GLOBAL_MAX),
+     _mirror_max_pool),
+    ((keras.layers.AveragePooling1D, keras.layers.AveragePooling2D, keras.layers.AveragePooling3D, *_GLOBAL_AVG),
+     _mirror_avg_pool),
     (keras.layers.BatchNormalization, _mirror_batchnorm),
-    (keras.layers.ZeroPadding2D, _mirror_zero_padding),
-    ((keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout, keras.layers.SpatialDropout2D,
-      keras.layers.Identity), _reshape_back),
+    ((keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D), _mirror_zero_padding),
+    ((keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout, keras.layers.SpatialDropout1D,
+      keras.layers.SpatialDropout2D, keras.layers.SpatialDropout3D, keras.layers.Identity), _reshape_back),
 ]
 
 
@@ -187,8 +256,8 @@ def _mirror(layer: keras.layers.Layer, inp: tf.Tensor, out: tf.Tensor) -> Mirror
     for kind, build in _MIRRORS:
         if isinstance(layer, kind):
             return build(layer, inp, out)
-    raise _CannotMirror(f"{type(layer).__name__} has no deconvnet mirror (supported: Conv2D, Dense, ReLU, "
-                        "max/average pooling, BatchNormalization, ZeroPadding2D, Flatten, Reshape, Dropout)")
+    raise _CannotMirror(f"{type(layer).__name__} has no deconvnet mirror (supported: Conv1D/2D/3D, Dense, ReLU, "
+                        "max/average pooling, BatchNormalization, ZeroPadding, Flatten, Reshape, Dropout)")
 
 
 def _chain(model: keras.Model, prefix: str = "") -> list[tuple[str, keras.layers.Layer]]:
@@ -243,7 +312,7 @@ def _trace(model: keras.Model, x: tf.Tensor) -> list[Step]:
 
 
 def _to_torch(t: tf.Tensor) -> torch.Tensor:
-    """NHWC (channels last) -> NCHW (channels at axis 1), as the targets read them."""
+    """Channels last -> channels at axis 1 (NHWC -> NCHW, and so on), as the targets read them."""
     a = np.array(t, copy=True)
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1)) if a.ndim > 2 else a)
 
@@ -280,7 +349,8 @@ def _seeds(model: keras.Model, steps: list[Step], target: Target) -> dict[int, t
 def reconstruct(model: keras.Model, x: Any, target: TargetLike) -> tf.Tensor:
     """The pixel-space projection of ``target``'s seed through the explicit top-down mirror of ``model``.
 
-    ``x`` is an NHWC batch (array or tensor, never modified); the result has its shape. Equals the
+    ``x`` is a channels-last batch (array or tensor, never modified): signals ``[N, L, C]``, images
+    ``[N, H, W, C]`` or volumes ``[N, D, H, W, C]``; the result has its shape. Equals the
     torch :func:`convscope.deconv.reconstruct` on the model's PyTorch twin (after the layout transpose).
 
     Example::
@@ -291,9 +361,10 @@ def reconstruct(model: keras.Model, x: Any, target: TargetLike) -> tf.Tensor:
         raise ConvscopeError(f"reconstruct needs a Keras model, got {type(model).__name__}",
                              "Pass a keras.Model, or use convscope.deconv.reconstruct for PyTorch.")
     x = _as_inputs(x)
-    if not isinstance(x, tf.Tensor) or x.shape.rank != 4:
-        raise ConvscopeError(f"x must be one NHWC batch [N, H, W, C], got {getattr(x, 'shape', type(x).__name__)}",
-                             "Add a batch axis with x[None] for one image.")
+    if not isinstance(x, tf.Tensor) or x.shape.rank not in (3, 4, 5):
+        raise ConvscopeError(f"x must be one channels-last batch of signals [N, L, C], images [N, H, W, C] or "
+                             f"volumes [N, D, H, W, C], got {getattr(x, 'shape', type(x).__name__)}",
+                             "Add a batch axis with x[None] for one sample.")
     target = as_target(target)
     target.check_batch(int(x.shape[0]))
     steps = _trace(model, x)

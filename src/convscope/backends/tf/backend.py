@@ -74,6 +74,10 @@ class KerasBackend:
     layer_types = (str, keras.Layer)
     image_layout = "[N, H, W, C]"
     feature_layout = "[N, h, w, C]"
+    #: input ranks the CAM family takes, and the feature map of each
+    cam_ranks = (3, 4, 5)
+    cam_layouts = "signals [N, L, C], images [N, H, W, C] or volumes [N, D, H, W, C]"
+    feature_layouts = {3: "[N, l, C]", 4: "[N, h, w, C]", 5: "[N, d, h, w, C]"}
 
     def as_input(self, x: Any) -> tf.Tensor:
         return as_input(x)

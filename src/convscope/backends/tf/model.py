@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from convscope.backends.tf.rules import apply_rules
@@ -161,7 +162,8 @@ class KerasNet:
 
     def default_layer(self, x: tf.Tensor) -> str:
         """The path of the last layer (in the order calls *finish*, so a nested model wins over its
-        layers) that runs once and outputs a feature map ``[N, h, w, C]`` with ``h * w > 1``.
+        layers) that runs once and outputs a feature map with more than one position and as many
+        spatial axes as ``x``: ``[N, h, w, C]`` for images, ``[N, l, C]``, ``[N, d, h, w, C]``.
 
         One eager pass of ``x[:1]`` the first time for a sample shape; every wrapper is removed after.
         """
@@ -191,9 +193,10 @@ class KerasNet:
             self.call(x[:1])
         for path in reversed(finished):
             shape = shapes[path]
-            if finished.count(path) == 1 and len(shape) == 4 and (shape[1] or 0) * (shape[2] or 0) > 1:
+            if finished.count(path) == 1 and len(shape) == x.shape.rank and np.prod([s or 0 for s in shape[1:-1]]) > 1:
                 return path
-        raise ConvscopeError(f"no layer of this Keras model outputs a feature map [N, h, w, C] with more than one "
+        layout = {3: "[N, l, C]", 5: "[N, d, h, w, C]"}.get(x.shape.rank, "[N, h, w, C]")
+        raise ConvscopeError(f"no layer of this Keras model outputs a feature map {layout} with more than one "
                              f"position (for an input of shape {x.shape.as_list()}), so there is no layer to choose",
                              "Pass layer='...' naming a convolutional layer (`convscope layers MODEL` lists them).")
 

@@ -162,11 +162,25 @@ def detach(t: tf.Tensor) -> tf.Tensor:
     return tf.stop_gradient(t)
 
 
-def resize(maps: tf.Tensor, size: Sequence[int], align_corners: bool = False) -> tf.Tensor:
-    if spatial_shape(maps) == tuple(size):
-        return maps
+def _bilinear(maps: tf.Tensor, size: Sequence[int], align_corners: bool) -> tf.Tensor:
     return tf.raw_ops.ResizeBilinear(images=maps, size=tf.constant(list(size), tf.int32),
                                      align_corners=align_corners, half_pixel_centers=not align_corners)
+
+
+def resize(maps: tf.Tensor, size: Sequence[int], align_corners: bool = False) -> tf.Tensor:
+    """Bilinear; linear for signals ``[N, l, C]`` (a height-1 image) and trilinear for volumes
+    ``[N, d, h, w, C]``, which are separable: bilinear over ``(h, w)`` per slice, then linear over
+    ``d`` (an axis resized to its own size stays exactly as it is)."""
+    if spatial_shape(maps) == tuple(size):
+        return maps
+    if rank(maps) == 3:
+        return _bilinear(maps[:, None], (1, *size), align_corners)[:, 0]
+    if rank(maps) == 5:
+        n, d, h, w, c = (tf.shape(maps)[i] for i in range(5))
+        planes = _bilinear(tf.reshape(maps, [n * d, h, w, c]), size[1:], align_corners)
+        columns = tf.reshape(planes, [n, d, size[1] * size[2], c])
+        return tf.reshape(_bilinear(columns, (size[0], size[1] * size[2]), align_corners), [n, *size, c])
+    return _bilinear(maps, size, align_corners)
 
 
 def principal_direction(t: tf.Tensor) -> tf.Tensor:

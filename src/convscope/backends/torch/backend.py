@@ -54,6 +54,10 @@ class TorchBackend:
     layer_types = (str, nn.Module)
     image_layout = "[N, C, H, W]"
     feature_layout = "[N, C, h, w]"
+    #: input ranks the CAM family takes (signals, images, volumes), and the feature map of each
+    cam_ranks = (3, 4, 5)
+    cam_layouts = "signals [N, C, L], images [N, C, H, W] or volumes [N, C, D, H, W]"
+    feature_layouts = {3: "[N, C, l]", 4: "[N, C, h, w]", 5: "[N, C, d, h, w]"}
 
     def as_input(self, x: Any) -> Tensor:
         return check_input(x)

@@ -1,8 +1,9 @@
 """Choosing the layer a CAM method reads when none is given.
 
 The default is the last module (in the order the forward pass *finishes* them, so a block wins
-over the layers inside it) that runs once and outputs a feature map ``[N, C, h, w]`` with more
-than one spatial position. Adaptive pooling layers are skipped: they resize for the head (VGG's
+over the layers inside it) that runs once and outputs a feature map with more than one spatial
+position and as many spatial axes as the input: ``[N, C, h, w]`` for images, ``[N, C, l]`` for
+signals ``[N, C, L]``, ``[N, C, d, h, w]`` for volumes. Adaptive pooling layers are skipped: they resize for the head (VGG's
 ``avgpool`` turns any input into 7x7) and compute no features. For torchvision's ResNet that is
 ``layer4`` (``avgpool``'s 1x1 output does not count); for a VGG it is ``features``, the last
 max-pool's output.
@@ -14,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -24,11 +26,13 @@ from convscope.errors import ConvscopeError
 from convscope.formats import check_layers_visible
 
 
-_RESIZERS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_RESIZERS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+             nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
 
 
-def _is_feature_map(module: nn.Module, shape: tuple[int, ...] | None) -> bool:
-    return shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1 and not isinstance(module, _RESIZERS)
+def _is_feature_map(module: nn.Module, shape: tuple[int, ...] | None, rank: int) -> bool:
+    return (shape is not None and len(shape) == rank and math.prod(shape[2:]) > 1
+            and not isinstance(module, _RESIZERS))
 
 
 def default_layer(model: nn.Module, x: Tensor) -> str:
@@ -63,9 +67,10 @@ def default_layer(model: nn.Module, x: Tensor) -> str:
             handle.remove()
     modules = dict(model.named_modules())
     for name in reversed(finished):
-        if calls[name] == 1 and _is_feature_map(modules[name], shapes[name]):
+        if calls[name] == 1 and _is_feature_map(modules[name], shapes[name], x.dim()):
             return name
-    raise ConvscopeError(f"no layer of this {type(model).__name__} outputs a feature map [N, C, h, w] with more "
+    layout = {3: "[N, C, l]", 5: "[N, C, d, h, w]"}.get(x.dim(), "[N, C, h, w]")
+    raise ConvscopeError(f"no layer of this {type(model).__name__} outputs a feature map {layout} with more "
                          f"than one position (for an input of shape {list(x.shape)}), so there is no layer to "
                          "choose for a class activation map",
                          "Pass layer='...' naming a convolutional layer (`convscope layers MODEL` lists them), "

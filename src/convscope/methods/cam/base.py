@@ -1,6 +1,7 @@
 """The CAM family's template: ``map = relu(sum_k w_k * F_k)`` over the feature maps of one layer.
 
-``A`` is the layer's output (``[n, K, h, w]`` on PyTorch, ``[n, h, w, K]`` on Keras), ``G = dS/dA``
+``A`` is the layer's output (``[n, K, h, w]`` on PyTorch, ``[n, h, w, K]`` on Keras; ``[n, K, l]``
+and ``[n, K, d, h, w]`` for 1-D and 3-D networks on PyTorch), ``G = dS/dA``
 the gradient of the target's score ``S`` (taken on the recorded tensor; no parameter's ``.grad``
 is touched). The family is written once against the backend protocol
 (:mod:`convscope.backends.protocol`): the gradient-weighted maps of a chunk come from one
@@ -15,7 +16,9 @@ multiply (``A`` itself unless overridden, as Eigen-CAM does). Then, per layer::
     map = bilinear(map, to the input's H x W)  if ``upsample=True`` (the default)
 
 ReLU comes before upsampling, as in the papers and pytorch-grad-cam. Upsampling is bilinear with
-half-pixel centres (``align_corners=False``, what ``cv2.resize`` and PIL do).
+half-pixel centres (``align_corners=False``, what ``cv2.resize`` and PIL do); on a signal
+``[N, C, L]`` it is linear and on a volume ``[N, C, D, H, W]`` trilinear, the same interpolation
+along each axis. The feature map must have as many spatial axes as the input.
 
 ``eigen_smooth=True`` (pytorch-grad-cam's option of that name, for every CAM method) replaces the
 sum over channels by ``P1``, the projection of the weighted maps ``w_k F_k`` on their first
@@ -59,9 +62,10 @@ LayerSpec = Any  # a layer name or object, a non-empty list of them, or None
 
 
 def upsample(maps: Tensor, size: Sequence[int], *, align_corners: bool = False) -> Tensor:
-    """Bilinear resize of ``[N, C, h, w]`` torch maps to ``size`` (half-pixel centres unless ``align_corners``).
+    """Bilinear resize of ``[N, C, h, w]`` torch maps to ``size`` (half-pixel centres unless ``align_corners``);
+    linear for ``[N, C, l]``, trilinear for ``[N, C, d, h, w]``.
 
-    Example: ``upsample(raw, x.shape[-2:])``.
+    Example: ``upsample(raw, x.shape[2:])``.
     """
     return tensors.resize(maps, size, align_corners=align_corners)
 
@@ -146,6 +150,7 @@ class CAMMethod(Method):
         self.eigen_smooth = bool(eigen_smooth)
         self.last_layers: tuple[str, ...] = ()  # the layers of the latest call, chosen or given
         self._keys: tuple[Any, ...] = ()
+        self._rank = 4  # the latest input's rank: feature maps must match it
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
         """The weights ``[n, K]`` (per channel) or shaped like ``acts`` (per unit) of ``features(acts)``.
@@ -164,10 +169,11 @@ class CAMMethod(Method):
 
     def _prepare(self, x: Tensor, wrt: Any) -> None:
         backend = self.backend
-        if len(x.shape) != 4:
-            raise ConvscopeError(f"class activation maps need an image batch {backend.image_layout}, got shape "
-                                 f"{list(x.shape)}", "Pass images with a batch dimension, e.g. one image with a "
+        if len(x.shape) not in backend.cam_ranks:
+            raise ConvscopeError(f"class activation maps need a batch of {backend.cam_layouts}, got shape "
+                                 f"{list(x.shape)}", "Pass inputs with a batch dimension, e.g. one image with a "
                                  "leading axis of size 1.")
+        self._rank = len(x.shape)
         if wrt is not None:
             keys = [wrt]
         elif self.layers is not None:
@@ -221,11 +227,12 @@ class CAMMethod(Method):
                 for i, t in enumerate(targets)]
 
     def _feature_map(self, ops: Ops, act: Tensor, key: Any) -> Tensor:
-        if ops.rank(act) != 4:
+        if ops.rank(act) != self._rank:
+            layout = self.backend.feature_layouts.get(self._rank, self.backend.feature_layout)
             raise ConvscopeError(f"layer {self.backend.layer_name(self.model, key)!r} outputs shape "
-                                 f"{list(act.shape)}, not a feature map {self.backend.feature_layout}",
-                                 "Class activation maps weight the channels of a convolutional layer; pick one "
-                                 "(or leave layer=None to use the last layer with a spatial output).")
+                                 f"{list(act.shape)}, not a feature map {layout} with as many spatial axes as "
+                                 "the input", "Class activation maps weight the channels of a convolutional layer; "
+                                 "pick one (or leave layer=None to use the last layer with a spatial output).")
         return act
 
     def _smooths(self) -> bool:

@@ -3,7 +3,8 @@
 ``map = GuidedBackprop(x) * bilinear(GradCAM(x))`` (Selvaraju et al. 2017): fine-grained like
 guided backprop, class-discriminative like Grad-CAM. The Grad-CAM factor keeps its ReLU; the
 product is signed like guided backprop and shaped like the input (or, with ``wrt=layer``, like
-that layer's output, the Grad-CAM map resized to its resolution). Captum resizes with
+that layer's output, the Grad-CAM map resized to its resolution; linear and trilinear on 1-D and
+3-D networks). Captum resizes with
 ``interpolate_mode="nearest"`` by default; convscope always uses bilinear.
 
 Example::
@@ -66,7 +67,7 @@ class GuidedGradCAM(Method):
         """Guided backprop (to the input, or to layer ``wrt``) times the resized Grad-CAM map."""
         ops = engine.ops
         guided = self.guided._compute(engine, x, rows, targets, wrt)
-        if ops.rank(guided[0]) != 4:
+        if ops.rank(guided[0]) != ops.rank(x):
             raise ConvscopeError(f"wrt={wrt!r} has output shape {list(guided[0].shape)}, not a feature map",
                                  "Guided Grad-CAM resizes the Grad-CAM map to the attributed tensor: use the "
                                  "input (wrt=None) or a convolutional layer.")
