@@ -95,6 +95,11 @@ def is_attention(module: nn.Module) -> bool:
     return isinstance(module, nn.MultiheadAttention) or type(module).__name__.endswith("Attention")
 
 
+def has_attention(model: nn.Module) -> bool:
+    """Whether ``model`` has an attention module (:func:`is_attention`)."""
+    return any(is_attention(m) for m in model.modules())
+
+
 @dataclass
 class Call:
     """One module's (first) call in a traced forward pass: when it started and finished, how
@@ -165,9 +170,9 @@ def _inside(name: str, block: str) -> bool:
 def transformer_layer(model: nn.Module, x: Tensor) -> str | None:
     """The default CAM layer of a transformer (module docstring), or None for a model without
     attention modules (no forward pass then)."""
-    modules = dict(model.named_modules())
-    if not any(is_attention(m) for m in modules.values()):
+    if not has_attention(model):
         return None
+    modules = dict(model.named_modules())
     calls = traced(model, x).calls
     blocks = []
     for name, module in modules.items():
@@ -295,7 +300,7 @@ def layer_tokens(model: nn.Module, x: Tensor, layer: str, given: Tokens | None =
     """The :class:`Tokens` of ``layer`` (a qualified name) for inputs shaped like ``x``: no forward
     pass for a model without attention modules (its maps are ``[N, C, h, w]``), else one traced
     pass per model and input size."""
-    if given is None and not any(is_attention(m) for m in model.modules()):
+    if given is None and not has_attention(model):
         return Tokens()
     calls = traced(model, x).calls
     call = calls.get(layer)
