@@ -14,7 +14,8 @@ from the recorded queries and keys; the model is not changed). Then, per sample:
 The map is the class token's row over the patch tokens, ``R[0, prefix:]``, as ``[N, 1, h, w]``
 (the extra tokens and the grid are read from the model: :mod:`convscope.backends.torch.tokens`),
 upsampled bilinearly to the input with ``upsample=True``. A model without a class token (global
-average pooling) reads the mean of the patch tokens' rows. Models whose attention runs over
+average pooling) reads the mean of the patch tokens' rows. Only self-attention enters (an
+attention-pooling head's ``[1, T]`` attention does not). Models whose attention runs over
 windows (Swin) have no ``[T, T]`` attention over the whole image and are refused.
 
 Example::
@@ -77,7 +78,7 @@ class RolloutMethod(Method):
     def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:
         with AttentionCapture() as capture:
             run = engine.forward(x, rows, grad=self.uses_gradients)
-        weights = self._checked(capture.weights, x)
+        weights = self._checked([w for w in capture.weights if w.shape[-1] == w.shape[-2]], x)
         tokens = sequence_tokens(self.model, x, int(weights[0].shape[-1]), self.tokens)
         if not tokens.is_tokens:
             raise ConvscopeError(f"the attention's {weights[0].shape[-1]} tokens are not a patch grid",

@@ -89,10 +89,18 @@ class Tokens:
         return m.permute(0, 2, 3, 1) if self.channels_last else m
 
 
+#: the query projections of token attention modules (timm, torchvision, Hugging Face, vit-pytorch)
+QUERY_LAYERS = frozenset({"qkv", "q", "q_proj", "query", "to_qkv", "to_q"})
+
+
 def is_attention(module: nn.Module) -> bool:
-    """torch's ``nn.MultiheadAttention`` and the attention modules of torchvision and timm (their
-    class names end in ``Attention``: ``Attention``, ``WindowAttention``, ``ShiftedWindowAttention``)."""
-    return isinstance(module, nn.MultiheadAttention) or type(module).__name__.endswith("Attention")
+    """torch's ``nn.MultiheadAttention``, and a module whose class name ends in ``Attention`` with a
+    linear query projection (timm's ``Attention`` and ``WindowAttention``, torchvision's
+    ``ShiftedWindowAttention``; not a CNN's squeeze-and-excitation ``ChannelAttention``)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return True
+    return type(module).__name__.endswith("Attention") and any(
+        isinstance(child, nn.Linear) for name, child in module.named_children() if name in QUERY_LAYERS)
 
 
 def has_attention(model: nn.Module) -> bool:
@@ -270,9 +278,9 @@ def layout(model: nn.Module, layer: str, shape: tuple[int, ...], grid: tuple[int
     count = shape[1] - (grid[0] * grid[1] if prefix is None else prefix)
     if prefix is None:
         prefix, count = count, grid[0] * grid[1]
-    scale = math.isqrt(grid[0] * grid[1] // count) if count > 0 and (grid[0] * grid[1]) % count == 0 else 0
-    if prefix < 0 or scale < 1 or scale * scale * count != grid[0] * grid[1] or not _scale(grid, (
-            grid[0] // scale, grid[1] // scale)):
+    patches = grid[0] * grid[1]
+    scale = math.isqrt(patches // count) if count > 0 else 0  # a later stage of a hierarchical model: grid / scale
+    if not (prefix >= 0 and scale >= 1 and scale * scale * count == patches and grid[0] % scale == grid[1] % scale == 0):
         raise ConvscopeError(f"layer {layer!r} outputs {list(shape)}: {shape[1]} tokens do not fit the model's "
                              f"{'unknown' if prefix < 0 else prefix} extra tokens and its {grid[0]} x {grid[1]} patch "
                              "grid", HOW)
