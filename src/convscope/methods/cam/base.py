@@ -28,7 +28,9 @@ convscope takes the sign that agrees with the plain sum ``sum_k w_k F_k`` instea
 Layers. ``layer=None`` picks :func:`~convscope.methods.cam.layer.default_layer` (the last layer
 with a spatial output); ``layer="layer4"`` or a module names one; ``layer=["layer3", "layer4"]``
 gives one map per layer, stacked on dim 1 in that order (``[N, 2, H, W]``; with
-``upsample=False`` the layers must share a resolution). After every call ``method.last_layers``
+``upsample=False`` the layers must share a resolution). On a vision transformer the default is
+the last block's ``norm1`` and token outputs become maps by themselves
+(:mod:`convscope.methods.cam.tokens`). After every call ``method.last_layers``
 holds the qualified names of the layers used, whether chosen or given. ``wrt="layer3"`` means
 "the map at layer3's resolution": that layer only, not upsampled (``[N, 1, h, w]``).
 
