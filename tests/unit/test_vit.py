@@ -211,8 +211,9 @@ def test_an_unknown_grid_names_tokens_and_the_given_layout_is_used() -> None:
         GradCAM(model, tokens=Tokens(prefix=2, grid=(4, 4))).attribute(X, CLASSES)
     with pytest.raises(ConvscopeError, match="not a token layout"):
         GradCAM(model, tokens=(1, 4, 4))
-    with pytest.raises(ConvscopeError, match="not a token layout"):
-        Tokens(prefix=-1, grid=(4, 4))
+    for bad in ({"prefix": -1, "grid": (4, 4)}, {"grid": 16}, {"grid": (4, 0)}):
+        with pytest.raises(ConvscopeError, match="not a token layout"):
+            Tokens(**bad)
 
 
 def test_named_layers_and_other_families_work_on_tokens() -> None:

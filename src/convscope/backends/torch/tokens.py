@@ -63,7 +63,8 @@ class Tokens:
 
     def __post_init__(self) -> None:
         grid = self.grid
-        ok_grid = grid is None or (len(grid) == 2 and all(isinstance(g, int) and g > 0 for g in grid))
+        ok_grid = grid is None or (isinstance(grid, (tuple, list)) and len(grid) == 2
+                                   and all(isinstance(g, int) and g > 0 for g in grid))
         if not (isinstance(self.prefix, int) and self.prefix >= 0 and ok_grid):
             raise ConvscopeError(f"Tokens(prefix={self.prefix!r}, grid={grid!r}) is not a token layout",
                                  "Give prefix as a count >= 0 and grid as (rows, columns) of patches.")
