@@ -33,10 +33,8 @@ from convscope.methods import (
     GradCAM,
     GradCAMPlusPlus,
     GradRollout,
-    HiResCAM,
     LayerCAM,
     ScoreCAM,
-    XGradCAM,
     get_method,
 )
 from convscope.methods.cam import Tokens
@@ -148,8 +146,6 @@ def test_grad_cam_needs_no_layer_and_equals_pytorch_grad_cam_with_its_reshape(ca
 
 PAIRS = {
     "GradCAMPlusPlus": lambda m: GradCAMPlusPlus(m, upsample=False, relu=False, eps=1e-6),
-    "XGradCAM": lambda m: XGradCAM(m, upsample=False, relu=False),
-    "HiResCAM": lambda m: HiResCAM(m, upsample=False, relu=False),
     "LayerCAM": lambda m: LayerCAM(m, upsample=False, relu=False),
 }
 
