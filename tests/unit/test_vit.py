@@ -212,6 +212,14 @@ def test_an_unknown_grid_names_tokens_and_the_given_layout_is_used() -> None:
             Tokens(**bad)
 
 
+def test_the_grid_follows_the_input_size() -> None:
+    model = seeded(lambda: timm.models.VisionTransformer(dynamic_img_size=True, **TIMM_KW))
+    x = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(2))  # 4 x 6 patches
+    cam = GradCAM(model, upsample=False, relu=False)
+    assert close(cam.attribute(x, CLASSES), naive_token_map(model, "blocks.1.norm1", x, 1, (4, 6)))
+    assert GradCAM(model).attribute(X, CLASSES).shape == (2, 1, 32, 32)  # 4 x 4 patches, traced again
+
+
 def test_named_layers_and_other_families_work_on_tokens() -> None:
     model = TIMM["deit_distilled"]
     by_hand = naive_token_map(model, "blocks.0", X, 2, (4, 4))
