@@ -257,3 +257,11 @@ def random_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
     return model.eval()
+
+
+def convnet_methods() -> list[str]:
+    """The registered methods that run on a convolutional network: all but those reading a
+    transformer's attention (attention rollout; see ``convscope.methods.registry.applicable``)."""
+    from convscope.methods import methods
+
+    return [name for name, info in methods().items() if not info.cls.needs_attention]

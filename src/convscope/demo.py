@@ -153,7 +153,9 @@ def section_methods(ctx: DemoContext) -> tuple[str, list[Item]] | None:
     from convscope.methods import AugSmooth, GradCAM, display_kind
 
     predicted = ctx.model(ctx.x).argmax(1).tolist()
-    builders = {name: spec.cls for name, spec in registry.methods().items()}
+    runs = registry.applicable(ctx.model)  # attention rollout only on a transformer
+    builders = {name: spec.cls for name, spec in registry.methods().items()
+                if name in runs or not spec.cls.needs_attention}
     builders |= {"grad_cam+eigen_smooth": lambda m: GradCAM(m, eigen_smooth=True),
                  "grad_cam+aug_smooth": lambda m: AugSmooth(GradCAM(m))}
     rows: dict[str, list[tuple[str, list[np.ndarray]]]] = {}  # display kind -> (method, overlays)

@@ -50,13 +50,12 @@ from tqdm.auto import tqdm
 
 from convscope import picture as pictures
 from convscope import render
-from convscope.backends.dispatch import framework_of
 from convscope.errors import ConvscopeError
 from convscope.images import ImageBatch, ImageStream, images_per_batch
 from convscope.methods import AugSmooth, Method, display_kind
 from convscope.methods.batching import MaxBatch, check_max_batch
 from convscope.methods.lrp import LRP, conservation
-from convscope.methods.registry import get_method, supported
+from convscope.methods.registry import applicable, get_method
 from convscope.models import LoadedModel
 from convscope.targets import Predicted
 
@@ -217,7 +216,7 @@ def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = 
     samples per model evaluation (an int, ``"auto"`` or None for no limit); ``crop``: draw on the
     model's crop instead of the whole picture; ``progress``: a progress bar on stderr (None: when
     stderr is a terminal)."""
-    names = supported(framework_of(loaded.model)) if method == "all" else [get_method(method).name]
+    names = applicable(loaded.model) if method == "all" else [get_method(method).name]
     max_batch = check_max_batch(max_batch)
     methods = {}
     for name in names:

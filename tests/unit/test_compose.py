@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nets import make, sample
+from nets import convnet_methods, make, sample
 from test_smooth import noisy_maps
 
 from convscope.methods import (
-    AugSmooth, GradCAM, GuidedGradCAM, ScoreCAM, SmoothGrad, VarGrad, get_method, methods)
+    AugSmooth, GradCAM, GuidedGradCAM, ScoreCAM, SmoothGrad, VarGrad, get_method)
 
 TINY, X = make("tiny_vgg").eval(), sample("tiny_vgg")
 OPTIONS = {"integrated_gradients": {"steps": 3}, "gradient_shap": {"samples": 3}, "occlusion": {"window": 4},
@@ -53,7 +53,7 @@ def test_a_noise_tunnel_around_aug_smooth() -> None:
     close(SmoothGrad(inner, samples=2, noise=0.1, seed=3).attribute(X, 0), noisy_maps(inner, X, 0, 2, 0.1, 3).mean(0))
 
 
-@pytest.mark.parametrize("name", list(methods()))
+@pytest.mark.parametrize("name", convnet_methods())
 def test_a_noise_tunnel_without_noise_is_the_method_itself(name: str) -> None:
     method = build(name)
     expected = method.attribute(X, [1, 0, 2])

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from nets import make, sample
+from nets import convnet_methods, make, sample
 from torch import nn
 
 from convscope.backends.torch import batching
@@ -50,7 +50,7 @@ def no_tf32() -> Iterator[None]:
 
 
 @pytest.mark.parametrize("model_name, layer", [("tiny_vgg", "features.3"), ("tiny_residual", "layer1")])
-@pytest.mark.parametrize("method_name", list(methods()))
+@pytest.mark.parametrize("method_name", convnet_methods())
 def test_every_method_gives_the_cpu_maps_on_cuda(method_name: str, model_name: str, layer: str) -> None:
     if method_name in ON_DEVICE_DRAWS:
         pytest.skip("draws its noise on the device: checked against a naive CUDA loop below")
@@ -66,7 +66,7 @@ def test_every_method_gives_the_cpu_maps_on_cuda(method_name: str, model_name: s
         torch.testing.assert_close(got.cpu(), want, rtol=rtol, atol=atol * float(want.abs().max()))
 
 
-@pytest.mark.parametrize("method_name", list(methods()))
+@pytest.mark.parametrize("method_name", convnet_methods())
 def test_class_targets_may_be_a_tensor_on_the_cpu_or_the_gpu(method_name: str) -> None:
     model, x = make("tiny_vgg").eval().cuda(), sample("tiny_vgg").cuda()
     cls, options = methods()[method_name].cls, LIGHT.get(method_name, {})

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nets import Exploding, make, sample
+from nets import Exploding, convnet_methods, make, sample
 from torch import nn
 
 from convscope.errors import ConvscopeError
@@ -20,7 +20,7 @@ from convscope.methods.cam import CAMMethod
 from convscope.methods import GuidedBackprop, methods
 from convscope.targets import Channel
 
-METHODS = list(methods())
+METHODS = convnet_methods()
 MODELS = {"tiny_vgg": "features.3", "tiny_residual": "layer1", "spelling:F.relu": "conv2",
           "spelling:shared_inplace": "conv2", "spelling:Tensor.relu_": "conv2"}
 ZOO = {"shapes-vgg": "features.3", "shapes-resnet": "layer2"}

@@ -35,8 +35,9 @@ __all__ += ["CAM", "AblationCAM", "CAMMethod", "EigenCAM", "GradCAM", "GradCAMPl
             "LayerCAM", "ScoreCAM", "XGradCAM"]
 
 from convscope.methods.augment import AugSmooth  # noqa: E402
+from convscope.methods.rollout import AttentionRollout, GradRollout  # noqa: E402
 
-__all__ += ["AugSmooth"]
+__all__ += ["AttentionRollout", "AugSmooth", "GradRollout"]
 
 from convscope.methods import lrp  # noqa: E402
 from convscope.methods.lrp import LRP  # noqa: E402

@@ -108,6 +108,9 @@ class Method(ABC):
     #: how a map is shown (:mod:`convscope.render.display`): ``"magnitude"`` (|map|), ``"positive"``
     #: (the evidence for the target) or ``"relative"`` (min..max of a map near a common level)
     display: ClassVar[DisplayKind] = "magnitude"
+    #: True for methods that read a transformer's attention (attention rollout): runs over every
+    #: method leave them out on models without attention modules (:func:`~convscope.methods.registry.applicable`)
+    needs_attention: ClassVar[bool] = False
 
     def __init__(self, model: Any, *, max_batch: MaxBatch = None) -> None:
         self.backend: Backend = backend_of(model)

@@ -76,6 +76,25 @@ def supported(framework: str) -> list[str]:
     return [name for name, info in methods().items() if framework in info.cls.frameworks]
 
 
+def applicable(model: object) -> list[str]:
+    """The methods that ``--method all`` and the demo run on ``model``: those :func:`supported` on its
+    framework, less the ones that read a transformer's attention (``needs_attention``, attention
+    rollout) where the model has no attention modules.
+
+    Example: ``"attention_rollout" in applicable(torchvision.models.resnet18())`` is False.
+    """
+    from convscope.backends.dispatch import framework_of
+
+    framework = framework_of(model)
+    names = supported(framework)
+    if framework == "torch":
+        from convscope.backends.torch.tokens import has_attention
+
+        if has_attention(model):  # type: ignore[arg-type]
+            return names
+    return [n for n in names if not methods()[n].cls.needs_attention]
+
+
 def default_method(model: object) -> str:
     """The method ``convscope explain`` runs when none is named: ``"grad_cam"``, or ``"saliency"``
     on a model whose layers Grad-CAM cannot read (a TorchScript model).

@@ -354,10 +354,9 @@ class Workspace:
     # --- maps -----------------------------------------------------------------------------
 
     def methods(self) -> list[dict[str, Any]]:
-        from convscope.backends.dispatch import framework_of
-        from convscope.methods.registry import methods, supported
+        from convscope.methods.registry import applicable, methods
 
-        runs = set(supported(framework_of(self.loaded.model)))
+        runs = set(applicable(self.loaded.model))
         return [{"name": info.name, "description": info.description, "layer": "layer" in info.cls.options}
                 for info in methods().values() if info.name in runs]
 

@@ -6,7 +6,9 @@ position and as many spatial axes as the input: ``[N, C, h, w]`` for images, ``[
 signals ``[N, C, L]``, ``[N, C, d, h, w]`` for volumes. Adaptive pooling layers are skipped: they resize for the head (VGG's
 ``avgpool`` turns any input into 7x7) and compute no features. For torchvision's ResNet that is
 ``layer4`` (``avgpool``'s 1x1 output does not count); for a VGG it is ``features``, the last
-max-pool's output.
+max-pool's output. A model with attention modules (a vision transformer) gets the input of its
+last attention instead, the last block's ``norm1`` / ``ln_1``
+(:func:`~convscope.backends.torch.tokens.transformer_layer`).
 
 Example::
 
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 
 from convscope.backends.torch.session import call_model, eval_mode
 from convscope.errors import ConvscopeError
+from convscope.backends.torch.tokens import transformer_layer
 from convscope.formats import check_layers_visible
 
 
@@ -43,6 +46,9 @@ def default_layer(model: nn.Module, x: Tensor) -> str:
     A TorchScript model refuses (its layers take no hooks).
     """
     check_layers_visible(model, "a class activation map")
+    block = transformer_layer(model, x)
+    if block is not None:
+        return block
     finished: list[str] = []  # names in the order their forward pass returned
     shapes: dict[str, tuple[int, ...] | None] = {}
     calls: dict[str, int] = {}

@@ -17,6 +17,7 @@ method              weights of the feature maps ``A`` (``G = dS/dA``)      ReLU 
 ``GuidedGradCAM`` composes :class:`~convscope.methods.GuidedBackprop` and ``GradCAM``.
 Outputs are ``[N, 1, H, W]`` (upsampled to the input) or ``[N, 1, h, w]`` with ``upsample=False``;
 one channel per layer when several layers are given. See :mod:`convscope.methods.cam.base`.
+Vision transformers need no reshape code: token outputs become maps (:mod:`convscope.methods.cam.tokens`).
 
 Example::
 
@@ -31,6 +32,7 @@ from convscope.methods.cam.gradient import CAM, GradCAM, GradCAMPlusPlus, HiResC
 from convscope.methods.cam.guided import GuidedGradCAM
 from convscope.methods.cam.layer import default_layer
 from convscope.methods.cam.score import ScoreCAM
+from convscope.methods.cam.tokens import Tokens
 
 __all__ = ["CAM", "AblationCAM", "CAMMethod", "EigenCAM", "GradCAM", "GradCAMPlusPlus", "GuidedGradCAM", "HiResCAM",
-           "LayerCAM", "LayerStep", "ScoreCAM", "XGradCAM", "default_layer", "upsample"]
+           "LayerCAM", "LayerStep", "ScoreCAM", "Tokens", "XGradCAM", "default_layer", "upsample"]

@@ -31,7 +31,9 @@ convscope takes the sign that agrees with the plain sum ``sum_k w_k F_k`` instea
 Layers. ``layer=None`` picks :func:`~convscope.methods.cam.layer.default_layer` (the last layer
 with a spatial output); ``layer="layer4"`` or a module names one; ``layer=["layer3", "layer4"]``
 gives one map per layer, stacked on dim 1 in that order (``[N, 2, H, W]``; with
-``upsample=False`` the layers must share a resolution). After every call ``method.last_layers``
+``upsample=False`` the layers must share a resolution). On a vision transformer the default is
+the last block's ``norm1`` and token outputs become maps by themselves
+(:mod:`convscope.methods.cam.tokens`). After every call ``method.last_layers``
 holds the qualified names of the layers used, whether chosen or given. ``wrt="layer3"`` means
 "the map at layer3's resolution": that layer only, not upsampled (``[N, 1, h, w]``).
 
@@ -54,6 +56,7 @@ from convscope.backends.torch.batching import MaxBatch
 from convscope.errors import ConvscopeError
 from convscope.methods.base import Method, Rows, numel
 from convscope.methods.cam.projection import principal_projection
+from convscope.methods.cam.tokens import Tokens, check_tokens, layer_views
 from convscope.methods.options import check_flag
 from convscope.ops import tensors
 from convscope.targets import Target
@@ -95,6 +98,8 @@ class LayerStep:
     target: Target
     layer: Any
     score: Tensor
+    view: Tokens | None = None  # how the layer's output is the feature map (transformers)
+    output: Tensor | None = None  # the layer's output for this chunk, detached (where ``view`` is set)
 
     @property
     def ops(self) -> Ops:
@@ -114,6 +119,8 @@ class LayerStep:
         chunk's sample ``samples[j]`` (so per-sample targets pick that sample's class);
         ``replace=(layer, values)`` sets that layer's output."""
         rows = self.ops.take(self.rows, samples)
+        if replace is not None and self.view is not None and self.output is not None:
+            replace = (replace[0], self.view.to_layer(replace[1], self.ops.take(self.output, samples)))
         return self.engine.evaluate(inputs, rows, replace=replace, targets=[self.target])[0]
 
     def shared_score(self, one: Tensor) -> Tensor:
@@ -125,8 +132,9 @@ class LayerStep:
 class CAMMethod(Method):
     """A class activation map: ``relu(sum_k w_k F_k)`` at one or more layers (see the module doc).
 
-    ``CAMMethod(model, layer=None, *, upsample=True, relu=None, eigen_smooth=False, max_batch=None)``;
-    ``relu=None`` takes the method's documented default (``default_relu``).
+    ``CAMMethod(model, layer=None, *, upsample=True, relu=None, eigen_smooth=False, tokens=None, max_batch=None)``;
+    ``relu=None`` takes the method's documented default (``default_relu``); ``tokens``: the layout of
+    a transformer layer's tokens where the model does not tell it (:mod:`convscope.methods.cam.tokens`).
     """
 
     options = frozenset({"layer", "eigen_smooth"})
@@ -141,8 +149,10 @@ class CAMMethod(Method):
     scores_input = True  # the score-weighted CAMs, which score masked copies, say False
 
     def __init__(self, model: Any, layer: LayerSpec = None, *, upsample: bool = True,
-                 relu: bool | None = None, eigen_smooth: bool = False, max_batch: MaxBatch = None) -> None:
+                 relu: bool | None = None, eigen_smooth: bool = False, tokens: Tokens | None = None,
+                 max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
+        self.tokens = check_tokens(tokens)
         check_flag("upsample", upsample), check_flag("relu", relu), check_flag("eigen_smooth", eigen_smooth)
         self.layers = _check_layers(layer, self.backend.layer_types)
         self.upsample = upsample
@@ -151,6 +161,7 @@ class CAMMethod(Method):
         self.last_layers: tuple[str, ...] = ()  # the layers of the latest call, chosen or given
         self._keys: tuple[Any, ...] = ()
         self._rank = 4  # the latest input's rank: feature maps must match it
+        self._views: dict[Any, Tokens | None] = {}
 
     def weights(self, acts: Tensor, grads: Tensor | None, step: LayerStep) -> Tensor:
         """The weights ``[n, K]`` (per channel) or shaped like ``acts`` (per unit) of ``features(acts)``.
@@ -182,6 +193,7 @@ class CAMMethod(Method):
             keys = [backend.default_layer(self.model, x)]
         self._keys = tuple(backend.feature_key(self.model, k) for k in keys)
         self.last_layers = tuple(backend.layer_name(self.model, k) for k in self._keys)
+        self._views = dict(zip(self._keys, layer_views(self, x, self._keys, self.tokens)))
 
     def _layers(self) -> tuple[Any, ...]:
         return self._keys
@@ -201,38 +213,47 @@ class CAMMethod(Method):
         """Finished maps per target for one chunk, from one forward pass and one backward pass per target."""
         ops = engine.ops
         run = engine.forward(x, rows, grad=True)
-        acts = [self._feature_map(ops, run.act(k), k) for k in self._keys]
+        outputs = [run.act(k) for k in self._keys]
+        acts = [self._feature_map(ops, a, k) for a, k in zip(outputs, self._keys)]
         out = []
         for i in range(len(run.scores)):
-            grads = run.gradients(i, acts)
+            grads = [self._as_map(g, k) for g, k in zip(run.gradients(i, outputs), self._keys)]
             steps = [LayerStep(engine, x, rows, i, None, k, ops.detach(run.scores[i])) for k in self._keys]  # type: ignore[arg-type]
             out.append(self._finish(ops, [self._combine(ops.detach(a), g, s) for a, g, s in zip(acts, grads, steps)],
                                     self._size(engine, x)))
         return out
 
     def _acts(self, engine: Engine, x: Tensor, rows: Rows) -> tuple[list[Tensor], list[Tensor]]:
-        """The feature maps of the layers and the targets' scores (no gradients)."""
+        """The outputs of the layers and the targets' scores (no gradients)."""
         ops = engine.ops
         run = engine.forward(x, rows)
-        return ([ops.detach(self._feature_map(ops, run.act(k), k)) for k in self._keys],
-                [ops.detach(s) for s in run.scores])
+        return [ops.detach(run.act(k)) for k in self._keys], [ops.detach(s) for s in run.scores]
 
     def _activation_maps(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target]) -> list[Tensor]:
         """Finished maps per target, the weights computed outside the compiled forward pass (they
         may evaluate the model)."""
-        acts, scores = engine.compiled(("acts", self._keys), self._acts)(x, rows)
+        outputs, scores = engine.compiled(("acts", self._keys), self._acts)(x, rows)
+        acts = [self._feature_map(engine.ops, a, k) for a, k in zip(outputs, self._keys)]
         size = self._size(engine, x)
-        return [self._finish(engine.ops, [self._combine(a, None, LayerStep(engine, x, rows, i, t, k, scores[i]))
-                                          for k, a in zip(self._keys, acts)], size)
+        return [self._finish(engine.ops, [self._combine(a, None, LayerStep(engine, x, rows, i, t, k, scores[i],
+                                                                           self._views.get(k), o))
+                                          for k, a, o in zip(self._keys, acts, outputs)], size)
                 for i, t in enumerate(targets)]
 
+    def _as_map(self, t: Tensor, key: Any) -> Tensor:
+        """A layer's output (or its gradient) as a feature map: transformer tokens reshaped."""
+        view = self._views.get(key)
+        return t if view is None else view.to_map(t)
+
     def _feature_map(self, ops: Ops, act: Tensor, key: Any) -> Tensor:
+        act = self._as_map(act, key)
         if ops.rank(act) != self._rank:
             layout = self.backend.feature_layouts.get(self._rank, self.backend.feature_layout)
             raise ConvscopeError(f"layer {self.backend.layer_name(self.model, key)!r} outputs shape "
                                  f"{list(act.shape)}, not a feature map {layout} with as many spatial axes as "
                                  "the input", "Class activation maps weight the channels of a convolutional layer; "
-                                 "pick one (or leave layer=None to use the last layer with a spatial output).")
+                                 "pick one (or leave layer=None to use the last layer with a spatial output; for "
+                                 "transformer tokens pass tokens=Tokens(prefix=..., grid=(h, w))).")
         return act
 
     def _smooths(self) -> bool:

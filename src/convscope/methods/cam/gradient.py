@@ -27,7 +27,7 @@ from typing import Any
 
 from convscope.backends.protocol import Tensor
 from convscope.backends.torch.batching import MaxBatch
-from convscope.methods.cam.base import CAMMethod, LayerSpec, LayerStep
+from convscope.methods.cam.base import CAMMethod, LayerSpec, LayerStep, Tokens
 from convscope.methods.registry import register_method
 
 
@@ -68,8 +68,10 @@ class GradCAMPlusPlus(CAMMethod):
     """
 
     def __init__(self, model: Any, layer: LayerSpec = None, *, upsample: bool = True, relu: bool | None = None,
-                 eigen_smooth: bool = False, eps: float = 0.0, max_batch: MaxBatch = None) -> None:
-        super().__init__(model, layer, upsample=upsample, relu=relu, eigen_smooth=eigen_smooth, max_batch=max_batch)
+                 eigen_smooth: bool = False, eps: float = 0.0, tokens: Tokens | None = None,
+                 max_batch: MaxBatch = None) -> None:
+        super().__init__(model, layer, upsample=upsample, relu=relu, eigen_smooth=eigen_smooth, tokens=tokens,
+                         max_batch=max_batch)
         self.eps = float(eps)
 
     def _config(self) -> tuple[Any, ...]:

@@ -29,7 +29,7 @@ from typing import Any
 from convscope.backends.protocol import Engine, Ops, Tensor
 from convscope.backends.torch.batching import MaxBatch
 from convscope.methods.base import Rows
-from convscope.methods.cam.base import CAMMethod, LayerSpec, LayerStep, upsample
+from convscope.methods.cam.base import CAMMethod, LayerSpec, LayerStep, Tokens, upsample
 from convscope.methods.registry import register_method
 from convscope.ops import tensors
 
@@ -56,8 +56,10 @@ class ScoreCAM(CAMMethod):
     scores_input = False  # masked or ablated copies are scored
 
     def __init__(self, model: Any, layer: LayerSpec = None, *, upsample: bool = True, relu: bool | None = None,
-                 eigen_smooth: bool = False, align_corners: bool = False, max_batch: MaxBatch = None) -> None:
-        super().__init__(model, layer, upsample=upsample, relu=relu, eigen_smooth=eigen_smooth, max_batch=max_batch)
+                 eigen_smooth: bool = False, align_corners: bool = False, tokens: Tokens | None = None,
+                 max_batch: MaxBatch = None) -> None:
+        super().__init__(model, layer, upsample=upsample, relu=relu, eigen_smooth=eigen_smooth, tokens=tokens,
+                         max_batch=max_batch)
         self.align_corners = align_corners
 
     def _config(self) -> tuple[Any, ...]:
