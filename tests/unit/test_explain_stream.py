@@ -39,7 +39,10 @@ def shapes(folder: Path, n: int, seed: int = 9) -> list[Path]:
 
 
 def listed(index: dict) -> set[str]:
-    return {e["png"] for entries in index["images"].values() for e in entries} | set(index["sheets"].values())
+    """Every PNG the index names: the maps, LRP's conservation charts, the sheets."""
+    entries = [e for found in index["images"].values() for e in found]
+    return ({e["png"] for e in entries} | {e["conservation"]["png"] for e in entries if "conservation" in e}
+            | set(index["sheets"].values()))
 
 
 def test_streamed_batches_give_the_maps_of_one_big_batch(shapes_vgg: torch.nn.Module, tmp_path: Path,
