@@ -269,7 +269,7 @@ class Element(Target):
         return ("element", self.index)
 
     def score(self, record: Record) -> Tensor:
-        out, ops = record.output, record.ops
+        out = record.output
         shape = list(out.shape[1:])
         if len(shape) != len(self.index) or any(not -s <= i < s for i, s in zip(self.index, shape)):
             raise ConvscopeError(f"target {self.index} does not index an output of shape {list(out.shape)}",

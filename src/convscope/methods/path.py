@@ -25,7 +25,6 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,11 +34,11 @@ from torch import Tensor as TorchTensor
 from convscope.backends.protocol import Chunk, Engine, Ops, Tensor
 from convscope.backends.torch.batching import MaxBatch
 from convscope.errors import ConvscopeError
-from convscope.methods.base import Method, Rows, Wrt
+from convscope.methods.base import Method, Rows
 from convscope.methods.options import check_flag, check_samples
 from convscope.methods.registry import register_method
 from convscope.methods.smooth import check_noise_input, input_range, noise_level, noise_sigma
-from convscope.targets import Target, TargetLike
+from convscope.targets import Target
 
 __all__ = ["RULES", "GradientSHAP", "IntegratedGradients", "as_baseline", "input_range", "quadrature"]
 

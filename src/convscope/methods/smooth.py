@@ -143,7 +143,7 @@ class NoiseTunnel(Wrapper):
     def _check_delta(self) -> None:
         if not hasattr(self.method, "_deltas"):
             raise ConvscopeError(f"{type(self).__name__} around {type(self.method).__name__} has no convergence delta",
-                                 f"Wrap IntegratedGradients to get one (GradientSHAP is a noise tunnel itself: ask it "
+                                 "Wrap IntegratedGradients to get one (GradientSHAP is a noise tunnel itself: ask it "
                                  "for its delta directly).")
         self.method._check_delta()
         if self.squares:

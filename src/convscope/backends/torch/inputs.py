@@ -148,7 +148,6 @@ class Inputs:
         shape, or one per sample.
 
         Example: ``inputs.pack((0.0, pad_ids), like=x, what="baseline")``."""
-        n = int(like.shape[0])
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = (value,) * len(self.shapes)
         parts = (value,) if self.single and not isinstance(value, (tuple, list)) else value
