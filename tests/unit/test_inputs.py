@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from convscope.errors import ConvscopeError
-from convscope.methods import (GradientSHAP, InputXGradient, IntegratedGradients, Saliency, SmoothGrad,
-                               SmoothGradSquared)
+from convscope.methods import (FeatureAblation, GradientSHAP, InputXGradient, IntegratedGradients, Occlusion,
+                               Saliency, SmoothGrad, SmoothGradSquared)
 from convscope.methods.draws import gaussian_draws
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -189,6 +189,26 @@ def test_forward_arguments_that_are_not_per_sample_pass_as_they_are(two) -> None
     close(got, want)
 
 
+def test_occlusion_slides_a_window_per_input(two) -> None:
+    model, u, v, mask = two
+    fill = torch.randn(4, 2, 5)  # one fill per sample for v
+    got = Occlusion(model, window=((2,), (2, 3)), stride=((1,), (1, 2)), fill=(0.5, fill), max_batch=5).attribute(
+        (u, v), 1, forward_args=(1.0, mask))
+    want = ca.Occlusion(model).attribute((u, v), sliding_window_shapes=((2,), (2, 3)), strides=(1, (1, 2)),
+                                         baselines=(0.5, fill), target=1, additional_forward_args=(1.0, mask))
+    close(got, want)
+
+
+def test_feature_ablation_groups_span_inputs(two) -> None:
+    model, u, v, _ = two
+    groups = (torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([[3, 3, 4, 4, 2], [5, 5, 5, 6, 6]]))  # id 2 in both
+    got = FeatureAblation(model, feature_mask=groups, fill=(0.0, 0.3), max_batch=4).attribute((u, v), 2)
+    want = ca.FeatureAblation(model).attribute((u, v), feature_mask=(groups[0][None], groups[1][None]),
+                                               baselines=(0.0, 0.3), target=2)
+    close(got, want)
+    close(FeatureAblation(model).attribute((u, v), 0), ca.FeatureAblation(model).attribute((u, v), target=0))
+
+
 # --- integer inputs at a layer ------------------------------------------------------------------------------
 
 def test_token_ids_are_attributed_at_the_embedding() -> None:
@@ -239,6 +259,9 @@ def test_any_rank(rank: int) -> None:
     eps = gaussian_draws(4, x.shape[1:], seed=2, like=x)
     naive = torch.stack([ca.Saliency(model).attribute(x + 0.3 * e, target=0, abs=False) ** 2 for e in eps]).mean(0)
     close(smooth, naive)
+    window = (2,) * len(SHAPES[rank])
+    close(Occlusion(model, window=window, stride=1).attribute(x, 1),
+          ca.Occlusion(model).attribute(x, sliding_window_shapes=window, strides=1, target=1))
     picks, alphas = our_draws(3, 2)
     bank = torch.randn(2, *SHAPES[rank]).numpy()  # a numpy bank
     got = GradientSHAP(model, baselines=bank, samples=3).attribute(x, 1)
@@ -310,6 +333,16 @@ def test_bad_combinations_are_clear_errors(two) -> None:
         (lambda: GradientSHAP(model, baselines=np.array(["a", "b"])).attribute(u[:, :1].expand(4, 2), 0),
          "baselines of shape"),
         (lambda: GradientSHAP(model, baselines=lambda x: "zero").attribute(u, 0), "baselines of shape"),
+        (lambda: Occlusion(model, window=((2, 2), (1, 3))).attribute((u, v), 0), r"window=\(2, 2\) does not fit"),
+        (lambda: Occlusion(model, window=(0,)), "window=\\(0,\\) must be a positive int"),
+        (lambda: Occlusion(model, fill="blur").attribute((u, v), 0), "needs a batch of images"),
+        (lambda: Occlusion(model, adaptive=True).attribute((u, v), 0), "adaptive occlusion needs"),
+        (lambda: FeatureAblation(model, feature_mask=torch.zeros(6, dtype=torch.long)).attribute((u, v), 0),
+         "1 masks for 2 inputs"),
+        (lambda: FeatureAblation(model, feature_mask=(torch.zeros(6), torch.zeros(2, 5))).attribute((u, v), 0),
+         "feature_mask 0 has dtype torch.float32"),
+        (lambda: FeatureAblation(model, feature_mask=(torch.zeros(4, 6, dtype=torch.long), torch.zeros(2, 5).long()))
+         .attribute((u, v), 0), "one mask per sample is not supported"),
     ]
     for call, message in cases:
         with pytest.raises(ConvscopeError, match=message):

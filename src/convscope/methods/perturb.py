@@ -37,6 +37,7 @@ from torch import Tensor as TorchTensor
 from convscope.backends.protocol import Chunk, Engine, Ops, Tensor
 from convscope.backends.torch.batching import MaxBatch
 from convscope.errors import ConvscopeError
+from convscope.methods.ablation import Ablating, ablation_maps, check_sizes, fills, occlusion_masks
 from convscope.methods.adaptive import Adaptive, AdaptiveReport, Grid, as_adaptive
 from convscope.methods.base import Method, Rows, numel
 from convscope.methods.registry import register_method
@@ -171,11 +172,15 @@ class WindowMasks:
 
 
 @register_method("occlusion", "occlusion: score drop when a sliding window is filled")
-class Occlusion(Method):
+class Occlusion(Ablating):
     """``mean over windows covering p of (s(x) - s(x_w))``: see the module docstring.
 
     ``window``/``stride``: an int, ``(h, w)`` (every channel at once) or ``(c, h, w)``. Defaults:
     a window of 1/8 of the height and width (at least 1 px) and a stride of half the window.
+    Inputs of any other rank (tables ``[N, F]``, signals ``[N, C, L]``, volumes ``[N, C, D, H, W]``)
+    and tuples of inputs take the same forms (one size per axis, or per axis after the channels;
+    with several inputs a tuple of them, one per input, as Captum's ``sliding_window_shapes``)
+    and run as ablations (:mod:`convscope.methods.ablation`): a window changes one input at a time.
     ``fill``: a number (default 0), a tensor broadcastable to one sample or to the whole batch
     (one fill per sample), or ``"blur"`` (a
     Gaussian blur with std ``sigma``, default a quarter of the window).
@@ -202,15 +207,13 @@ class Occlusion(Method):
     Example: ``Occlusion(model, window=(3, 16, 16), stride=8).attribute(x, 3)``.
     """
 
-    expands = True
-    display = "positive"  # a score drop: covering the evidence for the class
     options = frozenset({"adaptive"})  # `convscope explain --adaptive`
 
     def __init__(self, model: Any, *, window: Size | None = None, stride: Size | None = None,
                  fill: Fill = 0.0, sigma: float | None = None, max_batch: MaxBatch = None,
                  incremental: bool | Literal["auto"] = "auto", adaptive: bool | Adaptive | None = None) -> None:
         super().__init__(model, max_batch=max_batch)
-        self.window, self.stride = _per_dim(window, 2, "window"), _per_dim(stride, 2, "stride")
+        self.window, self.stride = check_sizes(window, "window"), check_sizes(stride, "stride")
         if isinstance(fill, str) and fill != "blur":
             raise ConvscopeError(f"fill={fill!r} is not supported", "Use a number, a tensor or 'blur'.")
         if not (incremental is True or incremental is False or incremental == "auto"):
@@ -223,15 +226,18 @@ class Occlusion(Method):
     def plan(self, shape: Sequence[int]) -> list[list[slice]]:
         """Per dimension of one sample of ``shape`` (C, H, W), the intervals the windows cover."""
         c, h, w = shape
-        window = self.window or (max(1, round(h / 8)), max(1, round(w / 8)))
+        window = _per_dim(self.window, 2, "window") or (max(1, round(h / 8)), max(1, round(w / 8)))
         window = window if len(window) == 3 else (c, *window)
-        stride = self.stride or tuple(max(1, v // 2) for v in window[1:])
+        stride = _per_dim(self.stride, 2, "stride") or tuple(max(1, v // 2) for v in window[1:])
         stride = stride if len(stride) == 3 else (window[0], *stride)
         return axis_windows(shape, window, stride)
 
     def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:
         ops = engine.ops
         value = engine.values(x, rows)
+        inputs = engine.inputs
+        if ops.rank(value) != 4 or wrt is None and inputs is not None and len(inputs.shapes) > 1:
+            return self._ablated(engine, x, rows, value)
         check_image(value, "Occlusion", ops, self.backend.image_layout)
         plan = self.plan((int(value.shape[ops.channel_axis]), *ops.spatial_shape(value)))
         sigma = self.sigma or max(max(s.stop - s.start for s in (plan[1][0], plan[2][0])) / 4, 0.5)
@@ -274,6 +280,15 @@ class Occlusion(Method):
         sums = engine.accumulate(int(x.shape[0]), n_windows, evaluate, like=value)
         coverage = masks.coverage(value)
         return [total / coverage for total in sums]
+
+    def _ablated(self, engine: Engine, x: Tensor, rows: Rows, value: Tensor) -> list[Tensor]:
+        """Occlusion of any rank or of several inputs, as ablations (:mod:`convscope.methods.ablation`)."""
+        if self.adaptive is not None:
+            raise ConvscopeError("adaptive occlusion needs one batch of images [N, C, H, W]",
+                                 "Leave adaptive out for other inputs.")
+        self.last_report = None
+        return ablation_maps(self, engine, x, rows, value, occlusion_masks(engine, value, self.window, self.stride),
+                             fills(self.fill, engine, value))
 
     def _adaptive(self, engine: Engine, grid: Grid, masks: WindowMasks, value: Tensor, clean: list[Tensor],
                   local: Any, inputs: Any, box: Any) -> list[Tensor]:
