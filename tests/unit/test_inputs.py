@@ -347,3 +347,12 @@ def test_bad_combinations_are_clear_errors(two) -> None:
     for call, message in cases:
         with pytest.raises(ConvscopeError, match=message):
             call()
+
+
+def test_the_readme_example_runs() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text[text.index("## Models with several inputs"):]
+    block = section[section.index("```python") + len("```python"):section.index("```\n", section.index("```python"))]
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme_inputs"})
