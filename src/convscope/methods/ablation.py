@@ -6,8 +6,8 @@ target's score and ``x_w = where(M_w, fill, x)``::
 
     map[p] = sum_w (s(x) - s(x_w)) * M_w[p] / sum_w M_w[p]     (0 where no ablation covers p)
 
-- :class:`Occlusion` on tabular rows, signals, volumes and tuples of inputs: the masks are its
-  sliding windows, placed per input (Captum's ``sliding_window_shapes`` per input: a window
+- :class:`~convscope.methods.Occlusion` on tabular rows, signals, volumes and tuples of inputs:
+  the masks are its sliding windows (:func:`~convscope.methods.perturb.occlusion_masks`), placed per input (Captum's ``sliding_window_shapes`` per input: a window
   changes one input, the others stay), so ``map`` is the mean drop of the windows covering ``p``;
 - :class:`FeatureAblation`: the masks are the groups of a feature mask (an integer id per
   element; a group spans every input holding its id, as in Captum 0.9), so ``map`` is the
@@ -32,13 +32,15 @@ import numpy as np
 import torch
 from torch import Tensor as TorchTensor
 
-from convscope.backends.protocol import Chunk, Engine, Tensor
+from convscope.backends.protocol import Chunk, Engine, Ops, Tensor
 from convscope.backends.torch.batching import MaxBatch
 from convscope.errors import ConvscopeError
 from convscope.methods.base import Method, Rows, numel
+from convscope.ops import tensors
 from convscope.targets import Target
 
-Sizes = Any  # an int, a tuple of ints, or (with several inputs) a tuple of those, one per input
+Fill = Any  # a number, an array broadcastable to one sample, or "blur"
+
 
 
 def check_sizes(value: Any, name: str) -> Any:
@@ -83,21 +85,6 @@ def axis_sizes(size: Any, shape: Sequence[int], name: str, default: Sequence[int
     return tuple(size) if len(size) == rank else (int(shape[0]), *size)
 
 
-def window_masks(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) -> TorchTensor:
-    """``[W, *shape]`` bool: the sliding windows over a sample of ``shape`` (first axis slowest;
-    starts ``0, s, 2s, ...`` until one reaches the far edge, the last maybe cut off there:
-    Captum's convention, :func:`~convscope.methods.perturb.windows`) as masks.
-
-    Example: ``window_masks([4], [2], [2])`` -> ``[[1, 1, 0, 0], [0, 0, 1, 1]]``."""
-    from convscope.methods.perturb import windows  # perturb's Occlusion builds on this module
-
-    found = windows(shape, window, stride)
-    masks = torch.zeros(len(found), *shape, dtype=torch.bool)
-    for i, w in enumerate(found):
-        masks[(i, *w)] = True
-    return masks
-
-
 def group_masks(ids: TorchTensor) -> TorchTensor:
     """``[G, *ids.shape]`` bool: one mask per distinct id of ``ids`` (ascending)."""
     return ids[None] == torch.unique(ids).reshape(-1, *[1] * ids.dim())
@@ -120,6 +107,28 @@ def channels_first(engine: Engine, value: Tensor) -> tuple[int, ...]:
     return tuple(shape) if engine.ops.channel_axis == 1 or len(shape) < 2 else (shape[-1], *shape[:-1])
 
 
+def fill_values(fill: Fill, value: Tensor, sigma: float, ops: Ops = tensors) -> Tensor:
+    """What replaces the occluded parts, shaped like ``value`` (a batch of images)."""
+    if isinstance(fill, str):
+        if fill != "blur":
+            raise ConvscopeError(f"fill={fill!r} is not supported", "Use a number, a tensor or 'blur'.")
+        return ops.gaussian_blur(value, sigma)
+    if isinstance(fill, (int, float)) and not isinstance(fill, bool):
+        return ops.full(list(value.shape), float(fill), like=value)
+    f = ops.convert(fill, value)
+    try:
+        if f is None:
+            raise ValueError
+        per_sample = ops.rank(f) == ops.rank(value) and int(f.shape[0]) in (1, int(value.shape[0]))
+        return (f if per_sample else f[None]) + ops.zeros_like(value)
+    except Exception:  # noqa: BLE001 - any broadcasting failure of either framework
+        shape = list(np.shape(fill)) if hasattr(fill, "shape") else type(fill).__name__
+        raise ConvscopeError(f"the fill {shape} fits neither one sample {list(value.shape[1:])} nor the batch "
+                             f"{list(value.shape)}",
+                             "Give a number, a tensor shaped like one sample, or one fill per sample "
+                             "(broadcastable).") from None
+
+
 def fills(fill: Any, engine: Engine, value: Tensor) -> Tensor:
     """What ablated elements become, shaped like ``value``: a number, a tensor broadcastable to one
     sample or the batch, or (several inputs) one such value per input in a tuple."""
@@ -128,8 +137,6 @@ def fills(fill: Any, engine: Engine, value: Tensor) -> Tensor:
         raise ConvscopeError(f"fill={fill!r} needs a batch of images", "Use a number or a tensor as the fill.")
     if inputs is not None and engine.wrt is None and len(inputs.shapes) > 1:
         return inputs.pack(fill, like=value, what="fill") + ops.zeros_like(value)
-    from convscope.methods.perturb import fill_values
-
     return fill_values(fill, value, 0.0, ops)
 
 
@@ -164,22 +171,6 @@ class Ablating(Method):
         ops = engine.ops
         scores = engine.forward(x, rows, replace=(engine.wrt, ops.where(covered, fill, value)), fast=True).scores
         return [ops.where(covered, ops.per_row(base - ops.detach(s), value), 0.0) for base, s in zip(clean, scores)]
-
-
-def occlusion_masks(engine: Engine, value: Tensor, window: Sizes, stride: Sizes) -> TorchTensor:
-    """The sliding windows of :class:`~convscope.methods.Occlusion` on any sample, per input."""
-    inputs = engine.inputs
-    several = inputs is not None and engine.wrt is None and len(inputs.shapes) > 1
-    shapes = list(inputs.shapes) if several else [channels_first(engine, value)]
-    parts = []
-    for shape, w, s in zip(shapes, per_input(window, len(shapes)), per_input(stride, len(shapes))):
-        rank = len(shape)
-        default = (1,) if rank == 1 else (shape[0], *(max(1, round(d / 8)) for d in shape[1:]))
-        found = axis_sizes(w, shape, "window", default)
-        steps = axis_sizes(s, shape, "stride", (found[0], *(max(1, v // 2) for v in found[1:])) if rank > 1 else
-                           (max(1, found[0] // 2),))
-        parts.append(window_masks(shape, found, steps))
-    return placed(parts, inputs.sizes) if several else parts[0]
 
 
 class FeatureAblation(Ablating):

@@ -37,14 +37,14 @@ from torch import Tensor as TorchTensor
 from convscope.backends.protocol import Chunk, Engine, Ops, Tensor
 from convscope.backends.torch.batching import MaxBatch
 from convscope.errors import ConvscopeError
-from convscope.methods.ablation import Ablating, ablation_maps, check_sizes, fills, occlusion_masks
+from convscope.methods.ablation import (Ablating, Fill, ablation_maps, axis_sizes, channels_first, check_sizes,
+                                       fill_values, fills, per_input, placed)
 from convscope.methods.adaptive import Adaptive, AdaptiveReport, Grid, as_adaptive
 from convscope.methods.base import Method, Rows, numel
 from convscope.methods.registry import register_method
 from convscope.ops import tensors
 from convscope.targets import Target
 
-Fill = Any  # a number, an array broadcastable to one sample, or "blur"
 Size = int | Sequence[int]
 
 
@@ -58,28 +58,6 @@ def check_image(value: Tensor, method: str, ops: Ops, layout: str) -> None:
 def gaussian_blur(x: TorchTensor, sigma: float) -> TorchTensor:
     """Each channel of ``x`` [N, C, H, W] blurred by a Gaussian of std ``sigma`` (reflected edges)."""
     return tensors.gaussian_blur(x, sigma)
-
-
-def fill_values(fill: Fill, value: Tensor, sigma: float, ops: Ops = tensors) -> Tensor:
-    """What replaces the occluded parts, shaped like ``value`` (a batch of images)."""
-    if isinstance(fill, str):
-        if fill != "blur":
-            raise ConvscopeError(f"fill={fill!r} is not supported", "Use a number, a tensor or 'blur'.")
-        return ops.gaussian_blur(value, sigma)
-    if isinstance(fill, (int, float)) and not isinstance(fill, bool):
-        return ops.full(list(value.shape), float(fill), like=value)
-    f = ops.convert(fill, value)
-    try:
-        if f is None:
-            raise ValueError
-        per_sample = ops.rank(f) == ops.rank(value) and int(f.shape[0]) in (1, int(value.shape[0]))
-        return (f if per_sample else f[None]) + ops.zeros_like(value)
-    except Exception:  # noqa: BLE001 - any broadcasting failure of either framework
-        shape = list(np.shape(fill)) if hasattr(fill, "shape") else type(fill).__name__
-        raise ConvscopeError(f"the fill {shape} fits neither one sample {list(value.shape[1:])} nor the batch "
-                             f"{list(value.shape)}",
-                             "Give a number, a tensor shaped like one sample, or one fill per sample "
-                             "(broadcastable).") from None
 
 
 def _per_dim(size: Size | None, dims: int, name: str) -> tuple[int, ...] | None:
@@ -119,6 +97,35 @@ def windows(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) 
     for dim in axis_windows(shape, window, stride):
         grid = [g + (d,) for g in grid for d in dim]
     return grid
+
+
+def window_masks(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) -> TorchTensor:
+    """``[W, *shape]`` bool: the sliding windows over a sample of ``shape`` (first axis slowest;
+    starts ``0, s, 2s, ...`` until one reaches the far edge, the last maybe cut off there:
+    Captum's convention, :func:`windows`) as masks.
+
+    Example: ``window_masks([4], [2], [2])`` -> ``[[1, 1, 0, 0], [0, 0, 1, 1]]``."""
+    found = windows(shape, window, stride)
+    masks = torch.zeros(len(found), *shape, dtype=torch.bool)
+    for i, w in enumerate(found):
+        masks[(i, *w)] = True
+    return masks
+
+
+def occlusion_masks(engine: Engine, value: Tensor, window: Any, stride: Any) -> TorchTensor:
+    """The sliding windows of :class:`~convscope.methods.Occlusion` on any sample, per input."""
+    inputs = engine.inputs
+    several = inputs is not None and engine.wrt is None and len(inputs.shapes) > 1
+    shapes = list(inputs.shapes) if several else [channels_first(engine, value)]
+    parts = []
+    for shape, w, s in zip(shapes, per_input(window, len(shapes)), per_input(stride, len(shapes))):
+        rank = len(shape)
+        default = (1,) if rank == 1 else (shape[0], *(max(1, round(d / 8)) for d in shape[1:]))
+        found = axis_sizes(w, shape, "window", default)
+        steps = axis_sizes(s, shape, "stride", (found[0], *(max(1, v // 2) for v in found[1:])) if rank > 1 else
+                           (max(1, found[0] // 2),))
+        parts.append(window_masks(shape, found, steps))
+    return placed(parts, inputs.sizes) if several else parts[0]
 
 
 def interval_masks(intervals: list[slice]) -> np.ndarray:
