@@ -209,6 +209,13 @@ def test_feature_ablation_groups_span_inputs(two) -> None:
     close(FeatureAblation(model).attribute((u, v), 0), ca.FeatureAblation(model).attribute((u, v), target=0))
 
 
+def test_a_tuple_of_one_input_gives_a_tuple_of_one_map() -> None:
+    model, x = conv_net(2), torch.randn(2, *SHAPES[2])
+    model(x)
+    (got,) = IntegratedGradients(model, steps=4).attribute((x,), 1, forward_kwargs={})
+    close(got, IntegratedGradients(model, steps=4).attribute(x, 1))
+
+
 # --- integer inputs at a layer ------------------------------------------------------------------------------
 
 def test_token_ids_are_attributed_at_the_embedding() -> None:

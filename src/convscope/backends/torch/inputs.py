@@ -7,6 +7,7 @@ Methods see one floating-point tensor ``x`` per call, the *attributed input*:
   ``model(x)`` (no :class:`Inputs` at all: today's path, at today's speed);
 - one tensor with extra arguments, or an integer tensor: ``x`` keeps the tensor's shape (an
   integer tensor as floats, exact below ``2**24`` in float32);
+- a tuple of one tensor: as one tensor, its maps in a tuple of one;
 - a tuple ``(x_1, ..., x_m)`` of ``m > 1`` tensors: ``x`` is their *packing* ``[N, F]``, each
   sample's ``x_i`` flattened and concatenated (``F = sum_i numel(x_i[0])``), so every method
   perturbs, integrates and adds noise to all inputs together; maps come back unpacked, one per input.
@@ -111,7 +112,7 @@ class Inputs:
                 raise ConvscopeError(f"input {i} holds integers beyond {exact}, which {dtype} cannot hold exactly",
                                      "Pass float64 inputs alongside, or ids below that bound.")
         n = int(parts[0].shape[0])
-        x = parts[0].to(dtype) if single else torch.cat([p.detach().reshape(n, -1).to(dtype) for p in parts], 1)
+        x = parts[0].to(dtype) if len(parts) == 1 else torch.cat([p.detach().reshape(n, -1).to(dtype) for p in parts], 1)
         return cls(x.detach(), tuple(tuple(p.shape[1:]) for p in parts), tuple(p.dtype for p in parts), single,
                    args, kwargs)
 
