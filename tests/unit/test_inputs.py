@@ -354,6 +354,9 @@ def test_bad_combinations_are_clear_errors(two) -> None:
     for call, message in cases:
         with pytest.raises(ConvscopeError, match=message):
             call()
+    bank = (torch.randn(2, 6), torch.randn(2, 2, 5))  # a callable bank gets the inputs as given
+    close(GradientSHAP(model, baselines=lambda given: (bank[0], bank[1].numpy()), samples=2).attribute((u, v), 0),
+          GradientSHAP(model, baselines=bank, samples=2).attribute((u, v), 0))
 
 
 def test_the_readme_example_runs() -> None:
