@@ -243,8 +243,8 @@ class Occlusion(Ablating):
         ops = engine.ops
         value = engine.values(x, rows)
         inputs = engine.inputs
-        if ops.rank(value) != 4 or wrt is None and inputs is not None and len(inputs.shapes) > 1:
-            return self._ablated(engine, x, rows, value)
+        if wrt is None and (ops.rank(value) != 4 or inputs is not None and len(inputs.shapes) > 1):
+            return self._ablated(engine, x, rows, value)  # inputs of any rank, several inputs
         check_image(value, "Occlusion", ops, self.backend.image_layout)
         plan = self.plan((int(value.shape[ops.channel_axis]), *ops.spatial_shape(value)))
         sigma = self.sigma or max(max(s.stop - s.start for s in (plan[1][0], plan[2][0])) / 4, 0.5)
