@@ -201,12 +201,20 @@ def test_occlusion_slides_a_window_per_input(two) -> None:
 
 def test_feature_ablation_groups_span_inputs(two) -> None:
     model, u, v, _ = two
-    groups = (torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([[3, 3, 4, 4, 2], [5, 5, 5, 6, 6]]))  # id 2 in both
+    groups = (torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([[3, 3, 4, 4, 7], [5, 5, 5, 6, 6]]))
     got = FeatureAblation(model, feature_mask=groups, fill=(0.0, 0.3), max_batch=4).attribute((u, v), 2)
     want = ca.FeatureAblation(model).attribute((u, v), feature_mask=(groups[0][None], groups[1][None]),
                                                baselines=(0.0, 0.3), target=2)
     close(got, want)
     close(FeatureAblation(model).attribute((u, v), 0), ca.FeatureAblation(model).attribute((u, v), target=0))
+    shared = (groups[0], torch.where(groups[1] == 7, 2, groups[1]))  # id 2 in both inputs: ablated together
+    got = FeatureAblation(model, feature_mask=shared, fill=(0.0, 0.3)).attribute((u, v), 2)
+    clean = model(u, v)[:, 2]
+    for k in range(7):  # naive: each group's drop, on each of its elements
+        a, b = shared[0] == k, shared[1] == k
+        drop = clean - model(torch.where(a, 0.0, u), torch.where(b, 0.3, v))[:, 2]
+        close(got[0][:, a], drop[:, None].expand(4, int(a.sum())))
+        close(got[1][:, b], drop[:, None].expand(4, int(b.sum())))
 
 
 def test_a_tuple_of_one_input_gives_a_tuple_of_one_map() -> None:
