@@ -51,6 +51,8 @@ _LAZY: dict[str, str | None] = {
     "MaxNeuron": "convscope.targets",
     "Direction": "convscope.targets",
     "Predicted": "convscope.targets",
+    "Output": "convscope.targets",
+    "Element": "convscope.targets",
     "Target": "convscope.targets",
     "RuleMap": "convscope.rules",
     "GuidedReLU": "convscope.rules",

@@ -13,6 +13,8 @@ Gradient methods back-propagate ``d score_n / d input``; the *seed* a target pla
   ``c`` (or the ``rank``-th strongest), so the seed is the layer's activations with every other
   unit zeroed: the Zeiler-Fergus seed. Ties go to the first position in row-major order.
 - ``Direction(layer, v)``: ``sum_c v[c] * sum_pos act[n, c, pos]``.
+- ``Output()``: the model's one output per sample (``target=None``); ``Element((2, 3))``:
+  ``out[n, 2, 3]`` of a multi-dimensional output (a tuple target).
 - any callable ``f(output) -> Tensor[N]``.
 
 Targets combine with ``+ - *`` (with numbers and other targets) and unary ``-``. An int or a
@@ -231,6 +233,51 @@ class Predicted(Target):
 
     def __repr__(self) -> str:
         return "Predicted()"
+
+
+class Output(Target):
+    """The model's one output per sample, ``score_n = output[n]`` (an output ``[N]`` or ``[N, 1]``):
+    what ``target=None`` means. Example: ``IntegratedGradients(regressor).attribute(x)``."""
+
+    def key(self, path: Callable[[LayerKey], Hashable]) -> Hashable:
+        return ("output",)
+
+    def score(self, record: Record) -> Tensor:
+        out, ops = record.output, record.ops
+        if ops.rank(out) > 2 or ops.rank(out) == 2 and out.shape[1] != 1:
+            raise ConvscopeError(f"target=None needs a model with one output per sample ([N] or [N, 1]), got "
+                                 f"{list(out.shape)}",
+                                 "Name what to explain: a class index (target=3), an index into the output "
+                                 "(target=(2, 3)), or a callable f(output) -> Tensor[N].")
+        return ops.vector(out)
+
+    def __repr__(self) -> str:
+        return "Output()"
+
+
+class Element(Target):
+    """One element of a multi-dimensional output: ``score_n = output[n, *index]`` (what a tuple
+    target means, as in Captum). Example: ``Element((2, 3))`` of an output ``[N, 4, 5]``."""
+
+    def __init__(self, index: Sequence[int]) -> None:
+        if not index or not all(_is_index(i) for i in index):
+            raise ConvscopeError(f"target {tuple(index)!r} is not a tuple of ints",
+                                 "Index the output per sample with a tuple of ints, e.g. target=(2, 3).")
+        self.index = tuple(int(i) for i in index)
+
+    def key(self, path: Callable[[LayerKey], Hashable]) -> Hashable:
+        return ("element", self.index)
+
+    def score(self, record: Record) -> Tensor:
+        out = record.output
+        shape = list(out.shape[1:])
+        if len(shape) != len(self.index) or any(not -s <= i < s for i, s in zip(self.index, shape)):
+            raise ConvscopeError(f"target {self.index} does not index an output of shape {list(out.shape)}",
+                                 f"Give {len(shape)} indices within {shape} (a list [3, 0] is one class per sample).")
+        return out[(slice(None), *self.index)]
+
+    def __repr__(self) -> str:
+        return f"Element({self.index})"
 
 
 class _LayerTarget(Target):
@@ -506,9 +553,11 @@ def _is_index(value: object) -> bool:
 
 def as_target(value: TargetLike) -> Target:
     """The API edge: a Target stays, an int / list of ints / int tensor or numpy array (numpy
-    integers too) becomes :class:`Class`, a callable becomes :class:`FunctionTarget`.
+    integers too) becomes :class:`Class`, a tuple of ints an :class:`Element` (an index into a
+    multi-dimensional output, as in Captum), a callable becomes :class:`FunctionTarget`.
 
-    Example: ``as_target(3)`` -> ``Class(3)``; ``as_target([3, 0])`` -> ``Class([3, 0])``.
+    Example: ``as_target(3)`` -> ``Class(3)``; ``as_target([3, 0])`` -> ``Class([3, 0])``;
+    ``as_target((2, 3))`` -> ``Element((2, 3))``.
     """
     if isinstance(value, Target):
         return value
@@ -518,7 +567,9 @@ def as_target(value: TargetLike) -> Target:
         return Class(torch.from_numpy(value.astype(np.int64)))
     if isinstance(value, Tensor) or _is_index(value):
         return Class(value)  # type: ignore[arg-type]
-    if isinstance(value, (list, tuple)) and value and all(_is_index(v) for v in value):
+    if isinstance(value, tuple) and value and all(_is_index(v) for v in value):
+        return Element(value)
+    if isinstance(value, list) and value and all(_is_index(v) for v in value):
         return Class([int(v) for v in value])
     if callable(value):
         return FunctionTarget(value)
@@ -528,10 +579,13 @@ def as_target(value: TargetLike) -> Target:
 
 
 def as_targets(target: TargetLike | None, targets: Sequence[TargetLike] | None, n: int) -> tuple[list[Target], bool]:
-    """The targets of one call (checked against a batch of ``n``) and whether several were asked for."""
-    if (target is None) == (targets is None):
+    """The targets of one call (checked against a batch of ``n``) and whether several were asked for;
+    neither: the model's one output per sample (:class:`Output`)."""
+    if target is not None and targets is not None:
         raise ConvscopeError("give exactly one of target=... or targets=[...]",
                              "target=3 explains class 3; targets=[3, 5] returns one map per target.")
+    if target is None and targets is None:
+        return [Output()], False
     if targets is not None:
         if isinstance(targets, (Target, int, Tensor)) or not isinstance(targets, Sequence) or not targets:
             raise ConvscopeError("targets= must be a non-empty list of targets",
@@ -544,5 +598,6 @@ def as_targets(target: TargetLike | None, targets: Sequence[TargetLike] | None, 
     return found, targets is not None
 
 
-__all__ = ["Channel", "Class", "Direction", "FunctionTarget", "MaxNeuron", "Neuron", "Predicted", "Record", "Target",
+__all__ = ["Channel", "Class", "Direction", "Element", "FunctionTarget", "MaxNeuron", "Neuron", "Output", "Predicted",
+           "Record", "Target",
            "as_target", "as_targets", "strongest"]

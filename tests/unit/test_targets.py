@@ -142,7 +142,7 @@ def test_target_errors_name_the_problem() -> None:
         with pytest.raises(ConvscopeError, match=message):
             Saliency(model).attribute(x, target)
     with pytest.raises(ConvscopeError, match="exactly one of"):
-        as_targets(None, None, 2)
+        as_targets(3, [3], 2)
     with pytest.raises(ConvscopeError, match="non-empty list"):
         as_targets(None, [], 2)
 

@@ -144,6 +144,9 @@ class Engine(Protocol):
     ops: Ops
     wrt: Hashable | None  # the attributed layer (None: the input)
     max_batch: Any
+    #: how the attributed input reaches the model (:class:`~convscope.backends.torch.inputs.Inputs`:
+    #: several tensors, integer ids, forward arguments), None for one float tensor fed as it is
+    inputs: Any
 
     def rows(self, r: slice) -> Tensor: """Rows ``r`` of the user's batch, as the targets read them."""
     def forward(self, x: Tensor, rows: Tensor, *, grad: bool = False, replace: tuple[Hashable | None, Tensor] | None
@@ -196,6 +199,9 @@ class Backend(Protocol):
     feature_layouts: dict[int, str]  #: input rank -> the feature map a CAM reads, in words
 
     def as_input(self, x: Any) -> Tensor: """``x`` as a float batch, else a clear error."""
+    def inputs(self, x: Any, args: Any = None, kwargs: Any = None) -> tuple[Tensor, Any]:
+        """The attributed input and how it reaches the model (None: as it is), or a clear error for
+        input forms this framework lacks."""
     def targets(self, target: Any, targets: Sequence[Any] | None, n: int) -> tuple[list[Any], bool]:
         """The call's targets (:func:`convscope.targets.as_targets`) and whether a list was given."""
     def accepts_rules(self, rules: Any) -> None: """A clear error for a backward rule this framework lacks."""
@@ -205,4 +211,4 @@ class Backend(Protocol):
     def layer_key(self, model: Any, key: Any) -> Hashable: """A layer name or object, resolved (clear error if unknown)."""
     def layer_name(self, model: Any, key: Hashable) -> str: ...
     def engine(self, method: Any, x: Tensor, targets: list[Any], wrt: Any, layers: Sequence[Any],
-               rules: Any) -> AbstractContextManager[Engine]: ...
+               rules: Any, inputs: Any = None) -> AbstractContextManager[Engine]: ...

@@ -22,9 +22,10 @@ __all__ = ["DeconvNet", "GradientMethod", "GuidedBackprop", "InputXGradient", "M
 from convscope.methods.path import GradientSHAP, IntegratedGradients  # noqa: E402
 from convscope.methods.adaptive import Adaptive  # noqa: E402
 from convscope.methods.perturb import RISE, Occlusion  # noqa: E402
+from convscope.methods.ablation import FeatureAblation  # noqa: E402
 from convscope.methods.smooth import NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad  # noqa: E402
 
-__all__ += ["Adaptive", "GradientSHAP", "IntegratedGradients", "NoiseTunnel", "Occlusion", "RISE", "SmoothGrad",
+__all__ += ["Adaptive", "FeatureAblation", "GradientSHAP", "IntegratedGradients", "NoiseTunnel", "Occlusion", "RISE", "SmoothGrad",
             "SmoothGradSquared", "VarGrad"]
 
 from convscope.methods.cam import (  # noqa: E402

@@ -39,6 +39,7 @@ from convscope.backends.dispatch import backend_of, framework_of
 from convscope.backends.protocol import Backend, Engine, Tensor
 from convscope.backends.torch.backend import check_input
 from convscope.backends.torch.batching import MaxBatch, check_max_batch
+from convscope.backends.torch.inputs import Inputs, check_attributable
 from convscope.errors import ConvscopeError
 from convscope.formats import FROM_PYTHON, hidden_layers
 from convscope.rules import RuleMap
@@ -111,6 +112,9 @@ class Method(ABC):
     #: True for methods that read a transformer's attention (attention rollout): runs over every
     #: method leave them out on models without attention modules (:func:`~convscope.methods.registry.applicable`)
     needs_attention: ClassVar[bool] = False
+    #: whether a map attributing the input is shaped like it (not a CAM's ``[N, L, ...]``): a
+    #: tuple of inputs then gets a tuple of maps
+    maps_like_input: ClassVar[bool] = True
 
     def __init__(self, model: Any, *, max_batch: MaxBatch = None) -> None:
         self.backend: Backend = backend_of(model)
@@ -126,35 +130,77 @@ class Method(ABC):
         self.max_batch = check_max_batch(max_batch)
 
     @overload
-    def attribute(self, x: Any, target: TargetLike, wrt: Wrt = None) -> Any: ...
+    def attribute(self, x: Any, target: TargetLike | None = None, wrt: Wrt = None, *,
+                  forward_args: Any = None, forward_kwargs: dict[str, Any] | None = None,
+                  return_convergence_delta: bool = False) -> Any: ...
 
     @overload
-    def attribute(self, x: Any, target: None = None, wrt: Wrt = None, *,
-                  targets: Sequence[TargetLike]) -> list[Any]: ...
+    def attribute(self, x: Any, target: None = None, wrt: Wrt = None, *, targets: Sequence[TargetLike],
+                  forward_args: Any = None, forward_kwargs: dict[str, Any] | None = None,
+                  return_convergence_delta: bool = False) -> list[Any]: ...
 
     def attribute(self, x: Any, target: TargetLike | None = None, wrt: Wrt = None, *,
-                  targets: Sequence[TargetLike] | None = None) -> Any:
+                  targets: Sequence[TargetLike] | None = None, forward_args: Any = None,
+                  forward_kwargs: dict[str, Any] | None = None, return_convergence_delta: bool = False) -> Any:
         """The attribution of ``target`` for each sample of ``x``, shaped like ``x`` (or like the
         output of layer ``wrt``; CAM methods: one map per layer). With ``targets=[...]``: one such
         map per target, from one forward pass per chunk of ``max_batch`` samples.
+
+        ``x`` is one tensor or a tuple of the model's input tensors (then the maps are a tuple in
+        the same order); ``forward_args``/``forward_kwargs`` are further arguments of the model,
+        held fixed (tensors whose first dimension is the batch size are per sample);
+        ``target=None`` scores a model with one output per sample. ``return_convergence_delta``:
+        ``(maps, delta)`` (:meth:`attribute_with_delta`). See :mod:`convscope.backends.torch.inputs`.
         """
-        return self._run(x, target, wrt, targets, self._attribute)
+        if return_convergence_delta:
+            return self.attribute_with_delta(x, target, wrt, targets=targets, forward_args=forward_args,
+                                             forward_kwargs=forward_kwargs)
+        return self._run(x, target, wrt, targets, self._attribute, forward_args, forward_kwargs)
+
+    def attribute_with_delta(self, x: Any, target: TargetLike | None = None, wrt: Wrt = None, *,
+                             targets: Sequence[TargetLike] | None = None, forward_args: Any = None,
+                             forward_kwargs: dict[str, Any] | None = None) -> Any:
+        """``(maps, delta)`` (a pair per target with ``targets=[...]``): the maps and the completeness
+        gap ``sum(map) - (s(end) - s(start))`` of each path, Captum's ``return_convergence_delta``
+        (integrated gradients: one per sample; GradientSHAP: one per sample and draw, row
+        ``n * samples + k``; a noise tunnel: one per sample and noisy copy, likewise)."""
+        self._check_delta()
+
+        def body(engine: Engine, xs: Tensor, found: list[Target], key: Any) -> list[tuple[Tensor, Tensor]]:
+            return self._with_delta(engine, xs, engine.rows(slice(0, int(xs.shape[0]))), found, key)
+
+        return self._run(x, target, wrt, targets, body, forward_args, forward_kwargs)
+
+    def _check_delta(self) -> None:
+        """A clear error where this method has no convergence delta."""
+        raise ConvscopeError(f"{type(self).__name__} has no convergence delta",
+                             "Ask for it from IntegratedGradients, GradientSHAP or a noise tunnel around "
+                             "IntegratedGradients.")
+
+    def _with_delta(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any
+                    ) -> list[tuple[Tensor, Tensor]]:
+        """The maps of all of ``x`` and their deltas (methods with :meth:`_check_delta` passing)."""
+        raise NotImplementedError
 
     def _run(self, x: Any, target: TargetLike | None, wrt: Wrt, targets: Sequence[TargetLike] | None,
-             body: Callable[[Engine, Tensor, list[Target], Any], list[R]]) -> R | list[R]:
+             body: Callable[[Engine, Tensor, list[Target], Any], list[R]], forward_args: Any = None,
+             forward_kwargs: dict[str, Any] | None = None) -> R | list[R]:
         """Check, convert the targets, prepare, and call ``body`` inside the backend's engine."""
         backend = self.backend
-        x = backend.as_input(x)
+        x, inputs = backend.inputs(x, forward_args, forward_kwargs)
         found, many = backend.targets(target, targets, int(x.shape[0]))
         if not self.scores_input and any(t.follows_pass() for t in found):
             raise ConvscopeError(f"{type(self).__name__} scores changed copies of the input, whose top class may differ from the "
                                  "prediction: it cannot follow Predicted()",
                                  "Pass the predicted classes instead: target=model(x).argmax(1).tolist().")
         key = None if wrt is None or (isinstance(wrt, str) and wrt == "input") else backend.layer_key(self.model, wrt)
+        check_attributable(inputs, key)
         self._prepare(x, key)
         rules = self._rules()
-        with backend.engine(self, x, found, key, self._layers(), rules) as engine:
+        with backend.engine(self, x, found, key, self._layers(), rules, inputs) as engine:
             results = body(engine, x, found, key)
+        if inputs is not None and key is None and self.maps_like_input:
+            results = [_as_given(r, inputs) for r in results]
         return results if many else results[0]
 
     def _attribute(self, engine: Engine, x: Tensor, targets: list[Target], wrt: Any) -> list[Tensor]:
@@ -201,10 +247,21 @@ class Wrapper(Method):
     def _rules(self) -> RuleMap | None:
         return self.method._rules()
 
+    @property  # type: ignore[override]
+    def maps_like_input(self) -> bool:  # type: ignore[override]
+        return self.method.maps_like_input
+
     @property
     def last_layers(self) -> tuple[str, ...]:
         """The wrapped method's layers of the latest call (CAM methods)."""
         return getattr(self.method, "last_layers", ())
+
+
+def _as_given(result: Any, inputs: Inputs) -> Any:
+    """A map of the attributed input (or a ``(map, delta)`` pair) shaped as the user's inputs came."""
+    if isinstance(result, tuple):
+        return (inputs.maps(result[0]), *result[1:])
+    return inputs.maps(result)
 
 
 def display_kind(method: Method | type[Method]) -> DisplayKind:

@@ -25,7 +25,6 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,11 +34,11 @@ from torch import Tensor as TorchTensor
 from convscope.backends.protocol import Chunk, Engine, Ops, Tensor
 from convscope.backends.torch.batching import MaxBatch
 from convscope.errors import ConvscopeError
-from convscope.methods.base import Method, Rows, Wrt
-from convscope.methods.options import check_noise, check_samples
+from convscope.methods.base import Method, Rows
+from convscope.methods.options import check_flag, check_samples
 from convscope.methods.registry import register_method
-from convscope.methods.smooth import input_range
-from convscope.targets import Target, TargetLike
+from convscope.methods.smooth import check_noise_input, input_range, noise_level, noise_sigma
+from convscope.targets import Target
 
 __all__ = ["RULES", "GradientSHAP", "IntegratedGradients", "as_baseline", "input_range", "quadrature"]
 
@@ -72,10 +71,19 @@ def quadrature(rule: str, steps: int) -> tuple[TorchTensor, TorchTensor]:
     return (k + offset) / steps, weights
 
 
-def as_baseline(baseline: Any, x: Tensor, ops: Ops, what: str = "baseline") -> Tensor:
+def as_baseline(baseline: Any, x: Tensor, ops: Ops, what: str = "baseline", inputs: Any = None) -> Tensor:
     """``baseline`` as ``[1 or len(x), *x.shape[1:]]`` like ``x``: a number, one sample's shape
     (shared by all), one per sample, or a callable ``f(x)`` giving one of those for the input (in
-    the model's layout, e.g. ``lambda x: gaussian_blur(x, 5.0)``)."""
+    the model's layout, e.g. ``lambda x: gaussian_blur(x, 5.0)``). With several inputs
+    (``inputs``, :class:`~convscope.backends.torch.inputs.Inputs`) one such value per input, in a
+    tuple; a callable gets and returns the inputs as the user gave them."""
+    if inputs is not None:
+        given = baseline(_given(inputs, x)) if callable(baseline) else baseline
+        b = inputs.pack(given, like=x, what=what)
+        if int(b.shape[0]) not in (1, int(x.shape[0])):
+            raise ConvscopeError(f"the {what} holds {int(b.shape[0])} rows for {int(x.shape[0])} samples",
+                                 "Give one (shared) or one per sample.")
+        return b
     if callable(baseline):
         baseline = baseline(x)
     shape = list(x.shape[1:])
@@ -92,6 +100,12 @@ def as_baseline(baseline: Any, x: Tensor, ops: Ops, what: str = "baseline") -> T
                          f"Give a number, an array shaped like one sample {shape}, or one per sample {list(x.shape)}.")
 
 
+def _given(inputs: Any, x: Tensor) -> Any:
+    """The user's inputs (integer ids in their dtype) from the attributed input ``x``."""
+    parts = inputs.unpack(x)
+    return parts[0] if inputs.single else parts
+
+
 def path_gradients(method: Method, engine: Engine, x: Tensor, start: Tensor, end: Tensor, alpha: Tensor,
                    weight: Tensor, rows: Rows) -> list[Tensor]:
     """``weight * ds/da`` at ``start + alpha (end - start)`` for each target (one row per path
@@ -100,9 +114,13 @@ def path_gradients(method: Method, engine: Engine, x: Tensor, start: Tensor, end
 
 
 class PathMethod(Method):
-    """A method summing weighted gradients at points of straight paths (IG, GradientSHAP)."""
+    """A method summing weighted gradients at points of straight paths (IG, GradientSHAP).
+
+    ``multiply_by_inputs=False`` leaves out the factor ``(x - b)``: the path-averaged gradient
+    alone (Captum's option of the same name; it has no convergence delta)."""
 
     expands = True
+    multiply_by_inputs: bool = True
 
     def _path_point(self, engine: Engine, x: Tensor, start: Tensor, end: Tensor, alpha: Tensor, weight: Tensor,
                     rows: Rows) -> list[Tensor]:
@@ -112,6 +130,20 @@ class PathMethod(Method):
         grads = [run.gradients(i, [run.value])[0] for i in range(len(run.scores))]
         return [g * ops.per_row(weight, g) for g in grads]
 
+    def _check_delta(self) -> None:
+        if not self.multiply_by_inputs:
+            raise ConvscopeError(f"{type(self).__name__}(multiply_by_inputs=False) has no convergence delta: its maps "
+                                 "are gradients, which do not add up to a score difference",
+                                 "Leave multiply_by_inputs at True to get the delta.")
+
+
+def baseline_rows(engine: Engine, base: Tensor, n: int) -> Tensor:
+    """``base`` with one row per sample where the model gets per-sample arguments (a shared
+    baseline's layer value then differs by sample), else as it is."""
+    if engine.inputs is None or int(base.shape[0]) == n:
+        return base
+    return engine.ops.cat([base] * n)
+
 
 @register_method("integrated_gradients", "integrated gradients: (x - baseline) * path-averaged gradient")
 class IntegratedGradients(PathMethod):
@@ -119,19 +151,21 @@ class IntegratedGradients(PathMethod):
 
     Defaults: 32 Gauss-Legendre steps (exact for polynomial paths of degree < 64) and a zero
     baseline. ``baseline`` is a number, one sample's shape, one per sample (``[N, ...]``), or a
-    callable ``f(x)`` returning one of those for the input.
+    callable ``f(x)`` returning one of those for the input (with several inputs: one per input, in
+    a tuple). ``multiply_by_inputs=False``: ``sum_k w_k ds/da(...)`` alone.
     Example: ``IntegratedGradients(model, steps=50, baseline=blurred).attribute(x, 3)``.
     """
 
     def __init__(self, model: Any, *, steps: int = 32, rule: str = "gauss_legendre",
-                 baseline: Any = 0.0, max_batch: MaxBatch = None) -> None:
+                 baseline: Any = 0.0, multiply_by_inputs: bool = True, max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
         self.alpha, self.weights = quadrature(rule, steps)  # validates early
         self.steps, self.rule, self.baseline = steps, rule, baseline
+        self.multiply_by_inputs = check_flag("multiply_by_inputs", multiply_by_inputs) is not False
 
     def _endpoints(self, engine: Engine, x: Tensor, rows: Rows) -> tuple[Tensor, Tensor]:
         """The attributed tensor at ``x`` and at the baseline (``[1 or N, ...]``)."""
-        base = as_baseline(self.baseline, x, engine.ops)
+        base = baseline_rows(engine, as_baseline(self.baseline, x, engine.ops, inputs=engine.inputs), int(x.shape[0]))
         return engine.values(x, rows), engine.values(base, rows[:int(base.shape[0])])
 
     def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:
@@ -146,70 +180,89 @@ class IntegratedGradients(PathMethod):
                                   ops.take(alpha, c.k), ops.take(weights, c.k), engine.take_rows(rows, c))
 
         sums = engine.accumulate(int(x.shape[0]), self.steps, evaluate, like=value)
-        return [(value - base) * total for total in sums]
+        return [(value - base) * total for total in sums] if self.multiply_by_inputs else sums
 
-    def attribute_with_delta(self, x: Any, target: TargetLike | None = None, wrt: Wrt = None, *,
-                             targets: Sequence[TargetLike] | None = None) -> Any:
-        """``(maps, delta)`` with ``delta_n = sum(maps_n) - (s(x_n) - s(b_n))`` (a pair per target
-        with ``targets=[...]``): the completeness gap, which shrinks as ``steps`` grows."""
+    def _deltas(self, engine: Engine, x: Tensor, rows: Rows, maps: list[Tensor]) -> list[Tensor]:
+        """``sum(maps_n) - (s(x_n) - s(b_n))`` per sample, for the maps of ``x``."""
+        ops = engine.ops
+        value, base = self._endpoints(engine, x, rows)
+        at_x = engine.scores(x, rows, value)
+        at_b = engine.scores(x, rows, base + ops.zeros_like(value))
+        axes = tuple(range(1, ops.rank(value)))
+        return [ops.sum(m, axes) - (sx - sb) for m, sx, sb in zip(maps, at_x, at_b)]
 
-        def body(engine: Engine, xs: Tensor, found: list[Target], layer: Any) -> list[tuple[Tensor, Tensor]]:
-            ops = engine.ops
-            maps = self._attribute(engine, xs, found, layer)
-            rows = engine.rows(slice(0, int(xs.shape[0])))
-            value, base = self._endpoints(engine, xs, rows)
-            at_x = engine.scores(xs, rows, value)
-            at_b = engine.scores(xs, rows, base + ops.zeros_like(value))
-            axes = tuple(range(1, ops.rank(xs if layer is None else value)))
-            return [(m, ops.sum(m, axes) - (sx - sb)) for m, sx, sb in zip(maps, at_x, at_b)]
-
-        return self._run(x, target, wrt, targets, body)
+    def _with_delta(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any
+                    ) -> list[tuple[Tensor, Tensor]]:
+        maps = self._compute(engine, x, rows, targets, wrt)
+        return list(zip(maps, self._deltas(engine, x, rows, maps)))
 
 
 @register_method("gradient_shap", "GradientSHAP: expected (x - baseline) * gradient at random path points")
 class GradientSHAP(PathMethod):
     """``mean_k (x + eps_k - b_k) * ds/da(b_k + alpha_k (x + eps_k - b_k))`` over ``samples`` draws.
 
-    ``baselines``: a number, a tensor ``[B, *sample_shape]`` to draw ``b_k`` from (default: one
-    all-zero baseline), or a callable ``f(x)`` returning such a tensor for the input; ``noise``:
-    the standard deviation of ``eps_k`` as a fraction of each sample's value range (default 0). Baseline indices ``randint(B, [K])`` then ``alpha = rand(K)``
-    come from ``torch.Generator().manual_seed(seed)``; when ``noise > 0``,
-    ``eps = randn(K, *sample_shape)`` comes from a generator on the input's device seeded with
+    ``baselines``: a number, a tensor or numpy array ``[B, *sample_shape]`` to draw ``b_k`` from
+    (default: one all-zero baseline), or a callable ``f(x)`` returning such a tensor for the input
+    (with several inputs: one per input, in a tuple); ``noise``: the standard deviation of
+    ``eps_k`` as a fraction of each sample's value range (default 0), or ``stdevs``: an absolute
+    one (a number, or one per input; Captum's ``stdevs``). Baseline indices ``randint(B, [K])``
+    then ``alpha = rand(K)`` come from ``torch.Generator().manual_seed(seed)``; when noise is
+    on, ``eps = randn(K, *sample_shape)`` comes from a generator on the input's device seeded with
     ``seed + 1`` (:func:`~convscope.methods.draws.gaussian_draws`). Every sample sees the same
-    draws, so its map never depends on the rest of the batch. Example:
+    draws, so its map never depends on the rest of the batch. ``multiply_by_inputs=False``: the
+    mean gradient alone. Example:
     ``GradientSHAP(model, baselines=backgrounds, samples=64, noise=0.1).attribute(x, 3)``.
     """
 
-    def __init__(self, model: Any, *, baselines: Any = 0.0, samples: int = 32,
-                 noise: float = 0.0, seed: int = 0, max_batch: MaxBatch = None) -> None:
+    def __init__(self, model: Any, *, baselines: Any = 0.0, samples: int = 32, noise: float | None = None,
+                 stdevs: Any = None, seed: int = 0, multiply_by_inputs: bool = True,
+                 max_batch: MaxBatch = None) -> None:
         super().__init__(model, max_batch=max_batch)
-        check_samples(samples), check_noise(noise, example=0.1)
-        self.baselines, self.samples, self.noise, self.seed = baselines, samples, noise, seed
+        check_samples(samples)
+        self.noise, self.stdevs = noise_level(noise, stdevs, default=0.0, example=0.1)
+        self.baselines, self.samples, self.seed = baselines, samples, seed
+        self.multiply_by_inputs = check_flag("multiply_by_inputs", multiply_by_inputs) is not False
 
     def draws(self, x: Tensor, engine: Engine) -> tuple[Tensor, Tensor, Tensor | None]:
         """The drawn baselines ``[K, ...]`` and alphas ``[K]``, and the noise (None without)."""
         ops = engine.ops
+        converted = self._bank(x, engine)
+        g = torch.Generator().manual_seed(self.seed)
+        pick = torch.randint(int(converted.shape[0]), (self.samples,), generator=g)
+        alpha = torch.rand(self.samples, generator=g, dtype=torch.float64)
+        noisy = self.noise > 0 or self.stdevs is not None
+        eps = engine.gaussian(self.samples, x, self.seed + 1) if noisy else None
+        return ops.take(converted, ops.constant(pick.numpy(), like=converted)), ops.constant(alpha.numpy(), like=x), eps
+
+    def _bank(self, x: Tensor, engine: Engine) -> Tensor:
+        """The baselines to draw from, ``[B, ...]`` like ``x``, else a clear error."""
+        ops, inputs = engine.ops, engine.inputs
+        if inputs is not None:
+            bank = self.baselines(_given(inputs, x)) if callable(self.baselines) else self.baselines
+            return inputs.pack(bank, like=x, what="baselines")
         bank = self.baselines(x) if callable(self.baselines) else self.baselines
         if isinstance(bank, (int, float)) and not isinstance(bank, bool):
             bank = ops.full([1, *x.shape[1:]], float(bank), like=x)
-        converted = ops.convert(bank, x)
+        try:
+            converted = ops.convert(bank, x)
+        except (TypeError, ValueError):  # e.g. a numpy array of objects
+            converted = None
         if converted is None or ops.rank(converted) != ops.rank(x) or list(converted.shape[1:]) != list(x.shape[1:]):
             shape = list(np.shape(bank)) if hasattr(bank, "shape") else type(bank).__name__
             raise ConvscopeError(f"baselines of shape {shape} are not a batch of samples like the input "
                                  f"{list(x.shape)}",
                                  f"Pass a number or an array [B, {', '.join(str(int(d)) for d in x.shape[1:])}] "
-                                 "to draw from.")
-        g = torch.Generator().manual_seed(self.seed)
-        pick = torch.randint(int(converted.shape[0]), (self.samples,), generator=g)
-        alpha = torch.rand(self.samples, generator=g, dtype=torch.float64)
-        eps = engine.gaussian(self.samples, x, self.seed + 1) if self.noise > 0 else None
-        return ops.take(converted, ops.constant(pick.numpy(), like=converted)), ops.constant(alpha.numpy(), like=x), eps
+                                 "to draw from (or a callable returning one).")
+        return converted
 
-    def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:
+    def _evaluations(self, engine: Engine, x: Tensor, rows: Rows, delta: bool) -> list[Tensor]:
+        """Per target the summed maps ``[n, ...]`` (and with ``delta``, then, the deltas ``[n, K]``)."""
         ops = engine.ops
+        check_noise_input(engine, self.noise > 0 or self.stdevs is not None, type(self).__name__)
         baselines, alpha, eps = self.draws(x, engine)
-        sigma = self.noise * input_range(x, ops)
+        sigma = noise_sigma(x, ops, engine.inputs, self.noise, self.stdevs)
         ones = ops.full([self.samples], 1.0, like=x)
+        count = self.samples
 
         def evaluate(c: Chunk) -> list[Tensor]:
             noisy = ops.take(x, c.sample)
@@ -218,7 +271,22 @@ class GradientSHAP(PathMethod):
             r = engine.take_rows(rows, c)
             end, start = engine.values(noisy, r), engine.values(ops.take(baselines, c.k), r)
             grads = path_gradients(self, engine, noisy, start, end, ops.take(alpha, c.k), ops.take(ones, c.k), r)
-            return [(end - start) * g for g in grads]
+            maps = [(end - start) * g for g in grads] if self.multiply_by_inputs else grads
+            if not delta:
+                return maps
+            axes = tuple(range(1, ops.rank(end)))
+            gaps = [ops.sum(m, axes) - (se - ss) for m, se, ss in zip(
+                maps, engine.evaluate(noisy, r, replace=(engine.wrt, end)),
+                engine.evaluate(noisy, r, replace=(engine.wrt, start)))]
+            slots = ops.one_hot(c.k, count, like=end)  # row j's delta in column k_j: summed, [n, K]
+            return maps + [slots * ops.per_row(g, slots) for g in gaps]
 
-        sums = engine.accumulate(int(x.shape[0]), self.samples, evaluate, like=x)
-        return [total / self.samples for total in sums]
+        return engine.accumulate(int(x.shape[0]), count, evaluate, like=x)
+
+    def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:
+        return [total / self.samples for total in self._evaluations(engine, x, rows, False)]
+
+    def _with_delta(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any
+                    ) -> list[tuple[Tensor, Tensor]]:
+        sums, count = self._evaluations(engine, x, rows, True), len(targets)
+        return [(m / self.samples, engine.ops.vector(d)) for m, d in zip(sums[:count], sums[count:])]

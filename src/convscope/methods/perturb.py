@@ -37,13 +37,14 @@ from torch import Tensor as TorchTensor
 from convscope.backends.protocol import Chunk, Engine, Ops, Tensor
 from convscope.backends.torch.batching import MaxBatch
 from convscope.errors import ConvscopeError
+from convscope.methods.ablation import (Ablating, Fill, ablation_maps, axis_sizes, channels_first, check_sizes,
+                                       fill_values, fills, per_input, placed)
 from convscope.methods.adaptive import Adaptive, AdaptiveReport, Grid, as_adaptive
 from convscope.methods.base import Method, Rows, numel
 from convscope.methods.registry import register_method
 from convscope.ops import tensors
 from convscope.targets import Target
 
-Fill = Any  # a number, an array broadcastable to one sample, or "blur"
 Size = int | Sequence[int]
 
 
@@ -57,28 +58,6 @@ def check_image(value: Tensor, method: str, ops: Ops, layout: str) -> None:
 def gaussian_blur(x: TorchTensor, sigma: float) -> TorchTensor:
     """Each channel of ``x`` [N, C, H, W] blurred by a Gaussian of std ``sigma`` (reflected edges)."""
     return tensors.gaussian_blur(x, sigma)
-
-
-def fill_values(fill: Fill, value: Tensor, sigma: float, ops: Ops = tensors) -> Tensor:
-    """What replaces the occluded parts, shaped like ``value`` (a batch of images)."""
-    if isinstance(fill, str):
-        if fill != "blur":
-            raise ConvscopeError(f"fill={fill!r} is not supported", "Use a number, a tensor or 'blur'.")
-        return ops.gaussian_blur(value, sigma)
-    if isinstance(fill, (int, float)) and not isinstance(fill, bool):
-        return ops.full(list(value.shape), float(fill), like=value)
-    f = ops.convert(fill, value)
-    try:
-        if f is None:
-            raise ValueError
-        per_sample = ops.rank(f) == ops.rank(value) and int(f.shape[0]) in (1, int(value.shape[0]))
-        return (f if per_sample else f[None]) + ops.zeros_like(value)
-    except Exception:  # noqa: BLE001 - any broadcasting failure of either framework
-        shape = list(np.shape(fill)) if hasattr(fill, "shape") else type(fill).__name__
-        raise ConvscopeError(f"the fill {shape} fits neither one sample {list(value.shape[1:])} nor the batch "
-                             f"{list(value.shape)}",
-                             "Give a number, a tensor shaped like one sample, or one fill per sample "
-                             "(broadcastable).") from None
 
 
 def _per_dim(size: Size | None, dims: int, name: str) -> tuple[int, ...] | None:
@@ -118,6 +97,35 @@ def windows(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) 
     for dim in axis_windows(shape, window, stride):
         grid = [g + (d,) for g in grid for d in dim]
     return grid
+
+
+def window_masks(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) -> TorchTensor:
+    """``[W, *shape]`` bool: the sliding windows over a sample of ``shape`` (first axis slowest;
+    starts ``0, s, 2s, ...`` until one reaches the far edge, the last maybe cut off there:
+    Captum's convention, :func:`windows`) as masks.
+
+    Example: ``window_masks([4], [2], [2])`` -> ``[[1, 1, 0, 0], [0, 0, 1, 1]]``."""
+    found = windows(shape, window, stride)
+    masks = torch.zeros(len(found), *shape, dtype=torch.bool)
+    for i, w in enumerate(found):
+        masks[(i, *w)] = True
+    return masks
+
+
+def occlusion_masks(engine: Engine, value: Tensor, window: Any, stride: Any) -> TorchTensor:
+    """The sliding windows of :class:`~convscope.methods.Occlusion` on any sample, per input."""
+    inputs = engine.inputs
+    several = inputs is not None and engine.wrt is None and len(inputs.shapes) > 1
+    shapes = list(inputs.shapes) if several else [channels_first(engine, value)]
+    parts = []
+    for shape, w, s in zip(shapes, per_input(window, len(shapes)), per_input(stride, len(shapes))):
+        rank = len(shape)
+        default = (1,) if rank == 1 else (shape[0], *(max(1, round(d / 8)) for d in shape[1:]))
+        found = axis_sizes(w, shape, "window", default)
+        steps = axis_sizes(s, shape, "stride", (found[0], *(max(1, v // 2) for v in found[1:])) if rank > 1 else
+                           (max(1, found[0] // 2),))
+        parts.append(window_masks(shape, found, steps))
+    return placed(parts, inputs.sizes) if several else parts[0]
 
 
 def interval_masks(intervals: list[slice]) -> np.ndarray:
@@ -171,11 +179,15 @@ class WindowMasks:
 
 
 @register_method("occlusion", "occlusion: score drop when a sliding window is filled")
-class Occlusion(Method):
+class Occlusion(Ablating):
     """``mean over windows covering p of (s(x) - s(x_w))``: see the module docstring.
 
     ``window``/``stride``: an int, ``(h, w)`` (every channel at once) or ``(c, h, w)``. Defaults:
     a window of 1/8 of the height and width (at least 1 px) and a stride of half the window.
+    Inputs of any other rank (tables ``[N, F]``, signals ``[N, C, L]``, volumes ``[N, C, D, H, W]``)
+    and tuples of inputs take the same forms (one size per axis, or per axis after the channels;
+    with several inputs a tuple of them, one per input, as Captum's ``sliding_window_shapes``)
+    and run as ablations (:mod:`convscope.methods.ablation`): a window changes one input at a time.
     ``fill``: a number (default 0), a tensor broadcastable to one sample or to the whole batch
     (one fill per sample), or ``"blur"`` (a
     Gaussian blur with std ``sigma``, default a quarter of the window).
@@ -202,15 +214,13 @@ class Occlusion(Method):
     Example: ``Occlusion(model, window=(3, 16, 16), stride=8).attribute(x, 3)``.
     """
 
-    expands = True
-    display = "positive"  # a score drop: covering the evidence for the class
     options = frozenset({"adaptive"})  # `convscope explain --adaptive`
 
     def __init__(self, model: Any, *, window: Size | None = None, stride: Size | None = None,
                  fill: Fill = 0.0, sigma: float | None = None, max_batch: MaxBatch = None,
                  incremental: bool | Literal["auto"] = "auto", adaptive: bool | Adaptive | None = None) -> None:
         super().__init__(model, max_batch=max_batch)
-        self.window, self.stride = _per_dim(window, 2, "window"), _per_dim(stride, 2, "stride")
+        self.window, self.stride = check_sizes(window, "window"), check_sizes(stride, "stride")
         if isinstance(fill, str) and fill != "blur":
             raise ConvscopeError(f"fill={fill!r} is not supported", "Use a number, a tensor or 'blur'.")
         if not (incremental is True or incremental is False or incremental == "auto"):
@@ -223,15 +233,18 @@ class Occlusion(Method):
     def plan(self, shape: Sequence[int]) -> list[list[slice]]:
         """Per dimension of one sample of ``shape`` (C, H, W), the intervals the windows cover."""
         c, h, w = shape
-        window = self.window or (max(1, round(h / 8)), max(1, round(w / 8)))
+        window = _per_dim(self.window, 2, "window") or (max(1, round(h / 8)), max(1, round(w / 8)))
         window = window if len(window) == 3 else (c, *window)
-        stride = self.stride or tuple(max(1, v // 2) for v in window[1:])
+        stride = _per_dim(self.stride, 2, "stride") or tuple(max(1, v // 2) for v in window[1:])
         stride = stride if len(stride) == 3 else (window[0], *stride)
         return axis_windows(shape, window, stride)
 
     def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:
         ops = engine.ops
         value = engine.values(x, rows)
+        inputs = engine.inputs
+        if wrt is None and (ops.rank(value) != 4 or inputs is not None and len(inputs.shapes) > 1):
+            return self._ablated(engine, x, rows, value)  # inputs of any rank, several inputs
         check_image(value, "Occlusion", ops, self.backend.image_layout)
         plan = self.plan((int(value.shape[ops.channel_axis]), *ops.spatial_shape(value)))
         sigma = self.sigma or max(max(s.stop - s.start for s in (plan[1][0], plan[2][0])) / 4, 0.5)
@@ -274,6 +287,15 @@ class Occlusion(Method):
         sums = engine.accumulate(int(x.shape[0]), n_windows, evaluate, like=value)
         coverage = masks.coverage(value)
         return [total / coverage for total in sums]
+
+    def _ablated(self, engine: Engine, x: Tensor, rows: Rows, value: Tensor) -> list[Tensor]:
+        """Occlusion of any rank or of several inputs, as ablations (:mod:`convscope.methods.ablation`)."""
+        if self.adaptive is not None:
+            raise ConvscopeError("adaptive occlusion needs one batch of images [N, C, H, W]",
+                                 "Leave adaptive out for other inputs.")
+        self.last_report = None
+        return ablation_maps(self, engine, x, rows, value, occlusion_masks(engine, value, self.window, self.stride),
+                             fills(self.fill, engine, value))
 
     def _adaptive(self, engine: Engine, grid: Grid, masks: WindowMasks, value: Tensor, clean: list[Tensor],
                   local: Any, inputs: Any, box: Any) -> list[Tensor]:

@@ -2,7 +2,8 @@
 
 With ``m`` the wrapped method's map, ``eps_k ~ N(0, 1)`` (``k = 1..K``) and
 ``sigma_n = noise * (max(x_n) - min(x_n))`` (the noise level as a fraction of each sample's
-value range, as in Smilkov et al. 2017)::
+value range, as in Smilkov et al. 2017; with several inputs, of each input's range), or an
+absolute ``sigma = stdevs`` (Captum's ``stdevs``; one per input with several inputs)::
 
     SmoothGrad         = mean_k m(x + sigma eps_k)
     SmoothGradSquared  = mean_k m(x + sigma eps_k) ** 2
@@ -32,6 +33,7 @@ from convscope.backends.protocol import Chunk, Engine, Ops, Tensor
 from convscope.backends.torch.batching import MaxBatch
 from convscope.methods.base import Method, Rows, Wrapper, wrapped_method
 from convscope.methods.gradient import Saliency
+from convscope.errors import ConvscopeError
 from convscope.methods.options import check_noise, check_samples
 from convscope.methods.registry import register_method
 from convscope.ops import tensors
@@ -42,6 +44,46 @@ def input_range(x: Tensor, ops: Ops = tensors) -> Tensor:
     """``max - min`` of each sample, shaped ``[N, 1, ...]`` to scale noise per sample."""
     axes = tuple(range(1, ops.rank(x)))
     return ops.amax(ops.detach(x), axes, keepdims=True) - ops.amin(ops.detach(x), axes, keepdims=True)
+
+
+def noise_level(noise: float | None, stdevs: Any, default: float, example: float) -> tuple[float, Any]:
+    """``(noise, stdevs)`` checked: a relative level (``default`` when neither is given) or an
+    absolute standard deviation ``stdevs`` (a number >= 0, or one per input), not both."""
+    if noise is not None and stdevs is not None:
+        raise ConvscopeError(f"both noise={noise!r} and stdevs={stdevs!r} were given",
+                             "Give noise= (a fraction of each sample's value range) or stdevs= (absolute), not both.")
+    if stdevs is None:
+        return check_noise(default if noise is None else noise, example=example), None
+    for s in stdevs if isinstance(stdevs, (tuple, list)) else (stdevs,):
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not s >= 0:
+            raise ConvscopeError(f"stdevs={stdevs!r} must be a number >= 0 or one per input",
+                                 "stdevs is the noise's absolute standard deviation, e.g. stdevs=0.1 or (0.1, 0.5).")
+    return 0.0, stdevs
+
+
+def noise_sigma(x: Tensor, ops: Ops, inputs: Any, noise: float, stdevs: Any) -> Tensor:
+    """The noise's standard deviation, one row per sample of ``x``, broadcastable to it:
+    ``stdevs`` (absolute; one per input with several inputs) or ``noise`` times each sample's
+    (each input's) value range."""
+    if stdevs is None:
+        return noise * (input_range(x, ops) if inputs is None else inputs.ranges(x))
+    if inputs is None:
+        if isinstance(stdevs, (tuple, list)):
+            if len(stdevs) != 1:
+                raise ConvscopeError(f"stdevs={stdevs!r} gives {len(stdevs)} values for one input",
+                                     "Give one number, e.g. stdevs=0.1.")
+            stdevs = stdevs[0]
+        return ops.zeros_like(x) + float(stdevs)
+    return ops.zeros_like(x) + inputs.pack(stdevs, like=x, what="stdevs")
+
+
+def check_noise_input(engine: Engine, noisy: bool, method: str) -> None:
+    """A clear error when noise would be added to integer inputs (token ids)."""
+    inputs = engine.inputs
+    if noisy and inputs is not None and inputs.integer:
+        raise ConvscopeError(f"{method} adds noise to the inputs, and integer inputs (token ids) cannot take noise",
+                             "Use a method without input noise (IntegratedGradients, Saliency) with wrt= the "
+                             "embedding layer, or pass the embeddings as a float input.")
 
 
 class NoiseTunnel(Wrapper):
@@ -57,37 +99,66 @@ class NoiseTunnel(Wrapper):
     squares = False  # whether reduce needs the mean of the squared maps
 
     def __init__(self, method: Method | Any, *, use: type[Method] = Saliency, samples: int = 32,
-                 noise: float = 0.15, seed: int = 0, max_batch: MaxBatch = None) -> None:
+                 noise: float | None = None, stdevs: Any = None, seed: int = 0, max_batch: MaxBatch = None) -> None:
         method = wrapped_method(method, use, "GuidedBackprop")
         super().__init__(method.model, max_batch=max_batch if max_batch is not None else method.max_batch)
-        check_samples(samples), check_noise(noise, example=0.15)
+        check_samples(samples)
+        self.noise, self.stdevs = noise_level(noise, stdevs, default=0.15, example=0.15)
         self.method = copy.copy(method)  # our max_batch on a copy: the caller's object stays as it was
         self.method.max_batch = self.max_batch
-        self.samples, self.noise, self.seed = samples, noise, seed
+        self.samples, self.seed = samples, seed
 
     def reduce(self, mean: Tensor, mean_sq: Tensor | None) -> Tensor:
         """The map from the mean (and mean square) of the noisy maps."""
         return mean
 
     def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:
+        count = len(targets)
+        sums = self._noisy(engine, x, rows, targets, wrt, delta=False)
+        return [self.reduce(s / self.samples, sums[count + i] / self.samples if self.squares else None)
+                for i, s in enumerate(sums[:count])]
+
+    def _noisy(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any, delta: bool
+               ) -> list[Tensor]:
+        """Per target the summed maps of the noisy copies, then (``squares``) their squares, then
+        (``delta``) the wrapped method's deltas ``[n, K]`` of each copy."""
         ops, draws = engine.ops, self.samples
+        check_noise_input(engine, True, type(self).__name__)
         eps = engine.gaussian(draws, x, self.seed)
-        sigma = self.noise * input_range(x, ops)
+        sigma = noise_sigma(x, ops, engine.inputs, self.noise, self.stdevs)
 
         def evaluate(c: Chunk) -> list[Tensor]:
             noisy = ops.take(x, c.sample) + ops.take(sigma, c.sample) * ops.take(eps, c.k)
-            maps = self.method._compute(engine, noisy, engine.take_rows(rows, c), targets, wrt)
-            return maps + [m * m for m in maps] if self.squares else maps
+            r = engine.take_rows(rows, c)
+            maps = self.method._compute(engine, noisy, r, targets, wrt)
+            parts = maps + [m * m for m in maps] if self.squares else maps
+            if delta:
+                slots = ops.one_hot(c.k, draws, like=noisy)  # row j's delta in column k_j: summed, [n, K]
+                parts += [slots * ops.per_row(d, slots) for d in self.method._deltas(engine, noisy, r, maps)]
+            return parts
 
-        sums = engine.accumulate(int(x.shape[0]), draws, evaluate, like=x,
+        return engine.accumulate(int(x.shape[0]), draws, evaluate, like=x,
                                  **({"max_batch": draws} if self.method.expands else {}))
+
+    def _check_delta(self) -> None:
+        if not hasattr(self.method, "_deltas"):
+            raise ConvscopeError(f"{type(self).__name__} around {type(self.method).__name__} has no convergence delta",
+                                 "Wrap IntegratedGradients to get one (GradientSHAP is a noise tunnel itself: ask it "
+                                 "for its delta directly).")
+        self.method._check_delta()
+        if self.squares:
+            raise ConvscopeError(f"{type(self).__name__} has no convergence delta: its maps are squares of attributions",
+                                 "Use SmoothGrad(IntegratedGradients(model)) for a delta per noisy copy.")
+
+    def _with_delta(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any
+                    ) -> list[tuple[Tensor, Tensor]]:
         count = len(targets)
-        return [self.reduce(s / draws, sums[count + i] / draws if self.squares else None)
-                for i, s in enumerate(sums[:count])]
+        sums = self._noisy(engine, x, rows, targets, wrt, delta=True)
+        return [(m / self.samples, engine.ops.vector(d)) for m, d in zip(sums[:count], sums[count:])]
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.method!r}, samples={self.samples}, noise={self.noise}, "
-                f"seed={self.seed})")
+        level = f"noise={self.noise}" if self.stdevs is None else f"stdevs={self.stdevs!r}"
+        return f"{type(self).__name__}({self.method!r}, samples={self.samples}, {level}, seed={self.seed})"
 
 
 @register_method("smooth_grad", "SmoothGrad: the gradient averaged over noisy copies of the input")

@@ -82,6 +82,16 @@ class KerasBackend:
     def as_input(self, x: Any) -> tf.Tensor:
         return as_input(x)
 
+    def inputs(self, x: Any, args: Any = None, kwargs: Any = None) -> tuple[tf.Tensor, None]:
+        """The input as one float tensor: several inputs and forward arguments are PyTorch-only."""
+        several = isinstance(x, tuple) or isinstance(x, list) and any(hasattr(v, "shape") for v in x)
+        if several or args or kwargs:
+            what = "several input tensors" if several else "extra forward arguments"
+            raise ConvscopeError(f"{what} are supported on PyTorch models only, not on a Keras model",
+                                 "Pass one input batch [N, H, W, C]; for a Keras model with several inputs or "
+                                 "arguments, wrap it in a keras.Model taking one input, with the rest held inside.")
+        return as_input(x), None
+
     def targets(self, target: Any, targets: Sequence[Any] | None, n: int) -> tuple[list[Target], bool]:
         return as_targets(_plain(target), None if targets is None else [_plain(t) for t in targets], n)
 
@@ -107,7 +117,7 @@ class KerasBackend:
 
     @contextmanager
     def engine(self, method: Any, x: tf.Tensor, targets: list[Target], wrt: str | None, layers: Sequence[str],
-               rules: RuleMap | None) -> Iterator[KerasEngine]:
+               rules: RuleMap | None, inputs: None = None) -> Iterator[KerasEngine]:
         net = keras_net(method.model)
         if rules is not None:
             self.check_rules(method.model, rules)

@@ -86,6 +86,7 @@ class KerasEngine:
 
     ops = tensors
     plan_device = torch.device("cpu")
+    inputs = None  # one input tensor, no forward arguments (see KerasBackend.inputs)
 
     def __init__(self, net: KerasNet, targets: list[Target], wrt: str | None, layers: Sequence[str],
                  max_batch: MaxBatch) -> None:

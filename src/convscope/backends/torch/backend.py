@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from convscope.ops import tensors
 from convscope.backends.torch.default_layer import default_layer
 from convscope.backends.torch.engine import TorchEngine
+from convscope.backends.torch.inputs import Inputs
 from convscope.backends.torch.probes import LayerKey, key_name
 from convscope.backends.torch.session import Session
 from convscope.errors import ConvscopeError
@@ -62,6 +63,13 @@ class TorchBackend:
     def as_input(self, x: Any) -> Tensor:
         return check_input(x)
 
+    def inputs(self, x: Any, args: Sequence[Any] | None = None, kwargs: dict[str, Any] | None = None
+               ) -> tuple[Tensor, Inputs | None]:
+        """The attributed input and how it reaches the model (:mod:`~convscope.backends.torch.inputs`):
+        ``(x, None)`` for one float tensor without forward arguments."""
+        inputs = Inputs.of(x, args, kwargs)
+        return (check_input(x), None) if inputs is None else (inputs.x, inputs)
+
     def targets(self, target: Any, targets: Sequence[Any] | None, n: int) -> tuple[list[Target], bool]:
         return as_targets(target, targets, n)
 
@@ -92,12 +100,12 @@ class TorchBackend:
 
     @contextmanager
     def engine(self, method: Any, x: Tensor, targets: list[Target], wrt: LayerKey | None, layers: Sequence[LayerKey],
-               rules: RuleMap | None) -> Iterator[TorchEngine]:
+               rules: RuleMap | None, inputs: Inputs | None = None) -> Iterator[TorchEngine]:
         probed = [key for t in targets for key in t.layers()] + list(layers) + ([wrt] if wrt is not None else [])
         stop_early = not any(t.reads_output() for t in targets)  # layer targets: no need to run the model's rest
         if rules is not None:
             self.check_rules(method.model, rules)
-        with Session(method.model, layers=probed, stop_early=stop_early) as session:
+        with Session(method.model, layers=probed, stop_early=stop_early, inputs=inputs) as session:
             yield TorchEngine(session, targets, wrt, method.max_batch, x.device)
 
 

@@ -29,6 +29,7 @@ from convscope.backends.protocol import Chunk
 from convscope.ops import tensors
 from convscope.backends.torch.forward import Forward
 from convscope.backends.torch.incremental import IncrementalScores, Report, open_scores
+from convscope.backends.torch.inputs import Inputs
 from convscope.backends.torch.inference import TWIN_MIN_WORK, InferenceSession
 from convscope.backends.torch.probes import LayerKey, key_name
 from convscope.backends.torch.session import Session
@@ -76,6 +77,11 @@ class TorchEngine:
         self._fast: Session | InferenceSession = session
         self._work = 0
 
+    @property
+    def inputs(self) -> Inputs | None:
+        """How the attributed input reaches the model (None: ``model(x)``)."""
+        return self.session.inputs
+
     def rows(self, r: slice) -> Tensor:
         return torch.arange(r.start, r.stop)
 
@@ -91,6 +97,8 @@ class TorchEngine:
         ``tau``: the projective-field cap (approximate; see ``geometry.Cap``)."""
         if self.wrt is not None:
             return None, Report("plain", "the attribution is to a layer's output, not to the input")
+        if self.inputs is not None:
+            return None, Report("plain", "the model takes several inputs or extra forward arguments")
         runner = self._fast
         if isinstance(runner, InferenceSession):
             module, names, own = runner.twin, runner.names, runner.probes.hook_ids()
@@ -144,6 +152,8 @@ class TorchEngine:
         """The targets' scores (no gradients) for one chunk, on the runner of ``fast`` evaluations;
         ``spread``: ``x`` is one sample whose evaluation every row of ``rows`` shares."""
         found = self.targets if targets is None else list(targets)
+        if spread and self.inputs is not None:  # per-sample arguments: every row its own evaluation
+            x, spread = x.expand(len(rows), *x.shape[1:]), False
         if not spread:
             return [s.detach() for s in self.forward(x, rows, replace=replace, fast=True, targets=found).scores]
         record = self.forward(x, rows[:1], replace=replace, fast=True, targets=[]).record

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from convscope.backends.torch.inputs import Inputs
 from convscope.backends.torch.memory import is_out_of_memory
 from convscope.errors import ConvscopeError
 from convscope.targets import Record
@@ -33,10 +34,12 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def call_model(model: nn.Module, x: Tensor) -> Tensor:
-    """``model(x)``, with a clear error if it fails or does not return a batch of outputs."""
+def call_model(model: nn.Module, x: Tensor, inputs: Inputs | None = None, rows: Tensor | slice | None = None
+               ) -> Tensor:
+    """``model(x)`` (with ``inputs``: ``inputs.call(model, x, rows)``, the user's tensors and
+    forward arguments), with a clear error if it fails or does not return a batch of outputs."""
     try:
-        output = model(x)
+        output = model(x) if inputs is None else inputs.call(model, x, slice(0, len(x)) if rows is None else rows)
     except ConvscopeError:
         raise
     except Exception as error:  # a model failing on our input: say what we fed it
@@ -45,7 +48,8 @@ def call_model(model: nn.Module, x: Tensor) -> Tensor:
                                  f"{list(x.shape[1:])} ({x.device})",
                                  "Pass max_batch=N to evaluate at most N samples at once, or max_batch='auto' "
                                  "to size the batches from free memory.") from error
-        raise ConvscopeError(f"the model's forward pass failed on an input of shape {list(x.shape)} "
+        shape = list(x.shape) if inputs is None else " and ".join(str([len(x), *s]) for s in inputs.shapes)
+        raise ConvscopeError(f"the model's forward pass failed on an input of shape {shape} "
                              f"({x.dtype}, {x.device}): {type(error).__name__}: {error}",
                              "Check that the input has the batch dimension, size, dtype and device the "
                              "model expects.") from error

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from convscope.backends.torch.forward import Forward, call_model
+from convscope.backends.torch.inputs import Inputs
 from convscope.backends.torch.probes import LayerKey, Probes, key_name
 from convscope.targets import Record
 
@@ -171,7 +172,8 @@ class InferenceSession:
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[LayerKey], device: torch.device,
-                 drop_hooks: Collection[int] = ()) -> None:
+                 drop_hooks: Collection[int] = (), inputs: Inputs | None = None) -> None:
+        self.inputs = inputs  # how x reaches the model (None: model(x))
         self.names = {key: key_name(model, key) for key in layers}
         twin = shallow_twin(model).eval()  # may raise: see build()
         for module in twin.modules():  # the session's own probes came along with the copy
@@ -188,7 +190,7 @@ class InferenceSession:
 
     @classmethod
     def build(cls, model: nn.Module, layers: Sequence[LayerKey], device: torch.device,
-              drop_hooks: Collection[int] = ()) -> InferenceSession | None:
+              drop_hooks: Collection[int] = (), inputs: Inputs | None = None) -> InferenceSession | None:
         """The twin on the CPU, or None where the model itself serves: off the CPU (on an H200,
         ResNet-18 occlusion took 1.07x Captum's time with a twin, 1.01x without: cuDNN gains
         little from folding, and the copy costs), and for a model that cannot be deep-copied
@@ -196,7 +198,7 @@ class InferenceSession:
         if device.type != "cpu":
             return None
         try:
-            return cls(model, layers, device, drop_hooks)
+            return cls(model, layers, device, drop_hooks, inputs)
         except (TypeError, RuntimeError, MemoryError, AttributeError, copy.Error):
             return None
 
@@ -211,6 +213,6 @@ class InferenceSession:
         self.probes.reset()
         leaf = _channels_last(x.detach()) if self.channels_last else x.detach()
         with torch.no_grad():
-            output = call_model(self.twin, leaf).contiguous()
+            output = call_model(self.twin, leaf, self.inputs, rows).contiguous()
             acts = {key: self.probes.output(name).contiguous() for key, name in self.names.items()}
         return Forward(Record(output=output, acts=acts, rows=rows, input=x), input=x)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from convscope.backends.torch.forward import Forward, call_model, model_device
+from convscope.backends.torch.inputs import Inputs
 from convscope.backends.torch.inference import TWIN_MIN_WORK, InferenceSession, twin_enabled
 from convscope.backends.torch.probes import LayerKey, Probes, SeenAll
 from convscope.backends.torch.rule_mode import apply_rules
@@ -51,8 +52,9 @@ class Session:
     """
 
     def __init__(self, model: nn.Module, *, layers: Sequence[LayerKey] = (), rules: RuleMap | None = None,
-                 stop_early: bool = False) -> None:
+                 stop_early: bool = False, inputs: Inputs | None = None) -> None:
         self.model = model
+        self.inputs = inputs  # how x reaches the model (None: model(x))
         self.stop_early = stop_early and bool(layers)
         self._whole_pass_seen = False  # a complete pass showed every probed layer runs exactly once
         self.rules = None if rules is None or rules.is_gradient else rules
@@ -88,7 +90,7 @@ class Session:
             self._inference = self
         if self._inference is None:
             twin = InferenceSession.build(self.model, self.probes.keys, model_device(self.model),
-                                          drop_hooks=self.probes.hook_ids())
+                                          drop_hooks=self.probes.hook_ids(), inputs=self.inputs)
             if twin is not None:
                 self._stack.enter_context(twin.probes)
             self._inference = twin or self
@@ -110,7 +112,7 @@ class Session:
         scope = apply_rules(self.model, active) if active is not None else nullcontext()
         try:
             with torch.set_grad_enabled(grad), scope:
-                output = call_model(self.model, leaf)
+                output = call_model(self.model, leaf, self.inputs, rows)
         except SeenAll:  # every probed layer has run: the rest of the model cannot change the record
             output = leaf.new_empty((leaf.shape[0], 0))  # a placeholder with the batch size, dtype, device
         acts = {key: self.probes.output(key) for key in self.probes.keys}

@@ -141,6 +141,7 @@ class CAMMethod(Method):
     #: layers inside the model: not on a TorchScript model (:mod:`convscope.formats`)
     frameworks = ("torch", "tf")
     display = "positive"  # a CAM shows where the evidence for the class is (a ReLU'd map, or its positive part)
+    maps_like_input = False  # [N, L, H, W], one map per layer
     default_relu: ClassVar[bool] = True
     #: False where the map is a principal projection already (Eigen-CAM): ``eigen_smooth`` changes nothing
     eigen_smooth_applies: ClassVar[bool] = True
