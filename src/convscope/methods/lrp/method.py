@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import replace
 from typing import Any
 
@@ -74,7 +75,7 @@ class LRP(Method):
     Example: ``LRP(model, composite="epsilon_alpha2_beta1_flat").attribute(x, 3)``.
     """
 
-    frameworks = ("torch",)
+    frameworks = ("torch", "tf")
     scores_input = True
     display = "positive"
 
@@ -87,9 +88,15 @@ class LRP(Method):
         self.last_folds: list[tuple[str, str]] = []
 
     def _prepare(self, x: Tensor, wrt: Any) -> None:  # noqa: ANN401
-        if not self.canonize:
+        if self.backend.name == "tf":  # the functional graph is read always: it decides every layer's rule
+            from convscope.methods.lrp.keras.graph import keras_canon
+
+            self.last_report = report = deepcopy(keras_canon(self.model).report)
+            self.last_folds = list(report.folds) if self.canonize else []
+        elif self.canonize:
+            self.last_report = report = canonical_report(self.model)
+        else:
             return
-        self.last_report = report = canonical_report(self.model)
         if report.unhandled:
             raise ConvscopeError(f"LRP has no rule for {len(report.unhandled)} operation(s) of this model: "
                                  f"{', '.join(report.unhandled[:8])}{' ...' if len(report.unhandled) > 8 else ''}",
@@ -97,12 +104,22 @@ class LRP(Method):
                                  "layers with convolutions, linear layers, pooling, sums and activations.")
 
     def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:  # noqa: ANN401
+        if self.backend.name == "tf":
+            return engine.compiled(("lrp", repr(self.composite), self.canonize), self._keras_maps)(x, rows)
         model: nn.Module = self.model
         with lrp_rules(model, self.composite, fold=self.canonize) as mode:
             run = engine.forward(x, rows, grad=True)
         self.last_folds = mode.folded
         n = len(targets)
         return [relevance_of(run, t, run.value, i == n - 1).detach() for i, t in enumerate(targets)]
+
+    def _keras_maps(self, engine: Engine, x: Tensor, rows: Rows) -> list[Tensor]:
+        """A chunk's maps on a Keras model (compiled; ``self`` is a model-less copy here)."""
+        from convscope.methods.lrp.keras.graph import keras_canon
+        from convscope.methods.lrp.keras.maps import keras_maps
+
+        net = engine.net  # type: ignore[attr-defined]
+        return keras_maps(engine, x, rows, self.composite, keras_canon(net.model), self.canonize)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"LRP({self._model_name()}, composite={self.composite.name!r}, canonize={self.canonize})"
