@@ -105,7 +105,7 @@ class LRP(Method):
 
     def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:  # noqa: ANN401
         if self.backend.name == "tf":
-            return engine.compiled(("lrp", repr(self.composite), self.canonize), self._keras_maps)(x, rows)
+            return self._keras_maps(engine, x, rows)
         model: nn.Module = self.model
         with lrp_rules(model, self.composite, fold=self.canonize) as mode:
             run = engine.forward(x, rows, grad=True)
@@ -114,12 +114,11 @@ class LRP(Method):
         return [relevance_of(run, t, run.value, i == n - 1).detach() for i, t in enumerate(targets)]
 
     def _keras_maps(self, engine: Engine, x: Tensor, rows: Rows) -> list[Tensor]:
-        """A chunk's maps on a Keras model (compiled; ``self`` is a model-less copy here)."""
+        """A chunk's maps on a Keras model, run eagerly (see :mod:`convscope.methods.lrp.keras.maps`)."""
         from convscope.methods.lrp.keras.graph import keras_canon
         from convscope.methods.lrp.keras.maps import keras_maps
 
-        net = engine.net  # type: ignore[attr-defined]
-        return keras_maps(engine, x, rows, self.composite, keras_canon(net.model), self.canonize)  # type: ignore[arg-type]
+        return keras_maps(engine, x, rows, self.composite, keras_canon(self.model), self.canonize)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"LRP({self._model_name()}, composite={self.composite.name!r}, canonize={self.canonize})"

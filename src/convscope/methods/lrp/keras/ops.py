@@ -30,10 +30,10 @@ class _TFOps:
         return tf.stop_gradient(t)
 
     def pos(self, t: tf.Tensor) -> tf.Tensor:
-        return tf.maximum(t, tf.zeros_like(t))
+        return tf.maximum(t, tf.constant(0, t.dtype))
 
     def neg(self, t: tf.Tensor) -> tf.Tensor:
-        return tf.minimum(t, tf.zeros_like(t))
+        return tf.minimum(t, tf.constant(0, t.dtype))
 
     def ones_like(self, t: tf.Tensor) -> tf.Tensor:
         return tf.ones_like(t)
@@ -42,7 +42,7 @@ class _TFOps:
         return tf.square(t)
 
     def stabilize(self, z: tf.Tensor, epsilon: float) -> tf.Tensor:
-        return z + (tf.cast(tf.equal(z, 0), z.dtype) + tf.sign(z)) * epsilon
+        return z + tf.where(z >= 0, tf.constant(epsilon, z.dtype), tf.constant(-epsilon, z.dtype))
 
     def cast(self, mask: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
         return tf.cast(mask, like.dtype)
@@ -62,7 +62,7 @@ class _TFOps:
             return tape.gradient(outs, leaves, output_gradients=list(grads),
                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
-        return Products([tf.stop_gradient(o) for o in outs], transposed)
+        return Products(outs, transposed)  # the tape recorded them, nothing else does
 
 
 #: the TensorFlow operations (the Keras layers' :class:`~convscope.methods.lrp.rules.Layer` s carry them)
