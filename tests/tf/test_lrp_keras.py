@@ -20,7 +20,6 @@ tf = pytest.importorskip("tensorflow", reason="TensorFlow is not installed: pip 
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 from twin import keras_name  # noqa: E402

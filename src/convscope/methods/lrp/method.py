@@ -10,6 +10,10 @@ graph is read first (:func:`~convscope.methods.lrp.graph.canonical_report`, kept
 naming all of them. Residual sums are always split by contribution and average pooling is
 always a linear layer. The user's model and parameters are never changed.
 
+On a Keras model the same rules and composites apply to the layers of its functional graph
+(:mod:`convscope.methods.lrp.keras`: the graph is always read, ``canonize`` folds batch norms),
+NHWC in and out; a model or layer with no rule is refused before any work.
+
 ``wrt="layer3"`` gives the relevance of that layer's output. On a layer folded into the batch
 norm after it, ask for the norm (the folded pair's relevance lives at the norm's output).
 
