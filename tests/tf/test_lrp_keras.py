@@ -155,7 +155,7 @@ def test_layers_without_a_rule_are_refused_up_front_never_silently_wrong() -> No
     out = L.Dense(3, activation="softmax", name="probs")(L.Flatten()(x))
     model = keras.Model(inp, out)
     x0 = np.zeros((1, 8, 8, 3), np.float32)
-    with pytest.raises(ConvscopeError, match=r"3 operation.*double \(Lambda\).*Sin.*probs \(softmax activation\)"):
+    with pytest.raises(ConvscopeError, match=r"3 operation.*double \(Lambda\).*Sin.*probs \(softmax activation: LRP explains logits"):
         LRP(model).attribute(x0, 0)
     assert "call" not in vars(model.get_layer("conv"))  # refused before any work
 

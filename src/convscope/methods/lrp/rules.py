@@ -211,7 +211,7 @@ class ZBox(LRPRule):
     """``R_j = sum_k (x_j w_jk - l_j w+_jk - h_j w-_jk) R_k / s(z_k)``,
     ``z = f(x; w, b) - f(l; w+, b+) - f(h; w-, b-)``: for inputs bounded by ``low <= x <= high``
     (Montavon et al. 2017). ``low``/``high``: numbers or tensors broadcasting against one sample
-    (per channel: shape ``[C, 1, 1]``).
+    (per channel: shape ``[C, 1, 1]``; on a Keras model, channels-last: ``[C]``).
 
     Example: ``ZBox(low=-2.12, high=2.64)`` for the first layer on ImageNet-normalised pixels.
     """

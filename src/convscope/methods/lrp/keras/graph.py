@@ -81,7 +81,8 @@ def layer_kind(layer: keras.Layer) -> tuple[str | None, str]:
     if kind is None:
         return None, type(layer).__name__
     if kind in ("conv", "linear", "pass") and _activation(layer) not in PASSING:
-        return None, f"{_activation(layer)} activation"
+        hint = ": LRP explains logits, build the model without it" if "softmax" in _activation(layer) else ""
+        return None, f"{_activation(layer)} activation{hint}"
     if kind in ("conv", "linear") and getattr(layer, "quantization_mode", None):
         return None, f"{layer.quantization_mode}-quantized"
     if getattr(layer, "padding", None) == "causal":
