@@ -217,3 +217,28 @@ def test_explain_a_keras_file_with_lrp(tmp_path: Path, capsys: pytest.CaptureFix
     maps = np.asarray(LRP(model).attribute(x, 2))
     assert meta["target"] == 2 and meta["shape"] == [3, 16, 16]
     np.testing.assert_allclose([meta["min"], meta["max"]], [maps.min(), maps.max()], rtol=1e-5, atol=1e-7)
+
+
+def test_keras_applications_mobilenet_v2_conserves_without_biases() -> None:
+    """Keras' own MobileNetV2 (depthwise convolutions, ReLU6, asymmetric paddings merged into their
+    convolutions, 52 batch norms folded), bias-free with He-normal kernels at 32 px: LRP-0's input
+    relevance equals the top logit."""
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classifier_activation=None)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if isinstance(layer, L.BatchNormalization):
+            gamma, beta, mean, var = weights
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), 0 * beta, 0 * mean, rng.uniform(0.5, 2, var.shape)])
+        elif getattr(layer, "kernel", None) is not None:
+            k = weights[0]
+            fan_in = int(np.prod(k.shape[:2] if isinstance(layer, L.DepthwiseConv2D) else k.shape[:-1]))
+            layer.set_weights([rng.normal(0, (2 / fan_in) ** 0.5, k.shape), *(0 * w for w in weights[1:])])
+    x = rng.normal(size=(1, 32, 32, 3)).astype(np.float32)
+    logits = np.asarray(model(x))[0]
+    top = int(logits.argmax())
+    method = LRP(model, composite=LRP0)
+    relevance = float(np.asarray(method.attribute(x, top)).sum())
+    assert abs(relevance / logits[top] - 1) < 1e-4
+    assert method.last_report is not None and not method.last_report.unhandled
+    assert len(method.last_folds) == 52
