@@ -6,7 +6,9 @@
 - :mod:`~convscope.methods.lrp.mode`: the torch-function mode that reaches every layer spelling;
 - :mod:`~convscope.methods.lrp.graph`: the fx report of what canonizing does to a model;
 - :mod:`~convscope.methods.lrp.method`: :class:`LRP`, a registered method;
-- :mod:`~convscope.methods.lrp.report`: the conservation report, per layer.
+- :mod:`~convscope.methods.lrp.report`: the conservation report, per layer;
+- :mod:`~convscope.methods.lrp.ops`: the tensor operations the rules are written with (PyTorch's);
+- :mod:`convscope.methods.lrp.keras`: the same on Keras models (loaded only for one).
 
 Example::
 

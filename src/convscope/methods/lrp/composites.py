@@ -3,7 +3,8 @@
 A :class:`Composite` gives a rule per kind of layer - convolutions, linear layers, the first of
 them (the one reading the input), average pooling, residual sums, unfolded normalisations - and
 takes a user's own mapping from layer names or layer types to rules, which wins over the kinds
-(the innermost listed layer around a call decides, as in :class:`~convscope.rules.RuleMap`).
+(the innermost listed layer around a call decides, as in :class:`~convscope.rules.RuleMap`); on
+a Keras model, Keras layer names or paths and Keras layer classes.
 Activations always pass relevance through (:class:`~convscope.methods.lrp.rules.Pass`).
 
 The named composites are Zennit's, with its default parameters:
@@ -67,9 +68,10 @@ class Composite:
                 raise ConvscopeError(f"the composite's rule for {kind} is {rule!r}, not an LRP rule",
                                      "Use a rule from convscope.lrp, e.g. Epsilon(), ZPlus() or Flat().")
         for key, rule in self.layers.items():
-            if not isinstance(key, str) and not (isinstance(key, type) and issubclass(key, nn.Module)):
+            if not isinstance(key, str) and not _is_layer_type(key):
                 raise ConvscopeError(f"composite layer keys are qualified names or module types, not {key!r}",
-                                     "Write e.g. layers={'features.0': Flat(), nn.Linear: Epsilon(0.1)}.")
+                                     "Write e.g. layers={'features.0': Flat(), nn.Linear: Epsilon(0.1)} (on Keras "
+                                     "models: layer names or paths, and Keras layer classes).")
             if not isinstance(rule, LRPRule):
                 raise ConvscopeError(f"the rule for {key!r} is {rule!r}, not an LRP rule",
                                      "Use a rule from convscope.lrp, e.g. Epsilon(), ZPlus() or Flat().")
@@ -95,6 +97,12 @@ class Composite:
     def with_layers(self, layers: Mapping[str | type, LRPRule]) -> Composite:
         """This composite with ``layers`` added to (and winning over) its own mapping."""
         return replace(self, layers={**self.layers, **layers})
+
+
+def _is_layer_type(key: object) -> bool:
+    """Whether ``key`` is a torch module class or a Keras layer class (Keras is never imported here)."""
+    return isinstance(key, type) and (issubclass(key, nn.Module) or any(
+        c.__module__.split(".")[0] in ("keras", "tf_keras") and c.__name__ == "Layer" for c in key.__mro__))
 
 
 def _box(low: float | Tensor | None, high: float | Tensor | None) -> ZBox:

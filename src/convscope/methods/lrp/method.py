@@ -10,6 +10,10 @@ graph is read first (:func:`~convscope.methods.lrp.graph.canonical_report`, kept
 naming all of them. Residual sums are always split by contribution and average pooling is
 always a linear layer. The user's model and parameters are never changed.
 
+On a Keras model the same rules and composites apply to the layers of its functional graph
+(:mod:`convscope.methods.lrp.keras`: the graph is always read, ``canonize`` folds batch norms),
+NHWC in and out; a model or layer with no rule is refused before any work.
+
 ``wrt="layer3"`` gives the relevance of that layer's output. On a layer folded into the batch
 norm after it, ask for the norm (the folded pair's relevance lives at the norm's output).
 
@@ -22,6 +26,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from copy import deepcopy
 from dataclasses import replace
 from typing import Any
 
@@ -82,7 +87,7 @@ class LRP(Method):
     Example: ``LRP(model, composite="epsilon_alpha2_beta1_flat").attribute(x, 3)``.
     """
 
-    frameworks = ("torch",)
+    frameworks = ("torch", "tf")
     scores_input = True
     display = "positive"
 
@@ -95,9 +100,15 @@ class LRP(Method):
         self.last_folds: list[tuple[str, str]] = []
 
     def _prepare(self, x: Tensor, wrt: Any) -> None:  # noqa: ANN401
-        if not self.canonize:
+        if self.backend.name == "tf":  # the functional graph is read always: it decides every layer's rule
+            from convscope.methods.lrp.keras.graph import keras_canon
+
+            self.last_report = report = deepcopy(keras_canon(self.model).report)
+            self.last_folds = list(report.folds) if self.canonize else []
+        elif self.canonize:
+            self.last_report = report = canonical_report(self.model)
+        else:
             return
-        self.last_report = report = canonical_report(self.model)
         if report.unhandled:
             raise ConvscopeError(f"LRP has no rule for {len(report.unhandled)} operation(s) of this model: "
                                  f"{', '.join(report.unhandled[:8])}{' ...' if len(report.unhandled) > 8 else ''}",
@@ -105,12 +116,21 @@ class LRP(Method):
                                  "layers with convolutions, linear layers, pooling, sums and activations.")
 
     def _compute(self, engine: Engine, x: Tensor, rows: Rows, targets: list[Target], wrt: Any) -> list[Tensor]:  # noqa: ANN401
+        if self.backend.name == "tf":
+            return self._keras_maps(engine, x, rows)
         model: nn.Module = self.model
         with lrp_rules(model, self.composite, fold=self.canonize) as mode:
             run = engine.forward(x, rows, grad=True)
         self.last_folds = mode.folded
         n = len(targets)
         return [relevance_of(run, t, run.value, i == n - 1) for i, t in enumerate(targets)]
+
+    def _keras_maps(self, engine: Engine, x: Tensor, rows: Rows) -> list[Tensor]:
+        """A chunk's maps on a Keras model, run eagerly (see :mod:`convscope.methods.lrp.keras.maps`)."""
+        from convscope.methods.lrp.keras.graph import keras_canon
+        from convscope.methods.lrp.keras.maps import keras_maps
+
+        return keras_maps(engine, x, rows, self.composite, keras_canon(self.model), self.canonize)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"LRP({self._model_name()}, composite={self.composite.name!r}, canonize={self.canonize})"

@@ -115,6 +115,12 @@ def conservation(model: nn.Module, x: Tensor, target: TargetLike, *, composite: 
                  layers: Sequence[str] | None = None, canonize: bool = True) -> Conservation:
     """The relevance summed at each of ``layers`` (default: :func:`cuts`) and at the input, beside the
     target's score, for the ``LRP`` maps of ``x``: one forward and one backward pass."""
+    if not isinstance(model, nn.Module):
+        from convscope.errors import ConvscopeError
+
+        raise ConvscopeError(f"the conservation report runs on PyTorch models, not on a {type(model).__name__}",
+                             "On a Keras model, sum LRP(model).attribute(x, target, wrt=layer) over each layer's "
+                             "output and compare it with the score.")
     names = list(layers) if layers is not None else cuts(model)
     method = _Probed(model, names, composite=composite, canonize=canonize)
     found = method.attribute(x, target)

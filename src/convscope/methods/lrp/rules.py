@@ -32,13 +32,14 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-import torch
 from torch import Tensor
 
 from convscope.errors import ConvscopeError
+from convscope.methods.lrp.ops import TORCH, RuleOps, stabilize
 
 LayerFn = Callable[[Tensor, Tensor | None, Tensor | None], Tensor]
 
@@ -46,56 +47,29 @@ __all__ = ["AlphaBeta", "Epsilon", "Flat", "Gamma", "LRPRule", "Layer", "Norm", 
            "stabilize"]
 
 
-def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """``z + epsilon * sign(z)`` with ``sign(0) = 1``: a denominator that is never zero."""
-    return z + ((z == 0).to(z) + z.sign()) * epsilon
-
-
 @dataclass(frozen=True)
 class Layer:
     """A layer linear in its input: ``fn(x, weight, bias)``; ``weight``/``bias`` None where it has none
-    (average pooling), and then parameter modifications leave it as it is."""
+    (average pooling), and then parameter modifications leave it as it is. ``ops``: its framework's
+    tensor operations (:mod:`~convscope.methods.lrp.ops`; PyTorch by default)."""
 
     fn: LayerFn
     weight: Tensor | None = None
     bias: Tensor | None = None
+    ops: RuleOps = TORCH
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.fn(x, self.weight, self.bias)
 
     def params(self, modify: Callable[[Tensor], Tensor], bias: bool = True) -> tuple[Tensor | None, Tensor | None]:
         """``(modify(weight), modify(bias))``; the bias is dropped when ``bias`` is False."""
-        w = None if self.weight is None else modify(self.weight.detach())
-        b = None if self.bias is None or not bias else modify(self.bias.detach())
+        w = None if self.weight is None else modify(self.ops.detach(self.weight))
+        b = None if self.bias is None or not bias else modify(self.ops.detach(self.bias))
         return w, b
 
 
-Params = tuple[Tensor | None, Tensor | None]
-
-
-def _out(layer: Layer, x: Tensor, params: Params) -> tuple[Tensor, Tensor]:
-    """``(leaf, f(leaf; params))`` for the transposed products below."""
-    leaf = x.detach().requires_grad_()
-    return leaf, layer.fn(leaf, *params)
-
-
-def _transposed(outs: Sequence[tuple[Tensor, Tensor]], grads: Sequence[Tensor]) -> list[Tensor]:
-    """``J^T g`` for each (leaf, output) pair: the layer's transpose applied to ``g``."""
-    leaves = [leaf for leaf, _ in outs]
-    found = torch.autograd.grad([o for _, o in outs], leaves, grad_outputs=list(grads), allow_unused=True)
-    return [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, found)]
-
-
-def _keep(w: Tensor) -> Tensor:
+def _keep(w: Any) -> Any:  # noqa: ANN401
     return w
-
-
-def _pos(w: Tensor) -> Tensor:
-    return w.clamp(min=0)
-
-
-def _neg(w: Tensor) -> Tensor:
-    return w.clamp(max=0)
 
 
 class LRPRule:
@@ -136,8 +110,8 @@ class Epsilon(LRPRule):
         self.epsilon = float(epsilon)
 
     def relevance(self, layer: Layer, x: Tensor, r: Tensor) -> Tensor:
-        leaf, z = _out(layer, x, layer.params(_keep))
-        (g,) = _transposed([(leaf, z)], [r / stabilize(z.detach(), self.epsilon)])
+        found = layer.ops.products(layer.fn, [(x, layer.params(_keep))])
+        (g,) = found.transposed([r / layer.ops.stabilize(found.outs[0], self.epsilon)])
         return x * g
 
 
@@ -166,10 +140,11 @@ class ZPlus(LRPRule):
         self.stabilizer = float(stabilizer)
 
     def relevance(self, layer: Layer, x: Tensor, r: Tensor) -> Tensor:
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
-        outs = [_out(layer, xp, layer.params(_pos)), _out(layer, xn, layer.params(_neg, bias=False))]
-        g = r / stabilize(sum(o.detach() for _, o in outs), self.stabilizer)
-        gp, gn = _transposed(outs, [g, g])
+        o = layer.ops
+        xp, xn = o.pos(x), o.neg(x)
+        found = o.products(layer.fn, [(xp, layer.params(o.pos)), (xn, layer.params(o.neg, bias=False))])
+        g = r / o.stabilize(found.outs[0] + found.outs[1], self.stabilizer)
+        gp, gn = found.transposed([g, g])
         return xp * gp + xn * gn
 
 
@@ -189,13 +164,14 @@ class AlphaBeta(LRPRule):
         self.alpha, self.beta, self.stabilizer = float(alpha), float(beta), float(stabilizer)
 
     def relevance(self, layer: Layer, x: Tensor, r: Tensor) -> Tensor:
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
-        outs = [_out(layer, xp, layer.params(_pos)), _out(layer, xn, layer.params(_neg, bias=False)),
-                _out(layer, xp, layer.params(_neg)), _out(layer, xn, layer.params(_pos, bias=False))]
-        z = [o.detach() for _, o in outs]
-        gp = r / stabilize(z[0] + z[1], self.stabilizer)
-        gn = r / stabilize(z[2] + z[3], self.stabilizer)
-        t = _transposed(outs, [gp, gp, gn, gn])
+        o = layer.ops
+        xp, xn = o.pos(x), o.neg(x)
+        found = o.products(layer.fn, [(xp, layer.params(o.pos)), (xn, layer.params(o.neg, bias=False)),
+                                      (xp, layer.params(o.neg)), (xn, layer.params(o.pos, bias=False))])
+        z = found.outs
+        gp = r / o.stabilize(z[0] + z[1], self.stabilizer)
+        gn = r / o.stabilize(z[2] + z[3], self.stabilizer)
+        t = found.transposed([gp, gp, gn, gn])
         return self.alpha * (xp * t[0] + xn * t[1]) - self.beta * (xp * t[2] + xn * t[3])
 
 
@@ -212,23 +188,22 @@ class Gamma(LRPRule):
         self.gamma, self.stabilizer = float(gamma), float(stabilizer)
 
     def relevance(self, layer: Layer, x: Tensor, r: Tensor) -> Tensor:
-        gamma = self.gamma
+        gamma, o = self.gamma, layer.ops
 
         def up(w: Tensor) -> Tensor:
-            return w + gamma * w.clamp(min=0)
+            return w + gamma * o.pos(w)
 
         def down(w: Tensor) -> Tensor:
-            return w + gamma * w.clamp(max=0)
+            return w + gamma * o.neg(w)
 
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
-        outs = [_out(layer, xp, layer.params(up)), _out(layer, xn, layer.params(down, bias=False)),
-                _out(layer, xp, layer.params(down)), _out(layer, xn, layer.params(up, bias=False))]
-        z = [o.detach() for _, o in outs]
-        with torch.no_grad():
-            plain = layer(x.detach())
-        gp = (plain > 0).to(r) * r / stabilize(z[0] + z[1], self.stabilizer)
-        gn = (plain < 0).to(r) * r / stabilize(z[2] + z[3], self.stabilizer)
-        t = _transposed(outs, [gp, gp, gn, gn])
+        xp, xn = o.pos(x), o.neg(x)
+        found = o.products(layer.fn, [(xp, layer.params(up)), (xn, layer.params(down, bias=False)),
+                                      (xp, layer.params(down)), (xn, layer.params(up, bias=False))])
+        z = found.outs
+        plain = o.detach(layer(o.detach(x)))
+        gp = o.cast(plain > 0, r) * r / o.stabilize(z[0] + z[1], self.stabilizer)
+        gn = o.cast(plain < 0, r) * r / o.stabilize(z[2] + z[3], self.stabilizer)
+        t = found.transposed([gp, gp, gn, gn])
         return xp * t[0] + xn * t[1] + xp * t[2] + xn * t[3]
 
 
@@ -236,7 +211,7 @@ class ZBox(LRPRule):
     """``R_j = sum_k (x_j w_jk - l_j w+_jk - h_j w-_jk) R_k / s(z_k)``,
     ``z = f(x; w, b) - f(l; w+, b+) - f(h; w-, b-)``: for inputs bounded by ``low <= x <= high``
     (Montavon et al. 2017). ``low``/``high``: numbers or tensors broadcasting against one sample
-    (per channel: shape ``[C, 1, 1]``).
+    (per channel: shape ``[C, 1, 1]``; on a Keras model, channels-last: ``[C]``).
 
     Example: ``ZBox(low=-2.12, high=2.64)`` for the first layer on ImageNet-normalised pixels.
     """
@@ -245,13 +220,12 @@ class ZBox(LRPRule):
         self.low, self.high, self.stabilizer = low, high, float(stabilizer)
 
     def relevance(self, layer: Layer, x: Tensor, r: Tensor) -> Tensor:
-        low = torch.as_tensor(self.low).to(x).expand_as(x)
-        high = torch.as_tensor(self.high).to(x).expand_as(x)
-        outs = [_out(layer, x, layer.params(_keep)), _out(layer, low, layer.params(_pos)),
-                _out(layer, high, layer.params(_neg))]
-        z = outs[0][1].detach() - outs[1][1].detach() - outs[2][1].detach()
-        g = r / stabilize(z, self.stabilizer)
-        t = _transposed(outs, [g, g, g])
+        o = layer.ops
+        low, high = o.bound(self.low, x), o.bound(self.high, x)
+        found = o.products(layer.fn, [(x, layer.params(_keep)), (low, layer.params(o.pos)),
+                                      (high, layer.params(o.neg))])
+        g = r / o.stabilize(found.outs[0] - found.outs[1] - found.outs[2], self.stabilizer)
+        t = found.transposed([g, g, g])
         return x * t[0] - low * t[1] - high * t[2]
 
 
@@ -266,8 +240,9 @@ class WSquare(LRPRule):
         self.stabilizer = float(stabilizer)
 
     def relevance(self, layer: Layer, x: Tensor, r: Tensor) -> Tensor:
-        leaf, z = _out(layer, torch.ones_like(x), layer.params(torch.square))
-        (g,) = _transposed([(leaf, z)], [r / stabilize(z.detach(), self.stabilizer)])
+        o = layer.ops
+        found = o.products(layer.fn, [(o.ones_like(x), layer.params(o.square))])
+        (g,) = found.transposed([r / o.stabilize(found.outs[0], self.stabilizer)])
         return g
 
 
@@ -282,6 +257,7 @@ class Flat(LRPRule):
         self.stabilizer = float(stabilizer)
 
     def relevance(self, layer: Layer, x: Tensor, r: Tensor) -> Tensor:
-        leaf, z = _out(layer, torch.ones_like(x), layer.params(torch.ones_like, bias=False))
-        (g,) = _transposed([(leaf, z)], [r / stabilize(z.detach(), self.stabilizer)])
+        o = layer.ops
+        found = o.products(layer.fn, [(o.ones_like(x), layer.params(o.ones_like, bias=False))])
+        (g,) = found.transposed([r / o.stabilize(found.outs[0], self.stabilizer)])
         return g
