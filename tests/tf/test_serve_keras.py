@@ -111,7 +111,8 @@ def test_keras_image_view_maps(page, served) -> None:  # noqa: ANN001
     logits = np.asarray(served.workspace.loaded.model(served.workspace.picture("d1")[1], training=False))[0]
     first = page.find_elements(By.CSS_SELECTOR, "#predictions li")[0].text
     assert first.startswith(f"class {int(logits.argmax())} ")
-    panel = wait(page, lambda b: (p := b.find_elements(By.CSS_SELECTOR, ".panel")) and p[0].get_attribute("data-state") == "done" and p[0])
+    panel = wait(page, lambda b: (p := b.find_elements(By.CSS_SELECTOR, ".panel")) and p[0].get_attribute("data-state") in ("done", "failed") and p[0], timeout=60)
+    assert panel.get_attribute("data-state") == "done", panel.find_element(By.CSS_SELECTOR, ".map-info").text
     cam = drawn_pixels(page, panel.find_element(By.CSS_SELECTOR, "img.map"))
     Select(panel.find_element(By.CSS_SELECTOR, "select.method")).select_by_value("saliency")
     wait(page, lambda b: panel.get_attribute("data-method") == "saliency" and panel.get_attribute("data-state") == "done")
