@@ -5,7 +5,11 @@ over the layers inside it) that runs once and outputs a feature map ``[N, C, h, 
 than one spatial position. Adaptive pooling layers are skipped: they resize for the head (VGG's
 ``avgpool`` turns any input into 7x7) and compute no features. For torchvision's ResNet that is
 ``layer4`` (``avgpool``'s 1x1 output does not count); for a VGG it is ``features``, the last
-max-pool's output.
+max-pool's output. A model returning a structured output (a dict, a list of per-image dicts:
+torchvision's detectors and segmenters) is searched within its backbone (:func:`backbone_scope`):
+its heads run per pyramid level or per proposal, and a segmenter's classifier outputs logits.
+Faster R-CNN, RetinaNet and FCOS with a ResNet-50 FPN get ``backbone.body.layer4``; FCN and
+DeepLabV3 ``backbone.layer4``.
 
 Example::
 
@@ -28,7 +32,18 @@ _RESIZERS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
 def _is_feature_map(module: nn.Module, shape: tuple[int, ...] | None) -> bool:
-    return shape is not None and len(shape) == 4 and shape[2] * shape[3] > 1 and not isinstance(module, _RESIZERS)
+    return (shape is not None and len(shape) == 4 and shape[0] == 1 and shape[2] * shape[3] > 1
+            and not isinstance(module, _RESIZERS))  # one sample in: per-proposal maps are not the image's
+
+
+def backbone_scope(model: nn.Module) -> str:
+    """Where a model with a structured output (a detector's, a segmenter's) keeps the layer a CAM
+    reads: its ``backbone.body.`` (a backbone with a feature pyramid: the last stage feeds every
+    level) or ``backbone.`` (torchvision's names); ``""``: anywhere."""
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        return ""
+    return "backbone.body." if isinstance(getattr(backbone, "body", None), nn.Module) else "backbone."
 
 
 def default_layer(model: nn.Module, x: Tensor) -> str:
@@ -57,13 +72,14 @@ def default_layer(model: nn.Module, x: Tensor) -> str:
             if name:
                 handles.append(module.register_forward_hook(record(name)))
         with eval_mode(model), torch.no_grad():
-            call_model(model, x[:1].detach())
+            output = call_model(model, x[:1].detach())
     finally:
         for handle in handles:
             handle.remove()
     modules = dict(model.named_modules())
+    scope = "" if isinstance(output, Tensor) else backbone_scope(model)
     for name in reversed(finished):
-        if calls[name] == 1 and _is_feature_map(modules[name], shapes[name]):
+        if calls[name] == 1 and name.startswith(scope) and _is_feature_map(modules[name], shapes[name]):
             return name
     raise ConvscopeError(f"no layer of this {type(model).__name__} outputs a feature map [N, C, h, w] with more "
                          f"than one position (for an input of shape {list(x.shape)}), so there is no layer to "
