@@ -17,7 +17,7 @@
   *any* class and scores nothing when its class differs; here the class is chosen first).
   A perturbed input (occlusion, an integrated-gradients path) may lose the detection: it then
   scores 0. :meth:`Detection.matches` says what it matches in an output of the model.
-- ``Region(label, region)``: a segmenter's class ``label`` over a pixel region::
+- ``Region(label, box)`` / ``Region(label, mask=m)``: a segmenter's class ``label`` over a pixel region::
 
       score_n = sum_{y, x} w[y, x] * out[n, label, y, x]       (reduce="mean": divided by sum w)
 
@@ -32,7 +32,7 @@ Example::
 
     t = Detection(label=3, box=(10, 20, 60, 90), iou=True)
     cam = GradCAM(detector).attribute(x, t)            # default layer: the backbone's last stage
-    sal = Saliency(segmenter).attribute(x, Region(15, mask))
+    sal = Saliency(segmenter).attribute(x, Region(15, mask=person))
 """
 
 from __future__ import annotations
@@ -102,9 +102,10 @@ def _labels(label: int | Sequence[int] | Tensor, what: str) -> Tensor:
 
 
 def _per_row(value: Tensor, rows: slice | Tensor, n: int, many: bool) -> Tensor:
-    """The entries of a per-sample ``value`` for this chunk's ``rows`` (all ``n`` alike when not ``many``)."""
+    """This chunk's ``n`` entries of ``value``: one per sample (``many``: pick ``rows``), or one
+    value for all (repeated)."""
     if not many:
-        return value[:1].expand(n, *value.shape[1:]) if value.dim() else value.expand(n)
+        return value.expand(n, *value.shape)
     return value[rows] if isinstance(rows, slice) else value[rows.to(value.device)]
 
 
@@ -160,7 +161,7 @@ class Detection(Target):
             check_inside(self.box, int(record.input.shape[-1]), int(record.input.shape[-2]), "the Detection box")
         n = len(out)
         labels = _per_row(self.label, record.rows, n, self.label.dim() == 1)
-        boxes = _per_row(self.box, record.rows, n, len(self.box) > 1)
+        boxes = _per_row(self.box if len(self.box) > 1 else self.box[0], record.rows, n, len(self.box) > 1)
         rows = record.rows.tolist() if isinstance(record.rows, Tensor) else range(record.rows.start or 0, (record.rows.start or 0) + n)
         scores = []
         for det, label, box, row in zip(out, labels.tolist(), boxes, rows):
@@ -226,34 +227,38 @@ class Detection(Target):
 class Region(Target):
     """A segmenter's class ``label`` summed (or averaged) over a pixel region (see the module doc).
 
-    ``region``: a box ``(x0, y0, x1, y1)`` in output pixels, or a mask ``[H, W]`` / ``[N, H, W]``
-    (bool, or float weights); ``key``: the entry of a dict output to read (torchvision: ``"out"``).
+    The region is a ``box`` ``(x0, y0, x1, y1)`` in output pixels (the pixels whose centres lie in
+    it; or one per sample, ``[N, 4]``) or a ``mask`` ``[H, W]`` / ``[N, H, W]`` (bool, or float
+    weights); ``key``: the entry of a dict output to read (torchvision: ``"out"``).
 
-    Example: ``Region(15, (8, 8, 40, 56))``, ``Region(15, mask, reduce="mean")``.
+    Example: ``Region(15, (8, 8, 40, 56))``, ``Region(15, mask=m, reduce="mean")``.
     """
 
-    def __init__(self, label: int | Sequence[int] | Tensor, region: BoxLike, *, key: str = "out",
-                 reduce: Literal["sum", "mean"] = "sum") -> None:
+    def __init__(self, label: int | Sequence[int] | Tensor, box: BoxLike | None = None, *,
+                 mask: Tensor | np.ndarray | None = None, key: str = "out", reduce: Literal["sum", "mean"] = "sum") -> None:
         self.label = _labels(label, "label")
         if reduce not in ("sum", "mean"):
             raise ConvscopeError(f"reduce={reduce!r} is not supported", "Use 'sum' or 'mean'.")
+        if (box is None) == (mask is None):
+            raise ConvscopeError("a Region needs exactly one of box= or mask=",
+                                 "Write Region(15, (8, 8, 40, 56)) or Region(15, mask=m) with m [H, W].")
         self.key, self.reduce = key, reduce
-        arr = region if isinstance(region, Tensor) else torch.as_tensor(np.asarray(region))
-        self.box: Tensor | None = None
+        self.box = None if box is None else as_boxes(box, "region box")
         self.mask: Tensor | None = None
-        if arr.dim() == 1 or (arr.dim() == 2 and arr.shape[1] == 4 and arr.shape[0] < 2):
-            self.box = as_boxes(arr, "region box")
-        elif arr.dim() in (2, 3) and arr.numel():
-            self.mask = arr.float() if arr.dtype != torch.bool else arr.to(torch.float32)
-        else:
-            raise ConvscopeError(f"region of shape {list(arr.shape)} is neither a box nor a mask",
-                                 "Pass a box (x0, y0, x1, y1) or a mask [H, W] (or one per sample, [N, H, W]).")
+        if mask is not None:
+            m = mask if isinstance(mask, Tensor) else torch.as_tensor(np.asarray(mask))
+            if m.dim() not in (2, 3) or not m.numel() or m.is_complex():
+                raise ConvscopeError(f"the region mask has shape {list(m.shape)}, not [H, W] or [N, H, W]",
+                                     "Pass one mask [H, W] (bool, or float weights) or one per sample [N, H, W].")
+            self.mask = m.to(torch.float32)
 
     def check_batch(self, n: int) -> None:
         if self.label.dim() == 1:
             _check_count("Region label", len(self.label), n)
         if self.mask is not None and self.mask.dim() == 3:
             _check_count("Region mask", len(self.mask), n)
+        if self.box is not None and len(self.box) > 1:
+            _check_count("Region box", len(self.box), n)
 
     def logits(self, output: Any) -> Tensor:
         """The per-pixel class scores ``[N, K, H, W]`` this target reads from ``output``."""
@@ -272,13 +277,15 @@ class Region(Target):
         """The region's pixel weights ``[n, H, W]`` for this chunk."""
         if self.box is not None:
             check_inside(self.box, width, height, "the Region box")
-            x0, y0, x1, y1 = self.box[0].tolist()
-            ys, xs = torch.arange(height) + 0.5, torch.arange(width) + 0.5
-            w = (((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None]).float()
-            if not bool(w.any()):
-                raise ConvscopeError(f"the region box {self.box[0].tolist()} holds no pixel centre",
+            boxes = _per_row(self.box if len(self.box) > 1 else self.box[0], rows, n, len(self.box) > 1)
+            ys, xs = torch.arange(height) + 0.5, torch.arange(width) + 0.5  # pixel centres
+            inside_y = (ys >= boxes[:, 1:2]) & (ys <= boxes[:, 3:4])  # [n, H]
+            inside_x = (xs >= boxes[:, 0:1]) & (xs <= boxes[:, 2:3])  # [n, W]
+            w = (inside_y[:, :, None] & inside_x[:, None, :]).float()
+            if not bool(w.flatten(1).any(1).all()):
+                raise ConvscopeError(f"a region box {boxes[~w.flatten(1).any(1)][0].tolist()} holds no pixel centre",
                                      "Make the box at least one pixel wide and high.")
-            return w.expand(n, height, width)
+            return w
         mask = self.mask
         assert mask is not None
         if tuple(mask.shape[-2:]) != (height, width):
@@ -303,7 +310,8 @@ class Region(Target):
         return total / w.flatten(1).sum(1) if self.reduce == "mean" else total
 
     def __repr__(self) -> str:
-        where = self.box[0].tolist() if self.box is not None else f"<mask {list(self.mask.shape)}>"  # type: ignore[union-attr]
+        where = (self.box[0].tolist() if len(self.box) == 1 else f"<{len(self.box)} boxes>") if self.box is not None \
+            else f"mask=<{list(self.mask.shape)}>"  # type: ignore[union-attr]
         return f"Region({self.label.tolist()!r}, {where})"
 
 
