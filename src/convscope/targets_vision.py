@@ -190,10 +190,11 @@ class Detection(Target):
         that is the last perturbed copy's)."""
         return [self._last[r] for r in sorted(self._last)]
 
-    def matches(self, output: Sequence[Mapping[str, Tensor]], *, require: bool = True) -> list[Match]:
+    def matches(self, output: Sequence[Mapping[str, Tensor]], *, require: bool = True,
+                names: Sequence[str] | None = None) -> list[Match]:
         """Which detection this target scores in each image of a detector's ``output`` (``model(x)``
-        in eval mode); ``require``: a clear error naming the first image where none matches, with
-        its nearest detection of the class.
+        in eval mode); ``require``: a clear error naming the first image where none matches (by
+        its index, or its entry of ``names``), with its nearest detection of the class.
 
         Example: ``with torch.no_grad(): t.matches(detector.eval()(x))``."""
         self.check_batch(len(output) if is_per_sample(output) else 0)
@@ -201,16 +202,17 @@ class Detection(Target):
         found = self.last_matches()
         for i, match in enumerate(found):
             if require and match.index < 0:
-                raise ConvscopeError(self._no_match(output[i], i), "Pick a box and class among the model's detections "
+                image = f"image {i}" if names is None else repr(names[i])
+                raise ConvscopeError(self._no_match(output[i], i, image), "Pick a box and class among the model's detections "
                                      "(print model(x)), lower min_iou, or lower the model's score threshold "
                                      "(torchvision: box_score_thresh / score_thresh).")
         return found
 
-    def _no_match(self, det: Mapping[str, Tensor], i: int) -> str:
+    def _no_match(self, det: Mapping[str, Tensor], i: int, image: str) -> str:
         label = int(self.label if self.label.dim() == 0 else self.label[i])
         box = self.box[0 if len(self.box) == 1 else i]
         of_class = det["labels"] == label
-        where = f"no detection of class {label} matches box {[round(v, 1) for v in box.tolist()]} in image {i}"
+        where = f"no detection of class {label} matches box {[round(v, 1) for v in box.tolist()]} (input pixels) in {image}"
         if not bool(of_class.any()):
             seen = sorted(set(det["labels"].tolist()))[:10]
             return f"{where}: the model detects no class {label} there (classes detected: {seen or 'none'})"
