@@ -225,7 +225,7 @@ def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = 
     model's crop instead of the whole picture; ``progress``: a progress bar on stderr (None: when
     stderr is a terminal); ``box``/``region``: a detection or a segmentation region to explain (see the
     module doc)."""
-    asked = _Asked.check(loaded, target, box, region)
+    asked = _Asked.check(loaded, target, box, region, aug_smooth)
     names = supported(framework_of(loaded.model)) if method == "all" else [get_method(method).name]
     max_batch = check_max_batch(max_batch)
     methods = {}
@@ -346,7 +346,7 @@ class _Asked:
 
     @staticmethod
     def check(loaded: LoadedModel, target: int | None, box: regions.Box | None,
-              region: regions.Box | str | Path | None) -> _Asked | None:
+              region: regions.Box | str | Path | None, aug_smooth: bool = False) -> _Asked | None:
         if box is None and region is None:
             return None
         flag = "--box" if box is not None else "--region"
@@ -357,6 +357,9 @@ class _Asked:
             raise ConvscopeError(f"{flag} needs --target CLASS: the class of the "
                                  f"{'detection' if box is not None else 'region'} to explain",
                                  f"Add e.g. --target 3 {flag} ...")
+        if aug_smooth:  # a mirrored copy holds the object at the mirrored place, not in the box
+            raise ConvscopeError(f"--aug-smooth mirrors the images, which moves what {flag} points at",
+                                 f"Drop --aug-smooth when explaining with {flag}.")
         if not isinstance(loaded.model, torch.nn.Module):
             raise ConvscopeError(f"{flag} explains PyTorch detectors and segmenters, not a {type(loaded.model).__name__}",
                                  f"Drop {flag}, or load a PyTorch model.")

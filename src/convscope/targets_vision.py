@@ -25,6 +25,9 @@
   pixels whose centres lie in a box ``x0, y0, x1, y1``. ``out`` is the model's output
   ``[N, K, H, W]``, or its entry ``key`` (default ``"out"``) where it returns a dict
   (torchvision's FCN, DeepLabV3, LRASPP).
+- Both name places of the input: under :class:`~convscope.methods.AugSmooth` a mirrored copy is
+  scored at the same box, which no longer holds the same object (``convscope explain`` refuses
+  ``--aug-smooth`` with ``--box``/``--region``).
 - any other model: a callable ``f(output) -> Tensor[N]`` is a
   :class:`~convscope.targets.FunctionTarget`, whatever the output's structure.
 

@@ -119,6 +119,7 @@ def test_region_mask_file(files: Path, tmp_path: Path, capsys: pytest.CaptureFix
     ("faster_rcnn", ["--box", "1,1,20,20"], "--box needs --target CLASS"),
     ("fcn", ["--region", "1,1,20,20"], "--region needs --target CLASS"),
     ("faster_rcnn", ["--target", "1", "--box", "1,1,20,20", "--region", "1,1,20,20"], "exclude each other"),
+    ("faster_rcnn", ["--target", "1", "--box", "1,1,20,20", "--aug-smooth"], "--aug-smooth mirrors the images"),
     ("faster_rcnn", ["--target", "1", "--box", "50,10,120,40"], "lies outside 'a.png' (100x80 pixels)"),
     ("faster_rcnn", ["--target", "1", "--box", "0,10,9,40"], "lies outside the part of 'a.png' the model sees"),
     ("faster_rcnn", ["--target", "1", "--box", "10,10,12,12"], "no detection of class 1 matches box"),
