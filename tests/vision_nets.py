@@ -40,15 +40,29 @@ class Body(nn.Module):
 class Backbone(nn.Module):
     """One feature level ``{"0": map}`` under ``body``, as torchvision's FPN backbones name theirs."""
 
-    def __init__(self, channels: int = 16, levels: int = 1) -> None:
+    def __init__(self, channels: int = 16) -> None:
         super().__init__()
         self.body = Body(channels)
-        self.extra = nn.Sequential(nn.Conv2d(channels, channels, 3, 2, 1), nn.ReLU()) if levels > 1 else None
-        self.out_channels = channels if levels == 1 else [channels] * levels  # SSD: one per level
+        self.out_channels = channels
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        a = self.body(x)
-        return OrderedDict([("0", a)] + ([("1", self.extra(a))] if self.extra is not None else []))
+        return OrderedDict([("0", self.body(x))])
+
+
+class SSDBackbone(nn.Module):
+    """Two levels without a pyramid, as torchvision's SSD backbones: ``features`` scaled by an
+    operation that is no module (SSD300's L2 norm) for the first, an ``extra`` block for the second."""
+
+    def __init__(self, channels: int = 16) -> None:
+        super().__init__()
+        self.features = Body(channels)
+        self.extra = nn.ModuleList([nn.Sequential(nn.Conv2d(channels, channels, 3, 2, 1), nn.ReLU())])
+        self.scale = nn.Parameter(torch.full((channels, 1, 1), 2.0))
+        self.out_channels = [channels, channels]
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        a = self.features(x)
+        return OrderedDict([("0", self.scale * a), ("1", self.extra[0](a))])
 
 
 def faster_rcnn() -> nn.Module:
@@ -75,7 +89,7 @@ def fcos() -> nn.Module:
 
 def ssd() -> nn.Module:
     torch.manual_seed(0)
-    return SSD(Backbone(levels=2), DefaultBoxGenerator([[2], [2]]), (64, 64), num_classes=CLASSES, score_thresh=0.0,
+    return SSD(SSDBackbone(), DefaultBoxGenerator([[2], [2]]), (64, 64), num_classes=CLASSES, score_thresh=0.0,
                detections_per_img=20, topk_candidates=50).eval()
 
 

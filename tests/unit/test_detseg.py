@@ -117,15 +117,20 @@ def test_detection_score_and_gradient_equal_the_hand_written_ones(name: str, iou
     assert close(Saliency(model).attribute(X, target), expected)
 
 
+# the backbone's last map under a pyramid-like body; SSD: the map its first level is computed from
+CAM_LAYERS = {"faster_rcnn": "backbone.body.layer2", "retinanet": "backbone.body.layer2", "fcos": "backbone.body.layer2",
+              "ssd": "backbone.features"}
+
+
 @pytest.mark.parametrize("name", list(DETECTORS))
 def test_grad_cam_on_the_backbone_equals_a_hand_written_one(name: str, detectors: dict[str, nn.Module]) -> None:
     model = detectors[name]
     label, box = a_detection(model)
     cam = GradCAM(model, upsample=False, relu=False)
     ours = cam.attribute(X, Detection(label, box))
-    assert cam.last_layers == ("backbone.body.layer2",)  # the backbone's last map, not a head's
+    assert cam.last_layers == (CAM_LAYERS[name],)
     seen: list[Tensor] = []
-    handle = model.get_submodule("backbone.body.layer2").register_forward_hook(lambda m, i, o: seen.append(o))
+    handle = model.get_submodule(CAM_LAYERS[name]).register_forward_hook(lambda m, i, o: seen.append(o))
     try:
         score = naive_score(model(X), label, box)
     finally:
