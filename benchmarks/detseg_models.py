@@ -3,11 +3,13 @@ Faster R-CNN (ResNet-50 FPN, MobileNetV3 FPN), RetinaNet, FCOS, SSD, SSDlite x G
 integrated gradients, occlusion; FCN, DeepLabV3, LRASPP x the same. Prints one row per model and
 method: the CAM layer chosen, the map's shape, its largest magnitude and the seconds taken.
 
-    python benchmarks/detseg_models.py            # 96x128 inputs, 1 thread
+    python benchmarks/detseg_models.py                 # every model; 96x128 inputs, 1 thread
+    python benchmarks/detseg_models.py ssd300_vgg16    # the models named
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -44,10 +46,12 @@ def row(name: str, model: torch.nn.Module, x: torch.Tensor, target: object) -> N
         print(f"{name:36s} {method:22s} {result}  {time.perf_counter() - start:.1f}s", flush=True)
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
     torch.set_num_threads(1)
     x = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
     for name, kwargs in DETECTORS.items():
+        if names and name not in names:
+            continue
         torch.manual_seed(0)
         model = getattr(D, name)(weights=None, weights_backbone=None, **kwargs).eval()
         with torch.no_grad():
@@ -56,10 +60,12 @@ def main() -> None:
         j = int((sides >= 8).all(1).nonzero()[0, 0])
         row(name, model, x, Detection(int(det["labels"][j]), det["boxes"][j].tolist()))
     for name in SEGMENTERS:
+        if names and name not in names:
+            continue
         torch.manual_seed(0)
         model = getattr(S, name)(weights=None, weights_backbone=None, num_classes=5).eval()
         row(name, model, x, Region(1, (32, 24, 96, 72)))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -51,7 +51,7 @@ from convscope.ops import tensors
 from convscope.ops.structured import batch_size, describe, like_rows
 
 _VISION_HINT = (" (a detector's or segmenter's output: convscope.targets_vision's Detection(label, box) or "
-                "Region(label, box))")
+                "Region(label, box); on the command line --target with --box or --region)")
 
 LayerKey = str | nn.Module
 

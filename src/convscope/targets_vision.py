@@ -200,7 +200,8 @@ class Detection(Target):
         its index, or its entry of ``names``), with its nearest detection of the class.
 
         Example: ``with torch.no_grad(): t.matches(detector.eval()(x))``."""
-        self.check_batch(len(output) if is_per_sample(output) else 0)
+        if is_per_sample(output):  # else the score says what the output is
+            self.check_batch(len(output))
         self.score(Record(output=output, acts={}, rows=torch.arange(len(output))))
         found = self.last_matches()
         for i, match in enumerate(found):

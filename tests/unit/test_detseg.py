@@ -317,6 +317,11 @@ def test_per_sample_labels_boxes_and_masks(segmenters: dict[str, nn.Module], det
     one = Saliency(model).attribute(X, Detection([label0, label1], [box0, box1]))
     assert close(one[:1], Saliency(model).attribute(X[:1], Detection(label0, box0)))
     assert close(one[1:], Saliency(model).attribute(X[1:], Detection(label1, box1)))
+    # chunks of one sample: each chunk's rows pick their own box, and IG's expanded batches too
+    assert close(Saliency(model, max_batch=1).attribute(X, Detection([label0, label1], [box0, box1])), one)
+    target = Detection([label0, label1], [box0, box1])
+    assert close(IntegratedGradients(model, steps=3, max_batch=2).attribute(X, target),
+                 IntegratedGradients(model, steps=3).attribute(X, target))
 
 
 # --- scoping and errors --------------------------------------------------------------------------
@@ -385,5 +390,7 @@ def test_no_matching_detection_is_named_with_the_nearest(detectors: dict[str, nn
     with pytest.raises(ConvscopeError, match=f"the model detects no class {unseen} there"):
         Detection(unseen, (0, 0, 3, 3)).matches(output)
     assert Detection(seen, (0, 0, 3, 3), min_iou=0.99).matches(output, require=False)[0].index == -1
+    with pytest.raises(ConvscopeError, match="needs a detector's output, got a dict"):
+        Detection(seen, (0, 0, 3, 3)).matches({"out": torch.zeros(2, 4, 8, 8)})
     # a pass without the detection scores 0 (as a perturbed copy may): an all-zero map, not an error
     assert float(Saliency(model).attribute(X, Detection(seen, (0, 0, 3, 3), min_iou=0.99)).abs().max()) == 0.0
