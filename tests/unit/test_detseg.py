@@ -183,6 +183,62 @@ def test_a_callable_maps_any_output_to_a_score(detectors: dict[str, nn.Module]) 
     assert close(Saliency(model).attribute(X, 0.5 * FunctionTarget(top3) + 1.0), 0.5 * expected)
 
 
+def test_ssds_last_block_misses_a_finer_levels_detection(detectors: dict[str, nn.Module]) -> None:
+    """Why SSD's default CAM layer is the source of its first level: a detection from that level
+    has no gradient at the last block (which feeds only the coarsest level)."""
+    model = detectors["ssd"]
+    seen: list[Tensor] = []
+    handle = model.get_submodule("backbone.extra.0").register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        output = model(X[:1])
+    finally:
+        handle.remove()
+    det = output[0]
+    j = next(j for j in range(len(det["scores"]))  # a detection whose score does not move with the last block
+             if float(torch.autograd.grad(det["scores"][j], seen[0], retain_graph=True)[0].abs().max()) == 0.0)
+    target = Detection(int(det["labels"][j]), det["boxes"][j].tolist(), min_iou=0.99)
+    assert float(GradCAM(model, "backbone.extra.0").attribute(X[:1], target).abs().max()) == 0.0
+    assert float(GradCAM(model).attribute(X[:1], target).abs().max()) > 0.0
+
+
+class PlainSegmenter(nn.Module):
+    """Per-pixel class scores as one tensor [N, K, H, W] (no dict)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+class OneBoxDetector(nn.Module):
+    """Not torchvision: one detection per image, its box and score computed from the features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+
+    def forward(self, x: Tensor) -> list[dict[str, Tensor]]:
+        f = self.features(x).mean((2, 3))  # [N, 4]
+        boxes = torch.cat([8 + f[:, :2], 40 + f[:, 2:]], 1)
+        return [{"boxes": b[None], "labels": torch.tensor([1]), "scores": s[None]} for b, s in zip(boxes, f.sum(1))]
+
+
+def test_any_model_with_these_outputs(detectors: dict[str, nn.Module]) -> None:
+    plain = PlainSegmenter()
+    leaf = X.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(plain(leaf)[:, 1, 20:50, 10:30].sum(), leaf)
+    assert close(Saliency(plain).attribute(X, Region(1, BOX)), expected)
+    custom = OneBoxDetector()
+    leaf = X.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(naive_score(custom(leaf), 1, [8, 8, 40, 40], iou=True).sum(), leaf)
+    assert close(Saliency(custom).attribute(X, Detection(1, (8, 8, 40, 40), iou=True)), expected)
+
+
 # --- pytorch-grad-cam ----------------------------------------------------------------------------
 
 def pgc_raw(model: nn.Module, layer: str, x: Tensor, targets: list) -> tuple[Tensor, float]:
