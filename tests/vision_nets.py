@@ -122,5 +122,22 @@ def lraspp() -> nn.Module:
     return LRASPP(SegBackbone(), 16, 16, CLASSES, inter_channels=8).eval()
 
 
+class CoarseSegmenter(nn.Module):
+    """Per-pixel class scores at a quarter of the input's size, ``{"out": [N, K, H/4, W/4]}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = Body(16)
+        self.classifier = nn.Conv2d(16, CLASSES, 1)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {"out": self.classifier(self.body(x))}
+
+
+def coarse_segmenter() -> nn.Module:
+    torch.manual_seed(0)
+    return CoarseSegmenter().eval()
+
+
 DETECTORS = {"faster_rcnn": faster_rcnn, "retinanet": retinanet, "fcos": fcos, "ssd": ssd}
 SEGMENTERS = {"fcn": fcn, "deeplabv3": deeplabv3, "lraspp": lraspp}

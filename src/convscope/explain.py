@@ -385,7 +385,9 @@ class _Asked:
             for i in range(n):
                 boxes[i].append((asked, WHITE, 2))
                 entries[i] = {"region": {"box": _rounded(asked)}}
-            return _Marks(Region(self.label, moved), boxes, masks, entries)
+            # as masks of the input's size: a segmenter whose output is smaller is refused, not misread
+            inside = np.stack([render.shapes.box_mask((size, size), b) for b in moved])
+            return _Marks(Region(self.label, mask=torch.from_numpy(inside)), boxes, masks, entries)
         detection = Detection(self.label, moved)
         with torch.no_grad(), eval_mode(loaded.model):
             output = loaded.model(batch.tensor)

@@ -296,8 +296,8 @@ class Region(Target):
         assert mask is not None
         if tuple(mask.shape[-2:]) != (height, width):
             raise ConvscopeError(f"the region mask is {mask.shape[-1]}x{mask.shape[-2]} pixels but the model's output "
-                                 f"is {width}x{height}", f"Give a mask of {width}x{height} (the segmenter's output "
-                                 "has the input's size).")
+                                 f"is {width}x{height}", f"Give a mask of the output's size, {width}x{height} "
+                                 "(torchvision's segmenters upsample theirs to the input's size).")
         if not bool((mask != 0).any()):
             raise ConvscopeError("the region mask is empty (all zero)", "Mark at least one pixel of the region.")
         return _per_row(mask, rows, n, mask.dim() == 3)

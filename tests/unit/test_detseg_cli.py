@@ -124,6 +124,8 @@ def test_region_mask_file(files: Path, tmp_path: Path, capsys: pytest.CaptureFix
     ("faster_rcnn", ["--target", "1", "--box", "0,10,9,40"], "lies outside the part of 'a.png' the model sees"),
     ("faster_rcnn", ["--target", "1", "--box", "10,10,12,12"], "no detection of class 1 matches box"),
     ("fcn", ["--target", "1", "--region", "SMALL"], "is 100x40 pixels but the picture is 100x80"),
+    ("coarse_segmenter", ["--target", "1", "--region", "1,1,20,20"],
+     "the region mask is 64x64 pixels but the model's output is 16x16"),
     ("fcn", ["--target", "7", "--region", "1,1,20,20"], "class 7 is out of range for a segmenter of 4 classes"),
     ("fcn", ["--target", "1", "--box", "1,1,20,20"], "needs a detector's output, got a dict"),
 ])
