@@ -15,8 +15,9 @@
   constant, as an argmax is. ``iou=True`` adds the box regression's agreement with ``box``
   (pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``, which however takes the best-matching box of
   *any* class and scores nothing when its class differs; here the class is chosen first).
-  A perturbed input (occlusion, an integrated-gradients path) may lose the detection: it then
-  scores 0. :meth:`Detection.matches` says what it matches in an output of the model.
+  Each pass matches anew, as pytorch-grad-cam's target does: a perturbed input (occlusion, an
+  integrated-gradients path) may lose the detection (it then scores 0) or match another one of
+  the class near the box. :meth:`Detection.matches` says what it matches in an output of the model.
 - ``Region(label, box)`` / ``Region(label, mask=m)``: a segmenter's class ``label`` over a pixel region::
 
       score_n = sum_{y, x} w[y, x] * out[n, label, y, x]       (reduce="mean": divided by sum w)
