@@ -28,7 +28,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convscope.cliargs import add_max_batch
+from convscope.cliargs import add_max_batch, parse_box, parse_region
 from convscope.errors import ConvscopeError
 
 if TYPE_CHECKING:
@@ -245,6 +245,12 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
                    help="a method name (`convscope methods` lists them), or 'all' (default grad_cam; saliency on a "
                         "TorchScript model)")
     p.add_argument("--target", type=int, default=None, help="class index to explain (default: the predicted class)")
+    p.add_argument("--box", type=parse_box, default=None, metavar="x0,y0,x1,y1",
+                   help="detectors: explain the detection of class --target whose box best matches this box "
+                        "(pixels of the image file); drawn in white, the matched detection in cyan")
+    p.add_argument("--region", type=parse_region, default=None, metavar="x0,y0,x1,y1|MASK.png",
+                   help="segmenters: explain class --target summed over this region of the image: a box, or a "
+                        "mask image of the picture's size (nonzero: inside); outlined in white")
     p.add_argument("--layer", default=None, help="layer for CAM methods (default: chosen automatically)")
     p.add_argument("--eigen-smooth", action="store_true",
                    help="CAM methods: project the weighted maps on their first principal component")
@@ -271,7 +277,8 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"convscope: {note}", file=sys.stderr)
     for path in explain(loaded, args.images, method=method, target=args.target, layer=args.layer,
                         eigen_smooth=args.eigen_smooth, aug_smooth=args.aug_smooth, out=Path(args.out),
-                        max_batch=args.max_batch, crop=args.crop, adaptive=args.adaptive):
+                        max_batch=args.max_batch, crop=args.crop, adaptive=args.adaptive, box=args.box,
+                        region=args.region):
         print(path)
     return 0
 

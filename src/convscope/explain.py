@@ -28,6 +28,14 @@ LRP on a PyTorch model also writes ``<image>-lrp-conservation.png`` (the relevan
 of the model as a share of the score, :func:`~convscope.methods.lrp.conservation`) and the same
 numbers under ``"conservation"`` in the image's ``maps.json`` entry.
 
+Detectors and segmenters (PyTorch): ``box`` (with ``target``) explains the detection of class
+``target`` whose box best matches ``box`` (:class:`~convscope.targets_vision.Detection`; an image
+where none matches is a clear error, before any map), ``region`` (a box, or a mask PNG of the
+picture's size) the segmentation class ``target`` summed over that region
+(:class:`~convscope.targets_vision.Region`). Boxes and masks are given in pixels of the picture
+files (:mod:`convscope.regions` moves them to the model's crop); every picture shows the asked box
+or region outlined in white and the matched detection's box in cyan, and ``maps.json`` records them.
+
 A Keras model (``load_model("model.keras")``) takes the same path: its NHWC maps are transposed to
 [N, C, H, W] for rendering.
 
@@ -41,6 +49,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +58,8 @@ import torch
 from tqdm.auto import tqdm
 
 from convscope import picture as pictures
-from convscope import render
+from convscope import regions, render
+from convscope.backends.torch.session import eval_mode
 from convscope.errors import ConvscopeError
 from convscope.images import ImageBatch, ImageStream, images_per_batch
 from convscope.methods import AugSmooth, Method, display_kind
@@ -57,7 +67,8 @@ from convscope.methods.batching import MaxBatch, check_max_batch
 from convscope.methods.lrp import LRP, conservation
 from convscope.methods.registry import applicable, get_method
 from convscope.models import LoadedModel
-from convscope.targets import Predicted
+from convscope.targets import Predicted, Target
+from convscope.targets_vision import Detection, Region
 
 SHEET_TILE = 160  # pixels: the height of each tile of an image's "-all" sheet
 
@@ -208,14 +219,17 @@ class _Views:
 def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = "grad_cam", target: int | None = None,
             layer: str | None = None, eigen_smooth: bool = False, aug_smooth: bool = False,
             out: Path = Path("convscope-explain"), max_batch: MaxBatch = "auto", crop: bool = False,
-            progress: bool | None = None, adaptive: bool = False) -> list[Path]:
+            progress: bool | None = None, adaptive: bool = False, box: regions.Box | None = None,
+            region: regions.Box | str | Path | None = None) -> list[Path]:
     """Write the overlays (and sheets, and maps.json) into ``out``; return the written paths.
     ``eigen_smooth`` applies to the CAM methods (with ``method="all"``, to those only), ``adaptive``
     to occlusion (:class:`~convscope.methods.Adaptive`'s defaults: approximate, faster);
     ``aug_smooth`` wraps every method in :class:`~convscope.methods.AugSmooth`; ``max_batch``: most
     samples per model evaluation (an int, ``"auto"`` or None for no limit); ``crop``: draw on the
     model's crop instead of the whole picture; ``progress``: a progress bar on stderr (None: when
-    stderr is a terminal)."""
+    stderr is a terminal); ``box``/``region``: a detection or a segmentation region to explain (see the
+    module doc)."""
+    asked = _Asked.check(loaded, target, box, region, aug_smooth)
     names = applicable(loaded.model) if method == "all" else [get_method(method).name]
     max_batch = check_max_batch(max_batch)
     methods = {}
@@ -232,7 +246,7 @@ def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = 
                disable=None if progress is None else not progress, file=sys.stderr, dynamic_ncols=True)
     try:
         for batch in stream:
-            written += _explain_batch(loaded, batch, methods, target, aug_smooth, crop, out, index, bar)
+            written += _explain_batch(loaded, batch, methods, target, aug_smooth, crop, out, index, bar, asked)
             index.save()
         written.append(index.save(complete=True))
     except BaseException:
@@ -246,27 +260,33 @@ def explain(loaded: LoadedModel, images: Sequence[str | Path], *, method: str = 
 
 def _explain_batch(loaded: LoadedModel, batch: ImageBatch, methods: dict[str, tuple[Method, dict, bool]],
                    target: int | None, aug_smooth: bool, crop: bool, out: Path, index: MapIndex,
-                   bar: tqdm) -> list[Path]:
+                   bar: tqdm, asked: _Asked | None = None) -> list[Path]:
     """Explain one batch of images with every method; write its PNGs and index them."""
     targets = [target] * len(batch.names) if target is not None else None  # None: predicted with the first map
     views = _Views(batch, crop)
+    vision = asked.target(loaded, batch) if asked is not None else None
     sheets = len(methods) > 1
     tiles = [[views.tile(i, image)] for i, image in enumerate(views.images)] if sheets else []
     labels: list[list[str]] = [["input"] for _ in batch.names]
     written: list[Path] = []
     for name, (method, kwargs, cam) in methods.items():
         bar.set_postfix_str(name, refresh=False)
-        found, targets = _explained(loaded, method, batch.tensor, targets)
+        if vision is not None:
+            found = method.attribute(batch.tensor, target=vision.target)
+        else:
+            found, targets = _explained(loaded, method, batch.tensor, targets)
         maps = _channels_first(found)
         index.start()
         for i, image_name in enumerate(batch.names):
             blank = blank_reason(maps[i], cam)
+            marked = vision.draw(views, i, views.images[i]) if vision is not None else views.images[i]
             if blank is None:
-                tile = shown = views.overlay(i, heat_map(maps[i], display_kind(method)))
+                shown = views.overlay(i, heat_map(maps[i], display_kind(method)))
+                tile = shown = vision.draw(views, i, shown) if vision is not None else shown
                 labels[i].append(name)
             else:  # no place to show: the plain image, captioned
                 kind = blank.split(":")[0].split(" (")[0]  # "all zero", "constant"
-                tile, shown = views.images[i], pictures.captioned(views.images[i], f"blank: {kind}")
+                tile, shown = marked, pictures.captioned(marked, f"blank: {kind}")
                 labels[i].append(f"{name}: {kind}")
                 where = f" at layer {', '.join(method.last_layers)}" if cam and getattr(method, "last_layers", ()) else ""
                 tqdm.write(f"convscope: {image_name}: the {name} map for class {targets[i]}{where} is blank "
@@ -279,12 +299,14 @@ def _explain_batch(loaded: LoadedModel, batch: ImageBatch, methods: dict[str, tu
                 "adaptive": "adaptive" in kwargs,
                 "aug_smooth": aug_smooth, "shape": list(maps[i].shape),
                 "min": float(maps[i].min()), "max": float(maps[i].max()), "blank": blank,
-                "png": written[-1].name}, _box(batch, i))
+                "png": written[-1].name, **(vision.entries[i] if vision is not None else {})}, _box(batch, i))
         if isinstance(method, LRP) and isinstance(loaded.model, torch.nn.Module):
             written += _conservation(loaded, method, batch, targets, out, index)
         bar.update(len(batch.names))
         del maps
     if sheets:
+        if vision is not None:
+            tiles = [[views.tile(i, vision.draw(views, i, views.images[i])), *rest[1:]] for i, rest in enumerate(tiles)]
         for i, image_name in enumerate(batch.names):
             sheet = render.grid(tiles[i], labels=labels[i], ncols=min(8, len(tiles[i])))
             written.append(render.save_png(out / f"{Path(image_name).stem}-all.png", sheet))
@@ -310,6 +332,98 @@ def _conservation(loaded: LoadedModel, method: LRP, batch: ImageBatch, targets: 
 def _finite(value: float) -> float | None:
     """``value``, or None for NaN (JSON has no NaN)."""
     return value if value == value else None
+
+
+@dataclass(frozen=True)
+class _Marks:
+    """The target of one batch for ``--box``/``--region``, what each picture shows of it (boxes in
+    picture pixels: white the asked one, cyan the matched detection; masks of the model's crop)
+    and what ``maps.json`` records of it per image."""
+
+    target: Target
+    boxes: list[list[tuple[regions.Box, tuple[int, int, int], int]]]  # box, colour, line width
+    masks: list[np.ndarray | None]
+    entries: list[dict[str, Any]]
+
+    def draw(self, views: _Views, i: int, image: np.ndarray) -> np.ndarray:
+        crop, size, shape = views.batch.boxes[i], int(views.batch.tensor.shape[-1]), image.shape[:2]
+        mask = self.masks[i]
+        if mask is not None:
+            image = render.draw_outline(image, regions.mask_on_view(mask, crop, shape, views.crop), WHITE)
+        for box, colour, width in self.boxes[i]:
+            image = render.draw_box(image, regions.on_view(box, crop, shape, views.crop, size), colour, width)
+        return image
+
+
+WHITE, CYAN = (255, 255, 255), (0, 255, 255)
+
+
+def _rounded(box: regions.Box) -> list[float]:
+    return [round(v, 2) for v in box]
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What ``--box``/``--region`` ask for, in pixels of the pictures (a region: a box or a mask file)."""
+
+    label: int
+    box: regions.Box | None
+    region: regions.Box | Path | None
+
+    @staticmethod
+    def check(loaded: LoadedModel, target: int | None, box: regions.Box | None,
+              region: regions.Box | str | Path | None, aug_smooth: bool = False) -> _Asked | None:
+        if box is None and region is None:
+            return None
+        flag = "--box" if box is not None else "--region"
+        if box is not None and region is not None:
+            raise ConvscopeError("--box (a detection) and --region (a segmentation region) exclude each other",
+                                 "Give --box for a detector, --region for a segmenter.")
+        if target is None:
+            raise ConvscopeError(f"{flag} needs --target CLASS: the class of the "
+                                 f"{'detection' if box is not None else 'region'} to explain",
+                                 f"Add e.g. --target 3 {flag} ...")
+        if aug_smooth:  # a mirrored copy holds the object at the mirrored place, not in the box
+            raise ConvscopeError(f"--aug-smooth mirrors the images, which moves what {flag} points at",
+                                 f"Drop --aug-smooth when explaining with {flag}.")
+        if not isinstance(loaded.model, torch.nn.Module):
+            raise ConvscopeError(f"{flag} explains PyTorch detectors and segmenters, not a {type(loaded.model).__name__}",
+                                 f"Drop {flag}, or load a PyTorch model.")
+        if isinstance(region, str) and not isinstance(region, Path):
+            region = Path(region)
+        return _Asked(int(target), box, region)
+
+    def target(self, loaded: LoadedModel, batch: ImageBatch) -> _Marks:
+        """The batch's target, checked against the model's detections (a detection)."""
+        size, n = int(batch.tensor.shape[-1]), len(batch.names)
+        asked = self.box if self.box is not None else self.region
+        boxes: list[list[tuple[regions.Box, tuple[int, int, int], int]]] = [[] for _ in range(n)]
+        masks: list[np.ndarray | None] = [None] * n
+        entries: list[dict[str, Any]] = [{} for _ in range(n)]
+        if isinstance(asked, Path):
+            for i, crop in enumerate(batch.boxes):
+                masks[i] = regions.mask_in_crop(asked, loaded.preprocess, (crop.width, crop.height))
+                entries[i] = {"region": {"mask": asked.name}}
+            return _Marks(Region(self.label, mask=torch.from_numpy(np.stack(masks))), boxes, masks, entries)
+        assert asked is not None
+        moved = [regions.to_crop(asked, crop, size, repr(name)) for crop, name in zip(batch.boxes, batch.names)]
+        if self.region is not None:
+            for i in range(n):
+                boxes[i].append((asked, WHITE, 2))
+                entries[i] = {"region": {"box": _rounded(asked)}}
+            # as masks of the input's size: a segmenter whose output is smaller is refused, not misread
+            inside = np.stack([render.shapes.box_mask((size, size), b) for b in moved])
+            return _Marks(Region(self.label, mask=torch.from_numpy(inside)), boxes, masks, entries)
+        detection = Detection(self.label, moved)
+        with torch.no_grad(), eval_mode(loaded.model):
+            output = loaded.model(batch.tensor)
+        for i, match in enumerate(detection.matches(output, names=batch.names)):
+            assert match.box is not None
+            found = regions.to_picture(match.box, batch.boxes[i], size)
+            boxes[i] += [(found, CYAN, 2), (asked, WHITE, 1)]  # the asked box drawn thin, on top
+            entries[i] = {"box": _rounded(asked), "matched": {"box": _rounded(found), "score": round(match.score, 6),
+                                                               "iou": round(match.iou, 4)}}
+        return _Marks(detection, boxes, masks, entries)
 
 
 def _box(batch: ImageBatch, i: int) -> list[float]:

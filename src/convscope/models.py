@@ -128,17 +128,23 @@ def _torchvision(name: str, weights: str | None) -> LoadedModel:
         except (KeyError, ValueError):
             known = [w.name for w in tvm.get_model_weights(name)] + ["DEFAULT"]
             raise ConvscopeError(f"{name} has no weights called {weights!r}", f"Known weights: {', '.join(known)}.") from None
-    try:
-        model = tvm.get_model(name, weights=weights_enum)
+    detector = name in tvm.list_models(module=tvm.detection)
+    dense = detector or name in tvm.list_models(module=tvm.segmentation)
+    try:  # a detector or segmenter without weights gets none for its backbone either (no download)
+        model = tvm.get_model(name, weights=weights_enum, **({"weights_backbone": None} if dense and weights_enum is None
+                                                              else {}))
     except (OSError, RuntimeError) as exc:  # urllib errors are OSErrors
         raise ConvscopeError(f"could not fetch the pretrained weights {weights_enum} ({exc})",
                              "Check the network connection, or download the file once and pass it with --weights.") from None
-    preprocess = Preprocess()
+    # torchvision's detectors normalise their [0, 1] input themselves
+    preprocess = Preprocess(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) if detector else Preprocess()
     classes = None
     if weights_enum is not None:
         t = weights_enum.transforms()
-        preprocess = Preprocess(size=int(_first(t.resize_size)), crop=int(_first(t.crop_size)),
-                                mean=tuple(t.mean), std=tuple(t.std))
+        size = getattr(t, "resize_size", None)  # a detector's transform resizes nothing, a segmenter's does not crop
+        crop = getattr(t, "crop_size", size)
+        preprocess = Preprocess(size=int(_first(size)), crop=int(_first(crop)), mean=tuple(t.mean),
+                                std=tuple(t.std)) if size is not None else preprocess
         classes = list(weights_enum.meta.get("categories") or []) or None
     return LoadedModel(model, preprocess, f"torchvision:{name}", classes,
                        RANDOM_WEIGHTS if weights_enum is None else f"torchvision {weights_enum}")

@@ -50,6 +50,10 @@ from torch import Tensor, nn
 
 from convscope.errors import ConvscopeError
 from convscope.ops import tensors
+from convscope.ops.structured import batch_size, describe, like_rows
+
+_VISION_HINT = (" (a detector's or segmenter's output: convscope.targets_vision's Detection(label, box) or "
+                "Region(label, box); on the command line --target with --box or --region)")
 
 LayerKey = str | nn.Module
 
@@ -64,7 +68,7 @@ class Record:
     where given, maps a target and one of its :meth:`Target.feeds` to the tensor that stands for it
     (a compiled Keras function's input)."""
 
-    output: Tensor
+    output: Tensor  # or a structured output (convscope.ops.structured): a dict, a list of per-sample dicts
     acts: Mapping[LayerKey, Tensor]
     rows: slice | Tensor
     input: Tensor | None = None
@@ -175,9 +179,10 @@ class Class(Target):
 
     def score(self, record: Record) -> Tensor:
         out, ops = record.output, record.ops
-        if ops.rank(out) != 2:
-            raise ConvscopeError(f"a Class target needs a model output of shape [N, classes], got {list(out.shape)}",
-                                 "Use a Channel/Neuron target or a callable target for other outputs.")
+        if not ops.is_tensor(out) or ops.rank(out) != 2:
+            raise ConvscopeError(f"a Class target needs a model output of shape [N, classes], got {describe(out)}",
+                                 "Use a Channel/Neuron target or a callable target for other outputs"
+                                 f"{_VISION_HINT if not ops.is_tensor(out) else ''}.")
         self.check(out.shape[1])  # on Keras also after every call: the values fed then
         index = record.fed(self, self.index)
         return ops.pick(out, index if self.index.dim() == 0 else ops.take(index, record.rows))  # this chunk's rows
@@ -214,10 +219,10 @@ class Predicted(Target):
 
     def score(self, record: Record) -> Tensor:
         out, ops = record.output, record.ops
-        if ops.rank(out) != 2:
+        if not ops.is_tensor(out) or ops.rank(out) != 2:
             raise ConvscopeError(f"a Predicted target needs a model output of shape [N, classes], got "
-                                 f"{list(out.shape)}", "Use a Channel/Neuron target or a callable target for other "
-                                 "outputs.")
+                                 f"{describe(out)}", "Use a Channel/Neuron target or a callable target for other "
+                                 f"outputs{_VISION_HINT if not ops.is_tensor(out) else ''}.")
         top = ops.top_k(ops.detach(out), 1)
         if isinstance(top, Tensor) and isinstance(record.rows, Tensor):  # eager PyTorch: remember the picks
             self._picked.update(zip(record.rows.tolist(), top[:, 0].tolist()))
@@ -459,7 +464,7 @@ class FunctionTarget(Target):
 
     def score(self, record: Record) -> Tensor:
         value, ops = self.fn(record.output), record.ops
-        n = record.output.shape[0]  # Keras: None while tracing for any batch size
+        n = record.output.shape[0] if ops.is_tensor(record.output) else batch_size(record.output)  # Keras tracing: None
         size = int(np.prod(value.shape)) if ops.is_tensor(value) and None not in list(value.shape) else None
         if not ops.is_tensor(value) or ops.rank(value) > 2 or None not in (n, size) and size != n:
             shape = list(value.shape) if ops.is_tensor(value) else type(value).__name__
@@ -483,6 +488,8 @@ class _Constant(Target):
         return ("constant", self.value)
 
     def score(self, record: Record) -> Tensor:
+        if not record.ops.is_tensor(record.output):  # a structured output (a detector's, a segmenter's)
+            return like_rows(record.output, self.value)
         return record.ops.fill_rows(record.output, self.value)
 
     def __repr__(self) -> str:

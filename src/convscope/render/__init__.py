@@ -26,6 +26,7 @@ from convscope.render.image import channels_last, resize, to_image_uint8, to_num
 from convscope.render.normalize import MODES, REDUCTIONS, normalize, reduce_channels
 from convscope.render.overlay import overlay
 from convscope.render.png import save_png, to_png_bytes
+from convscope.render.shapes import draw_box, draw_outline
 
 __all__ = [
     "BUILTIN_COLORMAPS",
@@ -40,6 +41,8 @@ __all__ = [
     "apply_colormap",
     "channels_last",
     "colorbar",
+    "draw_box",
+    "draw_outline",
     "figure",
     "get_colormap",
     "get_display",

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from convscope.backends.protocol import Chunk
 from convscope.ops import tensors
+from convscope.ops.structured import repeat_rows
 from convscope.backends.torch.forward import Forward
 from convscope.backends.torch.incremental import IncrementalScores, Report, open_scores
 from convscope.backends.torch.inputs import Inputs
@@ -159,10 +160,7 @@ class TorchEngine:
         record = self.forward(x, rows[:1], replace=replace, fast=True, targets=[]).record
         n = len(rows)
 
-        def grow(t: Tensor) -> Tensor:
-            return t.expand(n, *t.shape[1:])
-
-        shared = Record(grow(record.output), {k: grow(v) for k, v in record.acts.items()}, rows)
+        shared = Record(repeat_rows(record.output, n), {k: repeat_rows(v, n) for k, v in record.acts.items()}, rows)
         return [t.score(shared).detach() for t in found]
 
     def take_rows(self, rows: Tensor, chunk: Chunk) -> Tensor:

@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from convscope.backends.torch.inputs import Inputs
 from convscope.backends.torch.memory import is_out_of_memory
 from convscope.errors import ConvscopeError
+from convscope.ops.structured import batch_size, describe
 from convscope.targets import Record
 
 
@@ -35,9 +37,11 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def call_model(model: nn.Module, x: Tensor, inputs: Inputs | None = None, rows: Tensor | slice | None = None
-               ) -> Tensor:
+               ) -> Any:
     """``model(x)`` (with ``inputs``: ``inputs.call(model, x, rows)``, the user's tensors and
-    forward arguments), with a clear error if it fails or does not return a batch of outputs."""
+    forward arguments), with a clear error if it fails or does not return a batch of outputs: a
+    tensor ``[N, ...]``, or a structured output (:mod:`convscope.ops.structured`: a dict of such
+    tensors, a list of one dict per sample)."""
     try:
         output = model(x) if inputs is None else inputs.call(model, x, slice(0, len(x)) if rows is None else rows)
     except ConvscopeError:
@@ -53,9 +57,9 @@ def call_model(model: nn.Module, x: Tensor, inputs: Inputs | None = None, rows: 
                              f"({x.dtype}, {x.device}): {type(error).__name__}: {error}",
                              "Check that the input has the batch dimension, size, dtype and device the "
                              "model expects.") from error
-    if not isinstance(output, Tensor) or output.dim() == 0 or output.shape[0] != x.shape[0]:
-        shape = list(output.shape) if isinstance(output, Tensor) else type(output).__name__
-        raise ConvscopeError(f"the model returned {shape} for a batch of {x.shape[0]} samples",
-                             "The model must return one tensor with the batch as its first dimension; "
-                             "give the input a batch dimension (x.unsqueeze(0)) or wrap the model.")
+    if batch_size(output) != x.shape[0]:
+        raise ConvscopeError(f"the model returned {describe(output)} for a batch of {x.shape[0]} samples",
+                             "The model must return one tensor with the batch as its first dimension (or a dict "
+                             "of such tensors, or a list of one dict per sample); give the input a batch "
+                             "dimension (x.unsqueeze(0)) or wrap the model.")
     return output

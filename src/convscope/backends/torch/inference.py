@@ -213,6 +213,7 @@ class InferenceSession:
         self.probes.reset()
         leaf = _channels_last(x.detach()) if self.channels_last else x.detach()
         with torch.no_grad():
-            output = call_model(self.twin, leaf, self.inputs, rows).contiguous()
+            output = call_model(self.twin, leaf, self.inputs, rows)
+            output = output.contiguous() if isinstance(output, Tensor) else output  # a structured one: as it is
             acts = {key: self.probes.output(name).contiguous() for key, name in self.names.items()}
         return Forward(Record(output=output, acts=acts, rows=rows, input=x), input=x)
