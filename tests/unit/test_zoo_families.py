@@ -91,7 +91,7 @@ def naive_solid(name: str, q: tuple[float, float, float]) -> bool:
 
 
 def test_volume_masks_match_naive_geometry_and_are_painted() -> None:
-    ds = Volumes(12, seed=1, size=12)
+    ds = Volumes(8, seed=1, size=12)
     for i in range(len(ds)):
         s = ds.sample(i)
         rot, c, radius = s["rotation"], s["centre"], s["radius"]
@@ -109,7 +109,7 @@ def test_volume_masks_match_naive_geometry_and_are_painted() -> None:
 
 
 def test_volume_masks_stay_inside_and_have_the_solid_volume() -> None:
-    ds = Volumes(120, seed=2, size=24)
+    ds = Volumes(60, seed=2, size=20)
     a = ds.arrays()
     m = a["mask"]
     assert not (m[:, 0].any() or m[:, -1].any() or m[:, :, 0].any() or m[:, :, -1].any() or m[..., 0].any()
@@ -121,7 +121,7 @@ def test_volume_masks_stay_inside_and_have_the_solid_volume() -> None:
         if name in unit:
             r = ds.sample(i)["radius"]
             assert m[i].sum() == pytest.approx(unit[name] * r ** 3, rel=0.12), name
-    assert np.array_equal(Volumes(120, seed=2, size=24).arrays(40, 45)["x"], a["x"][40:45])
+    assert np.array_equal(Volumes(60, seed=2, size=20).arrays(40, 45)["x"], a["x"][40:45])
     assert set(a["label"].tolist()) == {0, 1, 2, 3}
 
 
