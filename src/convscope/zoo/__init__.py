@@ -55,8 +55,8 @@ def register(name: str, recipe: Recipe, description: str) -> None:
 register("shapes-vgg", Recipe(arch="vgg"), "3 conv-relu-maxpool blocks + VGG-style MLP head, Shapes 64x64, 6 classes")
 register("shapes-resnet", Recipe(arch="resnet"),
          "3 residual blocks with batch-norm and a reused in-place ReLU (torchvision-style), Shapes 64x64")
-register("shapes-vit", Recipe(arch="vit", n_train=8_000, epochs=3, lr=1e-3),
-         "torchvision VisionTransformer: 8x8 patches + class token, 4 layers of width 64, Shapes 64x64")
+register("shapes-vit", Recipe(arch="vit", n_train=8_000, epochs=5, lr=1e-3),
+         "torchvision VisionTransformer: conv stem to 8x8 tokens + class token, 2 layers of width 64, Shapes 64x64")
 register("shapes-segmenter", Recipe(arch="fcn", task="segment", n_train=4_000, n_val=500, epochs=3, batch_size=32),
          "FCN (dilated convs, stride 4) returning {'out': [N, 7, H, W]}: background + 6 Shapes classes per pixel")
 register("shapes-detector", Recipe(arch="fcos", task="detect", data="scenes", n_train=4_000, n_val=500, epochs=3,

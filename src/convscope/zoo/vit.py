@@ -2,10 +2,10 @@
 
 A convolutional stem (three stride-2 conv-bn-relu, 3 -> 16 -> 32 -> 64 channels, then a 1x1
 conv: torchvision's ``conv_stem_configs``, Xiao et al. 2021, "Early convolutions help
-transformers see better") turns the image into 8x8 tokens, i.e. 8x8 patches; a class token; 4
+transformers see better") turns the image into 8x8 tokens, i.e. 8x8 patches; a class token; 2
 encoder layers of width 64 with 4 heads, MLP 128; six classes. A plain 8x8 patchify learns
 nothing in the zoo's budget of a minute on two cores (chance accuracy); with the stem it reaches
-about 59% held-out accuracy (a partly trained ViT; see the README's zoo table). It is
+about 63% held-out accuracy (a partly trained ViT; see the README's zoo table). It is
 torchvision's own class (``conv_proj``, ``class_token``, ``encoder.layers[i].self_attention`` an
 ``nn.MultiheadAttention``), so tooling written for ``vit_b_16`` applies unchanged. torchvision is
 imported only when the model is built.
@@ -22,7 +22,7 @@ from torch import nn
 from convscope.data.shapes import CLASSES
 
 
-def shapes_vit(image_size: int = 64, patch_size: int = 8, num_layers: int = 4, num_heads: int = 4,
+def shapes_vit(image_size: int = 64, patch_size: int = 8, num_layers: int = 2, num_heads: int = 4,
                hidden_dim: int = 64, mlp_dim: int = 128) -> nn.Module:
     """A ``torchvision.models.VisionTransformer`` of the given (small) configuration."""
     try:
