@@ -45,3 +45,18 @@ def shapes_resnet(zoo_cache: Path) -> torch.nn.Module:
     from convscope import zoo
 
     return zoo.load("shapes-resnet")
+
+
+@pytest.fixture(scope="session")
+def zoo_model(zoo_cache: Path):  # noqa: ANN201 - returns a loader
+    """Any zoo model by name, trained once per test run: ``zoo_model("shapes-vit")``."""
+    from convscope import zoo
+
+    loaded: dict[str, torch.nn.Module] = {}
+
+    def load(name: str) -> torch.nn.Module:
+        if name not in loaded:
+            loaded[name] = zoo.load(name)
+        return loaded[name]
+
+    return load

@@ -184,7 +184,7 @@ def _zoo(args: argparse.Namespace) -> int:
         return 0
     for name in zoo.names():
         meta = zoo.info(name)
-        state = f"trained, held-out accuracy {meta['val_accuracy']:.1%}" if meta else "not trained yet"
+        state = f"trained, held-out {zoo.headline(meta)}" if meta else "not trained yet"
         print(f"{name:<16} {zoo.entry(name).description}  [{state}]")
     return 0
 

@@ -105,12 +105,12 @@ def _keras(path: Path, weights: str | Path | None) -> LoadedModel:
 
 def _zoo(name: str) -> LoadedModel:
     from convscope import zoo
-    from convscope.data import CLASSES
 
     model = zoo.load(name)
-    meta = zoo.info(name) or {}
-    accuracy = f", held-out accuracy {meta['val_accuracy']:.1%}" if "val_accuracy" in meta else ""
-    return LoadedModel(model, zoo.preset(name), f"zoo:{name}", list(CLASSES), f"zoo: trained on Shapes{accuracy}")
+    scores = zoo.headline(zoo.info(name) or {})
+    data = zoo.entry(name).recipe.data.capitalize()
+    return LoadedModel(model, zoo.preset(name), f"zoo:{name}", zoo.classes(name),
+                       f"zoo: trained on {data}" + (f", held-out {scores}" if scores else ""))
 
 
 def _torchvision(name: str, weights: str | None) -> LoadedModel:

@@ -142,7 +142,7 @@ def test_data_without_masks_skips_the_localisation_metrics(tmp_path: Path, shape
     assert cli.run(parse(["zoo:shapes-vgg", str(folder), "--methods", "saliency", "--metrics",
                           "deletion,pointing_game,sparseness", "--out", str(out), "--quiet"])) == 0
     state = json.loads((out / "results.json").read_text())
-    assert state["skipped"] == {"pointing_game": "needs object masks: only shapes:N data has them"}
+    assert state["skipped"] == {"pointing_game": "needs object masks: only the built-in data (shapes:N, scenes:N, ...) has them"}
     assert state["images"]["done"] == 4 and len(state["per_image"]["saliency"]["deletion"]) == 3
     assert state["images"]["unreadable"] == ["broken.png"]
     assert not math.isnan(state["methods"]["saliency"]["sparseness"])

@@ -1,6 +1,9 @@
 """Where an atlas's images come from: random access by image index, read in batches.
 
 - ``"shapes:N"``: the built-in Shapes dataset, N images, seed 0, through the model's preprocessing;
+- ``"scenes:N"``, ``"signals:N"``, ``"volumes:N"``: the other built-in procedural data sets
+  (:data:`convscope.data.SOURCES`), seed 0: scenes of several shapes through the preprocessing,
+  signals ``[N, 2, 128]`` and volumes ``[N, 1, 16, 16, 16]`` as they are (no pixels to show);
 - an image folder (sorted recursively; an unreadable file is skipped and listed, not fatal);
 - a torch ``Dataset`` (items ``x`` or ``(x, label)``, already preprocessed) or a ``DataLoader``
   (its ``.dataset`` is used).
@@ -66,6 +69,11 @@ class Source:
     def batch(self, start: int, stop: int) -> Batch:
         return self.take(np.arange(start, stop))
 
+    def masks(self, index: np.ndarray) -> np.ndarray | None:
+        """Ground-truth object masks of the images at ``index`` (bool, one per image), or None
+        when the data has none (only the built-in data sets have them)."""
+        return None
+
 
 class ShapesSource(Source):
     def __init__(self, n: int, preprocess: Preprocess, seed: int = 0) -> None:
@@ -86,6 +94,36 @@ class ShapesSource(Source):
         else:
             pixels = np.stack([self.shapes.sample(int(i)).image for i in index])
         return Batch(index, self.preprocess.to_tensor(pixels), pixels)
+
+    def masks(self, index: np.ndarray) -> np.ndarray:
+        return np.stack([self.shapes.mask(int(i)) for i in index])
+
+
+class ProceduralSource(Source):
+    """One of the procedural data sets (``scenes``, ``signals``, ``volumes``), seed 0: pictures
+    (scenes) go through the preprocessing, other samples are the model's input as they are."""
+
+    def __init__(self, kind: str, n: int, preprocess: Preprocess) -> None:
+        from convscope.data import SOURCES
+
+        self.data = SOURCES[kind](n, seed=0)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def fingerprint(self) -> str:
+        return repr(self.data)
+
+    def take(self, index: np.ndarray) -> Batch:
+        samples = [self.data.sample(int(i)) for i in index]
+        if samples and "image" in samples[0]:
+            pixels = np.stack([s["image"] for s in samples])
+            return Batch(index, self.preprocess.to_tensor(pixels), pixels)
+        return Batch(index, torch.from_numpy(np.stack([s["x"] for s in samples])))
+
+    def masks(self, index: np.ndarray) -> np.ndarray:
+        return np.stack([self.data.mask(int(i)) for i in index])
 
 
 class FolderSource(Source):
@@ -172,22 +210,24 @@ def display_pixels(x: Tensor) -> np.ndarray:
 
 
 def open_source(data: Any, preprocess: Preprocess | None = None) -> Source:  # noqa: ANN401
-    """A :class:`Source` for ``"shapes:N"``, a folder path, a ``Dataset`` or a ``DataLoader``."""
+    """A :class:`Source` for ``"shapes:N"`` (or ``scenes:N``, ``signals:N``, ``volumes:N``), a
+    folder path, a ``Dataset`` or a ``DataLoader``."""
     if isinstance(data, Source):
         return data
     if isinstance(data, torch.utils.data.DataLoader):
         data = data.dataset
     if isinstance(data, (str, Path)):
         text = str(data)
-        if text.startswith("shapes:"):
-            count = text[len("shapes:"):]
+        kind, colon, count = text.partition(":")
+        if colon and kind in ("shapes", "scenes", "signals", "volumes"):
             if not count.isdigit() or int(count) < 1:
-                raise ConvscopeError(f"bad data spec {text!r}", "Write shapes:N with N >= 1, e.g. shapes:1000.")
+                raise ConvscopeError(f"bad data spec {text!r}", f"Write {kind}:N with N >= 1, e.g. {kind}:1000.")
             if preprocess is None:
                 from convscope import zoo
 
-                preprocess = zoo.preset("shapes-vgg")
-            return ShapesSource(int(count), preprocess)
+                preprocess = zoo.preset("shapes-vgg" if kind == "shapes" else "shapes-detector")
+            return ShapesSource(int(count), preprocess) if kind == "shapes" else \
+                ProceduralSource(kind, int(count), preprocess)
         if preprocess is None:
             raise ConvscopeError("an image folder needs the model's preprocessing",
                                  "Pass preprocess=load_model(...).preprocess.")

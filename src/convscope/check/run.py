@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from convscope.atlas.source import Source, ShapesSource, open_source
+from convscope.atlas.source import Source, open_source
 from convscope.backends.dispatch import framework_of
 from convscope.check.metrics import DEFAULT, METRICS, Context, MetricSpec, Result
 from convscope.check.report import Examples, write_report
@@ -85,9 +85,8 @@ def validate(methods: Sequence[str], metrics: Sequence[str] | None) -> tuple[lis
 
 
 def _masks(source: Source, index: np.ndarray) -> Tensor | None:
-    if not isinstance(source, ShapesSource):
-        return None
-    return torch.from_numpy(np.stack([source.shapes.mask(int(i)) for i in index]))
+    masks = source.masks(index) if len(index) else None
+    return None if masks is None else torch.from_numpy(masks)
 
 
 class _Totals:
@@ -262,8 +261,8 @@ def _skipped(metric_names: list[str], source: Source, model: Any) -> dict[str, s
     reasons = {}
     for name in metric_names:
         spec = METRICS[name]
-        if spec.needs_masks and not isinstance(source, ShapesSource):
-            reasons[name] = "needs object masks: only shapes:N data has them"
+        if spec.needs_masks and source.masks(np.arange(1)) is None:
+            reasons[name] = "needs object masks: only the built-in data (shapes:N, scenes:N, ...) has them"
         elif spec.torch_only and framework_of(model) != "torch":
             reasons[name] = "re-initialises PyTorch layers: runs on PyTorch models only"
     return reasons
