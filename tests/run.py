@@ -1,5 +1,5 @@
-"""Run the whole test suite: the PyTorch tests, then the TensorFlow tests in their own process,
-then the import contracts. First, the browser tests of ``convscope serve`` get their browser:
+"""Run the whole test suite: the PyTorch tests, then the TensorFlow tests in their own process
+(the browser tests of ``convscope serve`` on a Keras model in one more), then the import contracts. First, the browser tests of ``convscope serve`` get their browser:
 ``tests/browser/ensure_chromium.py`` installs Debian's chromium and chromium-driver with apt-get
 when they are missing and it can (as root); without them those tests skip and say why.
 
@@ -23,9 +23,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVE_KERAS = "tests/tf/test_serve_keras.py"
 HALVES = [
     ("torch", ["tests", "--ignore=tests/tf"]),
-    ("tensorflow", ["tests/tf"]),
+    ("tensorflow", ["tests/tf", f"--ignore={SERVE_KERAS}"]),
+    # `convscope serve` on a Keras model, in a fresh process as the command runs: after some other
+    # Keras tests in one process its Grad-CAM request fails with "layer 'relu2' ran 2 times in one
+    # forward pass" (an open bug of the Keras recorder, not yet understood; see the README's Tests)
+    ("tensorflow serve", [SERVE_KERAS]),
 ]
 
 
