@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmarks.ab_methods import median_time
 from benchmarks.harness import Row, Table, interleaved
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,16 +118,7 @@ def _child(src: Path, quick: bool) -> dict[str, float]:
 def child_times(quick: bool, calls: int = 5) -> dict[str, float]:
     """In a child process: the median CPU time of each single-tensor call (after a warm-up)."""
     torch.set_num_threads(1)
-    found = {}
-    for name, fn in single_calls(quick).items():
-        fn()
-        times = []
-        for _ in range(calls):
-            start = time.process_time()
-            fn()
-            times.append(time.process_time() - start)
-        found[name] = statistics.median(times)
-    return found
+    return {name: median_time(fn, calls) for name, fn in single_calls(quick).items()}
 
 
 def _before_after(quick: bool, base: str) -> list[Table]:
