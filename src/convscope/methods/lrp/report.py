@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from convscope.backends.protocol import Engine
+from convscope.errors import ConvscopeError
 from convscope.methods.base import Rows
 from convscope.methods.lrp.composites import Composite
 from convscope.methods.lrp.method import LRP, relevances
@@ -116,8 +117,6 @@ def conservation(model: nn.Module, x: Tensor, target: TargetLike, *, composite: 
     """The relevance summed at each of ``layers`` (default: :func:`cuts`) and at the input, beside the
     target's score, for the ``LRP`` maps of ``x``: one forward and one backward pass."""
     if not isinstance(model, nn.Module):
-        from convscope.errors import ConvscopeError
-
         raise ConvscopeError(f"the conservation report runs on PyTorch models, not on a {type(model).__name__}",
                              "On a Keras model, sum LRP(model).attribute(x, target, wrt=layer) over each layer's "
                              "output and compare it with the score.")
